@@ -1,0 +1,112 @@
+"""The `rwkv-hub` command line.
+
+Subcommands import what they need only when they run, so `rwkv-hub --help` stays fast and a
+broken optional module cannot take the whole command down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+PROG = "rwkv-hub"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; user errors print one line and return 2, never a traceback."""
+    args = build_parser().parse_args(argv)
+    from rwkv_hub.core.errors import RWKVHubError
+
+    try:
+        return args.run(args)
+    except RWKVHubError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Run RWKV language models locally.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="describe a checkpoint without loading its weights",
+        description="Print a checkpoint's shape, parameter count and the memory each strategy needs.",
+    )
+    inspect.add_argument("path", help="an official RWKV-7 checkpoint (.pth) or its .safetensors form")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    inspect.set_defaults(run=_run_inspect)
+
+    _add_bench(commands)
+    return parser
+
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
+    """Register `bench` when rwkv_hub.bench is installed; it ships separately from the CLI."""
+    try:
+        from rwkv_hub import bench
+    except ModuleNotFoundError as exc:
+        if exc.name != "rwkv_hub.bench":
+            raise
+        return
+    parser = commands.add_parser("bench", help="measure throughput and memory", description=bench.__doc__)
+    bench.add_arguments(parser)
+    parser.set_defaults(run=bench.run)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from rwkv_hub.core import inspect_checkpoint
+
+    info = inspect_checkpoint(args.path)
+    report = _inspect_report(info)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(_inspect_table(report))
+    return 0
+
+
+def _inspect_report(info: Any) -> dict[str, Any]:
+    report = dataclasses.asdict(info)
+    report["path"] = str(info.path)
+    report["bytes_per_strategy"] = info.bytes_per_strategy()
+    return report
+
+
+def _inspect_table(report: dict[str, Any]) -> str:
+    lora = ", ".join(f"{name}={rank}" for name, rank in report["lora"].items()) or "none"
+    rows = [
+        ("path", report["path"]),
+        ("format", report["format"]),
+        ("generation", report["generation"]),
+        ("n_layer", report["n_layer"]),
+        ("n_embd", report["n_embd"]),
+        ("n_head", f"{report['n_head']} x head_size {report['head_size']}"),
+        ("vocab_size", report["vocab_size"]),
+        ("lora ranks", lora),
+        ("n_params", f"{report['n_params']:,} ({report['n_params'] / 1e9:.3f} B)"),
+        ("file size", _human_bytes(report["file_bytes"])),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    lines.append("")
+    lines.append("weights in memory, by strategy:")
+    strategies = report["bytes_per_strategy"]
+    width = max((len(name) for name in strategies), default=0)
+    lines.extend(f"  {name:<{width}}  {_human_bytes(size)}" for name, size in strategies.items())
+    return "\n".join(lines)
+
+
+def _human_bytes(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    size = n / 1024
+    for unit in ("KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"

@@ -1,0 +1,97 @@
+"""The `rwkv-hub` command as a user runs it: a subprocess, its exit code and what it prints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rwkv_hub.core.synth import write_random_checkpoint
+
+SHAPE = {"n_layer": 2, "n_embd": 128, "vocab_size": 256, "head_size": 64}
+
+
+def rwkv_hub(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rwkv_hub", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def assert_user_error(result: subprocess.CompletedProcess[str]) -> None:
+    """A bad input is the user's problem: exit 2, one line on stderr, nothing on stdout, no traceback."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("rwkv-hub: error: ")
+    assert len(lines[0]) > len("rwkv-hub: error: ") + 5
+
+
+@pytest.fixture(scope="module", params=["pth", "safetensors"])
+def checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / f"model.{request.param}"
+    return write_random_checkpoint(path, **SHAPE)
+
+
+def test_inspect_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pth"
+    result = rwkv_hub("inspect", missing)
+    assert_user_error(result)
+    assert "nope.pth" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["x.pth", "x.safetensors"])
+def test_inspect_not_a_checkpoint(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("this is a text file, not a model\n" * 20)
+    assert_user_error(rwkv_hub("inspect", path))
+
+
+def test_inspect_truncated_checkpoint(checkpoint: Path, tmp_path: Path) -> None:
+    data = checkpoint.read_bytes()
+    truncated = tmp_path / checkpoint.name
+    truncated.write_bytes(data[: len(data) // 2])
+    assert_user_error(rwkv_hub("inspect", truncated))
+
+
+def test_inspect_table(checkpoint: Path) -> None:
+    result = rwkv_hub("inspect", checkpoint)
+    assert result.returncode == 0, result.stderr
+    fields = {}
+    for line in result.stdout.splitlines():
+        name, _, value = line.strip().partition("  ")
+        fields[name] = value.strip()
+    assert fields["n_layer"] == "2"
+    assert fields["n_embd"] == "128"
+    assert fields["vocab_size"] == "256"
+    assert fields["generation"] == "x070"
+    assert fields["format"] == checkpoint.suffix.lstrip(".")
+    assert "cpu bf16" in fields
+
+
+def test_inspect_json(checkpoint: Path) -> None:
+    result = rwkv_hub("inspect", checkpoint, "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert {key: info[key] for key in SHAPE} == SHAPE
+    assert info["n_head"] == SHAPE["n_embd"] // SHAPE["head_size"]
+    assert info["format"] == checkpoint.suffix.lstrip(".")
+    assert info["file_bytes"] == checkpoint.stat().st_size
+    per_strategy = info["bytes_per_strategy"]
+    assert per_strategy["cpu fp32"] > per_strategy["cpu bf16"] > 0
+    # bf16 weights are 2 bytes each, so the bf16 footprint bounds the parameter count
+    assert per_strategy["cpu bf16"] == pytest.approx(2 * info["n_params"], rel=0.05)
+
+
+def test_no_command_is_a_usage_error() -> None:
+    result = rwkv_hub()
+    assert result.returncode == 2
+    assert "usage: rwkv-hub" in result.stderr
+    assert "Traceback" not in result.stderr
