@@ -1,0 +1,209 @@
+"""Load an official RWKV-7 checkpoint for a strategy and run it on one or many sequences."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import LazyTensor, open_checkpoint
+from .errors import CheckpointError, RWKVHubError, StateError
+from .linear import Linear, make_linear
+from .rwkv7 import Block, Layout, channel_mix, time_mix
+from .spec import ModelSpec, read_spec
+from .state import State, StateShape
+from .strategy import Strategy, parse_strategy
+
+# Longest run of tokens one sequence feeds through the blocks at once; longer prompts go in chunks so
+# memory stays bounded whatever the prompt length.
+PREFILL_CHUNK = 256
+
+
+class Model:
+    """A loaded RWKV-7 model. `forward` mirrors the official package; `forward_batch` runs many sequences."""
+
+    def __init__(self, path: Path, spec: ModelSpec, strategy: Strategy, emb: torch.Tensor, blocks: list[Block],
+                 ln_out: tuple[torch.Tensor, torch.Tensor], head: Linear):
+        self.path = path
+        self.spec = spec
+        self.strategy = strategy
+        self.device = torch.device(strategy.device)
+        self.dtype = strategy.dtype
+        self.emb = emb
+        self.blocks = blocks
+        self.ln_out = ln_out
+        self.head = head
+        self.state_shape = StateShape(spec.generation, spec.n_layer, spec.n_embd, spec.n_head, spec.head_size)
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return f"Model({self.path.name}, {s.n_layer}x{s.n_embd}, vocab {s.vocab_size}, {self.strategy.name!r})"
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights held for this strategy."""
+        total = self.emb.numel() * self.emb.element_size() + self.head.nbytes
+        for b in self.blocks:
+            for v in b.__dict__.values():
+                if isinstance(v, torch.Tensor):
+                    total += v.numel() * v.element_size()
+                elif isinstance(v, Linear):
+                    total += v.nbytes
+        return total
+
+    def new_state(self, batch_size: int = 1) -> State:
+        """A zero state: the model has read nothing yet."""
+        return State.zeros(self.state_shape, batch_size, self.device)
+
+    def load_state(self, path: str | os.PathLike) -> State:
+        """Read a state saved with `State.save`, checking that it belongs to a model of this shape."""
+        return State.load(path, expect=self.state_shape, device=str(self.device))
+
+    def forward(self, tokens: int | Sequence[int], state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Feed tokens to one sequence; return the logits after the last one (fp32, shape [vocab]) and the new state."""
+        toks = [tokens] if isinstance(tokens, int) else list(tokens)
+        logits, new = self.forward_batch([toks], state if state is not None else self.new_state())
+        return logits[0], new
+
+    def forward_batch(self, tokens: Sequence[Sequence[int]], states: Sequence[State] | State
+                      ) -> tuple[torch.Tensor, list[State] | State]:
+        """Feed each sequence its own new tokens (at least one each) in one batched pass.
+
+        `states` is a list with one State per sequence (a list comes back) or one batched State
+        (a batched State comes back). Returns fp32 logits [B, vocab] after each sequence's last token.
+        Input states are never modified.
+        """
+        batched = isinstance(states, State)
+        state = states if batched else State.stack(list(states))
+        lists = [list(t) for t in tokens]
+        self._check_inputs(lists, state)
+        logits = torch.empty(len(lists), self.spec.vocab_size, dtype=torch.float32, device=self.device)
+        pos = [0] * len(lists)
+        with torch.inference_mode():
+            while True:
+                active = [b for b, t in enumerate(lists) if pos[b] < len(t)]
+                if not active:
+                    break
+                chunk = [lists[b][pos[b]:pos[b] + PREFILL_CHUNK] for b in active]
+                sub = state if len(active) == len(lists) else state.select(active)
+                hidden, sub = self._run(chunk, sub)
+                finishing = [i for i, b in enumerate(active) if pos[b] + len(chunk[i]) == len(lists[b])]
+                if finishing:
+                    rows = hidden if len(finishing) == len(active) else hidden[finishing]
+                    out = self._head(rows)
+                    for j, i in enumerate(finishing):
+                        logits[active[i]] = out[j]
+                state = sub if len(active) == len(lists) else _merge(state, sub, active)
+                for i, b in enumerate(active):
+                    pos[b] += len(chunk[i])
+        return logits, (state if batched else state.split())
+
+    def _check_inputs(self, lists: list[list[int]], state: State) -> None:
+        if state.shape != self.state_shape:
+            raise StateError(f"state is for a model with {state.shape}, but this model has {self.state_shape}")
+        if state.batch_size != len(lists):
+            raise RWKVHubError(f"{len(lists)} token lists but a state of batch {state.batch_size}")
+        v = self.spec.vocab_size
+        for b, t in enumerate(lists):
+            if not t:
+                raise RWKVHubError(f"sequence {b} has no tokens; every sequence needs at least one new token")
+            bad = [x for x in t if not isinstance(x, int) or not 0 <= x < v]
+            if bad:
+                raise RWKVHubError(f"sequence {b}: token {bad[0]!r} is not an id in 0..{v - 1}")
+
+    def _run(self, chunk: list[list[int]], state: State) -> tuple[torch.Tensor, State]:
+        """One pass of all blocks over a flat batch of tokens; returns the last token's hidden row per sequence."""
+        spec, dt = self.spec, self.dtype
+        lay = Layout([len(t) for t in chunk], self.device)
+        flat = torch.tensor([x for t in chunk for x in t], device=self.device)
+        x = self.emb.index_select(0, flat).float()
+        att_x, wkv, ffn_x = [], [], []
+        v_first = None
+        c = spec.n_embd
+        for i, blk in enumerate(self.blocks):
+            xn = F.layer_norm(x, (c,), blk.ln1_w, blk.ln1_b)
+            att_x.append(lay.last_rows(xn))
+            out, s, v_first = time_mix(blk, i, xn.to(dt), state.att_x[i], state.wkv[i], v_first, lay,
+                                       spec.n_head, spec.head_size, dt)
+            wkv.append(s)
+            x = x + out
+            xn = F.layer_norm(x, (c,), blk.ln2_w, blk.ln2_b)
+            ffn_x.append(lay.last_rows(xn))
+            x = x + channel_mix(blk, xn.to(dt), state.ffn_x[i], lay)
+        return lay.last_rows(x), State(self.state_shape, att_x, wkv, ffn_x)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x, (self.spec.n_embd,), self.ln_out[0], self.ln_out[1])
+        return self.head(x.to(self.dtype)).float()
+
+
+def _merge(full: State, sub: State, rows: list[int]) -> State:
+    """Write the rows of `sub` back into a copy of `full` at `rows`."""
+    idx = torch.tensor(rows, device=full.device)
+
+    def put(parts_full, parts_sub):
+        return [f.index_copy(0, idx, s) for f, s in zip(parts_full, parts_sub)]
+
+    return State(full.shape, put(full.att_x, sub.att_x), put(full.wkv, sub.wkv), put(full.ffn_x, sub.ffn_x))
+
+
+def _vector(t: LazyTensor, device: str, dtype: torch.dtype) -> torch.Tensor:
+    return t.read().reshape(-1).to(device=device, dtype=dtype)
+
+
+def load(path: str | os.PathLike, strategy: str = "cpu fp32") -> Model:
+    """Load an RWKV-7 checkpoint (.pth or .safetensors) for a strategy such as "cpu bf16" or "cuda fp16i8".
+
+    Tensors are read and converted one at a time, so peak memory stays near the converted weights' size.
+    Raises CheckpointError / StrategyError with a one-line explanation on bad input.
+    """
+    strat = parse_strategy(strategy)
+    p = Path(path)
+    tensors = open_checkpoint(p)
+    spec = read_spec(tensors, p)
+    dev, dt, i8 = strat.device, strat.dtype, strat.int8
+    f32 = torch.float32
+
+    def vec(name: str, dtype: torch.dtype = dt) -> torch.Tensor:
+        return _vector(tensors[name], dev, dtype)
+
+    def mat(name: str) -> torch.Tensor:
+        return tensors[name].read().to(device=dev, dtype=dt).contiguous()
+
+    def linear(name: str) -> Linear:
+        return make_linear(tensors[name].read(), dev, dt, i8)
+
+    try:
+        emb = tensors["emb.weight"].read().to(dev, f32)
+        emb = F.layer_norm(emb, (spec.n_embd,), vec("blocks.0.ln0.weight", f32), vec("blocks.0.ln0.bias", f32))
+        # int8 strategies keep the embedding in 16 bits: only one row per token is read.
+        emb = emb.to(torch.bfloat16 if i8 and dt == f32 else dt)
+        blocks = []
+        for i in range(spec.n_layer):
+            a, f = f"blocks.{i}.att.", f"blocks.{i}.ffn."
+            blocks.append(Block(
+                ln1_w=vec(f"blocks.{i}.ln1.weight", f32), ln1_b=vec(f"blocks.{i}.ln1.bias", f32),
+                ln2_w=vec(f"blocks.{i}.ln2.weight", f32), ln2_b=vec(f"blocks.{i}.ln2.bias", f32),
+                maa=torch.stack([vec(a + n) for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")]).unsqueeze(1),
+                w0=vec(a + "w0", f32), w1=mat(a + "w1"), w2=mat(a + "w2"),
+                a0=vec(a + "a0"), a1=mat(a + "a1"), a2=mat(a + "a2"),
+                v0=vec(a + "v0") if i else None, v1=mat(a + "v1") if i else None, v2=mat(a + "v2") if i else None,
+                g1=mat(a + "g1"), g2=mat(a + "g2"),
+                k_k=vec(a + "k_k"), k_a=vec(a + "k_a"), r_k=vec(a + "r_k"),
+                receptance=linear(a + "receptance.weight"), key=linear(a + "key.weight"),
+                value=linear(a + "value.weight"), output=linear(a + "output.weight"),
+                lnx_w=vec(a + "ln_x.weight", f32), lnx_b=vec(a + "ln_x.bias", f32),
+                ffn_x_k=vec(f + "x_k"), ffn_key=linear(f + "key.weight"), ffn_value=linear(f + "value.weight"),
+            ))
+        ln_out = (vec("ln_out.weight", f32), vec("ln_out.bias", f32))
+        head = linear("head.weight")
+    except torch.cuda.OutOfMemoryError:
+        raise CheckpointError(f"{p}: not enough GPU memory for strategy {strat.name!r}; try an i8 strategy") from None
+    except RuntimeError as e:
+        if "memory" in str(e).lower():
+            raise CheckpointError(f"{p}: not enough memory for strategy {strat.name!r} ({e})") from None
+        raise
+    return Model(p, spec, strat, emb, blocks, ln_out, head)

@@ -1,0 +1,154 @@
+"""RWKV-7 ("x070") blocks for a flat batch of tokens from many sequences.
+
+Tokens of all sequences are laid out as one (T, C) matrix so that every matrix product is a single
+GEMM for the whole batch; only the token shift and the WKV recurrence need to know which sequence a
+token belongs to (`Layout`). The residual stream and the recurrent state stay fp32; matrix inputs use
+the strategy's compute dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .linear import Linear
+from .wkv import wkv7
+
+DECAY_SCALE = 0.606531  # exp(-0.5): the decay is exp(-exp(-0.5) * sigmoid(w0 + lora(x)))
+GROUP_NORM_EPS = 64e-5
+
+
+@dataclass
+class Block:
+    """One layer's weights, converted for a strategy."""
+
+    ln1_w: torch.Tensor
+    ln1_b: torch.Tensor
+    ln2_w: torch.Tensor
+    ln2_b: torch.Tensor
+    maa: torch.Tensor  # (6, 1, C): token-shift mix for r, w, k, v, a, g
+    w0: torch.Tensor
+    w1: torch.Tensor
+    w2: torch.Tensor
+    a0: torch.Tensor
+    a1: torch.Tensor
+    a2: torch.Tensor
+    v0: torch.Tensor | None
+    v1: torch.Tensor | None
+    v2: torch.Tensor | None
+    g1: torch.Tensor
+    g2: torch.Tensor
+    k_k: torch.Tensor
+    k_a: torch.Tensor
+    r_k: torch.Tensor  # (C,) flattened
+    receptance: Linear
+    key: Linear
+    value: Linear
+    output: Linear
+    lnx_w: torch.Tensor
+    lnx_b: torch.Tensor
+    ffn_x_k: torch.Tensor
+    ffn_key: Linear
+    ffn_value: Linear
+
+
+class Layout:
+    """Which rows of the flat (T, C) token matrix belong to which sequence.
+
+    `lengths[b]` new tokens for sequence b, stored consecutively. `uniform` marks the common cases
+    (one sequence, or every sequence with the same count) that need no gathers.
+    """
+
+    def __init__(self, lengths: list[int], device: torch.device):
+        self.lengths = lengths
+        self.batch = len(lengths)
+        self.total = sum(lengths)
+        self.max_len = max(lengths)
+        self.uniform = all(n == self.max_len for n in lengths)
+        starts = [0]
+        for n in lengths[:-1]:
+            starts.append(starts[-1] + n)
+        self.last = torch.tensor([s + n - 1 for s, n in zip(starts, lengths)], device=device)
+        prev = []
+        pad_pos = []
+        for b, (s, n) in enumerate(zip(starts, lengths)):
+            prev.append(b)
+            prev.extend(self.batch + s + j for j in range(n - 1))
+            pad_pos.extend(b * self.max_len + j for j in range(n))
+        self.prev = torch.tensor(prev, device=device)
+        self.pad_pos = torch.tensor(pad_pos, device=device)
+
+    def shifted(self, x_prev: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """For each token, the previous token's row (the state's row for a sequence's first token)."""
+        if self.total == self.batch:
+            return x_prev.to(x.dtype)
+        if self.batch == 1:
+            return torch.cat([x_prev.to(x.dtype), x[:-1]])
+        return torch.cat([x_prev.to(x.dtype), x]).index_select(0, self.prev)
+
+    def last_rows(self, x: torch.Tensor) -> torch.Tensor:
+        if self.total == self.batch:
+            return x
+        if self.batch == 1:
+            return x[-1:]
+        return x.index_select(0, self.last)
+
+    def to_padded(self, x: torch.Tensor, fill: float) -> torch.Tensor:
+        """(T, ...) -> (B, max_len, ...), padding short sequences with `fill`."""
+        if self.uniform:
+            return x.view(self.batch, self.max_len, *x.shape[1:])
+        out = x.new_full((self.batch * self.max_len, *x.shape[1:]), fill)
+        out.index_copy_(0, self.pad_pos, x)
+        return out.view(self.batch, self.max_len, *x.shape[1:])
+
+    def from_padded(self, y: torch.Tensor) -> torch.Tensor:
+        flat = y.reshape(self.batch * self.max_len, *y.shape[2:])
+        return flat if self.uniform else flat.index_select(0, self.pad_pos)
+
+
+def time_mix(blk: Block, layer: int, x: torch.Tensor, x_prev: torch.Tensor, wkv_state: torch.Tensor,
+             v_first: torch.Tensor | None, lay: Layout, n_head: int, head_size: int, dtype: torch.dtype):
+    """Attention-like half of a block; returns (out, new wkv state, v_first)."""
+    t_len, c = x.shape
+    xx = lay.shifted(x_prev, x) - x
+    xr, xw, xk, xv, xa, xg = torch.addcmul(x.unsqueeze(0), xx.unsqueeze(0), blk.maa).unbind(0)
+    r = blk.receptance(xr)
+    k = blk.key(xk)
+    v = blk.value(xv)
+    w = torch.tanh(xw @ blk.w1) @ blk.w2
+    a = torch.sigmoid(blk.a0 + (xa @ blk.a1) @ blk.a2)
+    g = torch.sigmoid(xg @ blk.g1) @ blk.g2
+    kk = F.normalize((k * blk.k_k).view(t_len, n_head, head_size), dim=-1, p=2.0).view(t_len, c)
+    k = k * (1 + (a - 1) * blk.k_a)
+    if layer == 0:
+        v_first = v
+    else:
+        v = v + (v_first - v) * torch.sigmoid(blk.v0 + (xv @ blk.v1) @ blk.v2)
+    w = torch.exp(-DECAY_SCALE * torch.sigmoid((blk.w0 + w).float()))
+
+    shape = (t_len, n_head, head_size)
+    f32 = torch.float32
+    y, new_state = wkv7(
+        wkv_state,
+        lay.to_padded(r.to(f32).view(shape), 0.0),
+        lay.to_padded(w.view(shape), 1.0),
+        lay.to_padded(k.to(f32).view(shape), 0.0),
+        lay.to_padded(v.to(f32).view(shape), 0.0),
+        lay.to_padded((-kk).to(f32).view(shape), 0.0),
+        lay.to_padded((kk * a).to(f32).view(shape), 0.0),
+    )
+    y = lay.from_padded(y).reshape(t_len, c)
+    y = F.group_norm(y, n_head, blk.lnx_w, blk.lnx_b, eps=GROUP_NORM_EPS)
+    bonus = ((r * k * blk.r_k).view(shape).sum(dim=-1, keepdim=True) * v.view(shape)).view(t_len, c)
+    out = blk.output(((y + bonus) * g).to(dtype))
+    return out, new_state, v_first
+
+
+def channel_mix(blk: Block, x: torch.Tensor, x_prev: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """Feed-forward half of a block (squared ReLU)."""
+    xx = lay.shifted(x_prev, x) - x
+    k = torch.addcmul(x, xx, blk.ffn_x_k)
+    k = torch.relu(blk.ffn_key(k)).square()
+    return blk.ffn_value(k)

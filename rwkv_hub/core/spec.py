@@ -1,0 +1,155 @@
+"""Work out what a checkpoint is from its tensor names and shapes alone, and say clearly when it is not usable."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import LazyTensor
+from .errors import CheckpointError
+
+# Per-layer tensors of an RWKV-7 ("x070") block, as BlinkDL's training code names them.
+X070_ATT = (
+    "x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "w1", "w2", "a0", "a1", "a2", "g1", "g2",
+    "k_k", "k_a", "r_k", "receptance.weight", "key.weight", "value.weight", "output.weight",
+    "ln_x.weight", "ln_x.bias",
+)
+X070_ATT_VALUE_MIX = ("v0", "v1", "v2")  # absent from layer 0 in released files: layer 0 defines v_first
+X070_FFN = ("x_k", "key.weight", "value.weight")
+X070_LN = ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")
+X070_TOP = ("emb.weight", "blocks.0.ln0.weight", "blocks.0.ln0.bias", "ln_out.weight", "ln_out.bias", "head.weight")
+LARGE_MATRICES = ("att.receptance.weight", "att.key.weight", "att.value.weight", "att.output.weight",
+                  "ffn.key.weight", "ffn.value.weight")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shapes of an RWKV-7 model, all read from its tensors."""
+
+    generation: str
+    n_layer: int
+    n_embd: int
+    head_size: int
+    vocab_size: int
+    ffn_size: int
+    lora: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_head(self) -> int:
+        return self.n_embd // self.head_size
+
+
+def detect_generation(keys: set[str]) -> str:
+    """Name the RWKV generation a set of state-dict keys belongs to ('x070', 'x060', 'x052', 'x050', 'x040')."""
+    if "blocks.0.att.r_k" in keys or "blocks.0.att.k_k" in keys:
+        return "x070"
+    if "blocks.0.att.time_maa_x" in keys:
+        return "x060"
+    if "blocks.0.att.gate.weight" in keys:
+        return "x052"
+    if "blocks.0.att.ln_x.weight" in keys:
+        return "x050"
+    if "blocks.0.att.time_first" in keys:
+        return "x040"
+    return "unknown"
+
+
+_GEN_NAMES = {"x060": "RWKV-6", "x052": "RWKV-5.2", "x050": "RWKV-5", "x040": "RWKV-4"}
+
+
+def _shape(t: dict[str, LazyTensor], k: str) -> tuple[int, ...]:
+    return tuple(s for s in t[k].shape)
+
+
+def read_spec(tensors: dict[str, LazyTensor], path: Path | str = "checkpoint") -> ModelSpec:
+    """Validate an x070 state dict and return its shapes; raise CheckpointError naming what is wrong."""
+    keys = set(tensors)
+    gen = detect_generation(keys)
+    if gen != "x070":
+        if gen in _GEN_NAMES:
+            raise CheckpointError(
+                f"{path}: an {_GEN_NAMES[gen]} checkpoint; this version of rwkv-hub runs RWKV-7 (x070) checkpoints only"
+            )
+        if "emb.weight" not in keys:
+            raise CheckpointError(f"{path}: not an RWKV checkpoint (no emb.weight tensor; found e.g. {sorted(keys)[:3]})")
+        raise CheckpointError(f"{path}: an RWKV checkpoint of an unrecognised generation (no blocks.0.att.r_k)")
+    if any(".s_emb" in k for k in keys):
+        raise CheckpointError(f"{path}: a DeepEmbed RWKV-7 variant (ffn.s_emb tensors), which rwkv-hub does not run yet")
+    layer_ids = {int(m.group(1)) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k))}
+    n_layer = max(layer_ids) + 1 if layer_ids else 0
+    missing = [k for k in X070_TOP if k not in keys]
+    for i in range(n_layer):
+        missing += [f"blocks.{i}.{n}" for n in X070_LN if f"blocks.{i}.{n}" not in keys]
+        missing += [f"blocks.{i}.att.{n}" for n in X070_ATT if f"blocks.{i}.att.{n}" not in keys]
+        if i > 0:
+            missing += [f"blocks.{i}.att.{n}" for n in X070_ATT_VALUE_MIX if f"blocks.{i}.att.{n}" not in keys]
+        missing += [f"blocks.{i}.ffn.{n}" for n in X070_FFN if f"blocks.{i}.ffn.{n}" not in keys]
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        raise CheckpointError(f"{path}: incomplete RWKV-7 checkpoint, {len(missing)} tensors missing: {shown}")
+    vocab_size, n_embd = _shape(tensors, "emb.weight")
+    n_head, head_size = _shape(tensors, "blocks.0.att.r_k")
+    ffn_size = _shape(tensors, "blocks.0.ffn.key.weight")[0]
+    ref = 1 if n_layer > 1 else 0
+    lora = {
+        "decay": _shape(tensors, "blocks.0.att.w1")[-1],
+        "a": _shape(tensors, "blocks.0.att.a1")[-1],
+        "gate": _shape(tensors, "blocks.0.att.g1")[-1],
+    }
+    if ref:
+        lora["value"] = _shape(tensors, f"blocks.{ref}.att.v1")[-1]
+    spec = ModelSpec("x070", n_layer, n_embd, head_size, vocab_size, ffn_size, lora)
+    _check_shapes(tensors, spec, path)
+    return spec
+
+
+def expected_shapes(spec: ModelSpec, layer: int) -> dict[str, tuple[int, ...]]:
+    """The shape each per-layer tensor must have (vectors may be stored as (1, 1, C) or (C,))."""
+    c, f = spec.n_embd, spec.ffn_size
+    p = f"blocks.{layer}."
+    shapes = {p + n: (c,) for n in X070_LN}
+    for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "k_k", "k_a", "ln_x.weight", "ln_x.bias"):
+        shapes[p + "att." + n] = (c,)
+    for n in ("receptance", "key", "value", "output"):
+        shapes[p + f"att.{n}.weight"] = (c, c)
+    shapes[p + "att.r_k"] = (spec.n_head, spec.head_size)
+    shapes[p + "ffn.x_k"] = (c,)
+    shapes[p + "ffn.key.weight"] = (f, c)
+    shapes[p + "ffn.value.weight"] = (c, f)
+    return shapes
+
+
+def _check_shapes(tensors: dict[str, LazyTensor], spec: ModelSpec, path: Path | str) -> None:
+    c = spec.n_embd
+    if spec.head_size <= 0 or c % spec.head_size or spec.n_head * spec.head_size != c:
+        raise CheckpointError(f"{path}: r_k shape {(spec.n_head, spec.head_size)} does not divide width {c}")
+    want = {"head.weight": (spec.vocab_size, c), "ln_out.weight": (c,), "ln_out.bias": (c,),
+            "blocks.0.ln0.weight": (c,), "blocks.0.ln0.bias": (c,)}
+    for i in range(spec.n_layer):
+        want.update(expected_shapes(spec, i))
+    for k, shape in want.items():
+        got = tuple(s for s in tensors[k].shape if s != 1) if len(shape) == 1 else _shape(tensors, k)
+        if len(shape) == 1 and got == ():
+            got = (1,)
+        if got != shape:
+            raise CheckpointError(f"{path}: tensor {k} has shape {tuple(tensors[k].shape)}, expected {shape}")
+    for i in range(spec.n_layer):
+        for lo, hi in (("w1", "w2"), ("a1", "a2"), ("g1", "g2")) + ((("v1", "v2"),) if i else ()):
+            s1, s2 = _shape(tensors, f"blocks.{i}.att.{lo}"), _shape(tensors, f"blocks.{i}.att.{hi}")
+            if len(s1) != 2 or len(s2) != 2 or s1[0] != c or s2[1] != c or s1[1] != s2[0]:
+                raise CheckpointError(f"{path}: LoRA pair blocks.{i}.att.{lo}/{hi} has shapes {s1}/{s2}, expected (C, r)/(r, C)")
+    for k, t in tensors.items():
+        if not t.dtype.is_floating_point and k in want:
+            raise CheckpointError(f"{path}: tensor {k} is {t.dtype}, expected floating point weights")
+
+
+def count_params(tensors: dict[str, LazyTensor]) -> int:
+    """Parameters that the model uses (the unused layer-0 value-mix tensors are not counted)."""
+    return sum(t.numel for k, t in tensors.items() if not re.match(r"blocks\.0\.att\.v[012]$", k))
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

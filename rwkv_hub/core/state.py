@@ -1,0 +1,166 @@
+"""The recurrent state of one or more sequences: all an RWKV model remembers of what it has read.
+
+Per layer it holds the last token's input to time-mix and channel-mix (for token shift) and the WKV
+matrix of every head. Everything is fp32 whatever the strategy, so a state is exact, portable between
+strategies, and can be saved, cached and resumed. Batches are kept as one tensor per layer part, so
+a batched step never copies states around.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import StateError
+
+FORMAT = "rwkv-hub-state/1"
+
+
+@dataclass(frozen=True)
+class StateShape:
+    """What a state must look like to fit a model."""
+
+    generation: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    head_size: int
+
+
+class State:
+    """Recurrent state of `batch_size` sequences.
+
+    `att_x[i]`, `ffn_x[i]`: (B, C) fp32; `wkv[i]`: (B, H, N, N) fp32, indexed [value, key].
+    Tensors are never modified in place by the runtime, so holding on to a State is safe.
+    """
+
+    __slots__ = ("shape", "att_x", "wkv", "ffn_x")
+
+    def __init__(self, shape: StateShape, att_x: list[torch.Tensor], wkv: list[torch.Tensor], ffn_x: list[torch.Tensor]):
+        self.shape = shape
+        self.att_x = att_x
+        self.wkv = wkv
+        self.ffn_x = ffn_x
+
+    @classmethod
+    def zeros(cls, shape: StateShape, batch_size: int = 1, device: str | torch.device = "cpu") -> State:
+        b, c, h, n = batch_size, shape.n_embd, shape.n_head, shape.head_size
+        z = torch.zeros
+        return cls(
+            shape,
+            [z(b, c, device=device) for _ in range(shape.n_layer)],
+            [z(b, h, n, n, device=device) for _ in range(shape.n_layer)],
+            [z(b, c, device=device) for _ in range(shape.n_layer)],
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.att_x[0].shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.att_x[0].device
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by this state's tensors (n_layer * B * (2*C + H*N*N) * 4)."""
+        return sum(t.numel() * t.element_size() for part in (self.att_x, self.wkv, self.ffn_x) for t in part)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Name -> tensor, the layout used on disk."""
+        out = {}
+        for i in range(self.shape.n_layer):
+            out[f"{i}.att_x"] = self.att_x[i]
+            out[f"{i}.wkv"] = self.wkv[i]
+            out[f"{i}.ffn_x"] = self.ffn_x[i]
+        return out
+
+    def copy(self) -> State:
+        return State(self.shape, [t.clone() for t in self.att_x], [t.clone() for t in self.wkv],
+                     [t.clone() for t in self.ffn_x])
+
+    def to(self, device: str | torch.device) -> State:
+        return State(self.shape, [t.to(device) for t in self.att_x], [t.to(device) for t in self.wkv],
+                     [t.to(device) for t in self.ffn_x])
+
+    @staticmethod
+    def stack(states: list[State]) -> State:
+        """Join states of the same model into one batch (rows in the given order)."""
+        if not states:
+            raise StateError("cannot stack an empty list of states")
+        shape = states[0].shape
+        for s in states[1:]:
+            if s.shape != shape:
+                raise StateError(f"cannot stack states of different models: {s.shape} vs {shape}")
+        if len(states) == 1:
+            return states[0]
+        cat = torch.cat
+        return State(
+            shape,
+            [cat([s.att_x[i] for s in states]) for i in range(shape.n_layer)],
+            [cat([s.wkv[i] for s in states]) for i in range(shape.n_layer)],
+            [cat([s.ffn_x[i] for s in states]) for i in range(shape.n_layer)],
+        )
+
+    def split(self) -> list[State]:
+        """One State per row; rows are views into this batch until either is replaced."""
+        return [self.select(b) for b in range(self.batch_size)]
+
+    def select(self, rows: int | list[int]) -> State:
+        """The state of one row (or several rows, in that order)."""
+        idx = slice(rows, rows + 1) if isinstance(rows, int) else torch.tensor(rows, dtype=torch.long)
+        return State(self.shape, [t[idx] for t in self.att_x], [t[idx] for t in self.wkv], [t[idx] for t in self.ffn_x])
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write to a safetensors file atomically (a temporary file, then rename)."""
+        from safetensors.torch import save_file
+
+        p = Path(path)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        meta = {"format": FORMAT, "shape": json.dumps(self.shape.__dict__)}
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}, str(tmp), metadata=meta)
+            os.replace(tmp, p)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return p
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, expect: StateShape | None = None, device: str = "cpu") -> State:
+        """Read a state written by `save`; check it fits `expect` when given."""
+        from safetensors import SafetensorError, safe_open
+
+        p = Path(path)
+        if not p.is_file():
+            raise StateError(f"{p}: no such state file")
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != FORMAT:
+                    raise StateError(f"{p}: not an rwkv-hub state file (format {meta.get('format')!r})")
+                shape = StateShape(**json.loads(meta["shape"]))
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+            raise StateError(f"{p}: damaged or unreadable state file ({e})") from None
+        if expect is not None and shape != expect:
+            raise StateError(f"{p}: state is for a model with {shape}, but this model has {expect}")
+        try:
+            state = cls(
+                shape,
+                [tensors[f"{i}.att_x"] for i in range(shape.n_layer)],
+                [tensors[f"{i}.wkv"] for i in range(shape.n_layer)],
+                [tensors[f"{i}.ffn_x"] for i in range(shape.n_layer)],
+            )
+        except KeyError as e:
+            raise StateError(f"{p}: state file lacks tensor {e}") from None
+        b = state.batch_size
+        want = {"att_x": (b, shape.n_embd), "ffn_x": (b, shape.n_embd), "wkv": (b, shape.n_head, shape.head_size, shape.head_size)}
+        for k, t in state.tensors().items():
+            if tuple(t.shape) != want[k.split(".")[1]] or t.dtype != torch.float32:
+                raise StateError(f"{p}: tensor {k} has shape {tuple(t.shape)} {t.dtype}, expected {want[k.split('.')[1]]}")
+        return state.to(device) if device != "cpu" else state
