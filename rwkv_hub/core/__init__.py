@@ -5,5 +5,14 @@ from .model import Model, load
 from .state import State
 from .strategy import Strategy, parse_strategy
 
-__all__ = ["CheckpointError", "Model", "RWKVHubError", "State", "StateError", "Strategy", "StrategyError",
-           "load", "parse_strategy"]
+__all__ = [
+    "CheckpointError",
+    "Model",
+    "RWKVHubError",
+    "State",
+    "StateError",
+    "Strategy",
+    "StrategyError",
+    "load",
+    "parse_strategy",
+]

@@ -144,7 +144,9 @@ def _read_pth(path: Path) -> dict[str, LazyTensor]:
             with zf.open(pkl[0]) as fp:
                 obj = _MetaUnpickler(fp, {}).load()
         except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, zipfile.BadZipFile) as e:
-            raise CheckpointError(f"{path}: not a plain tensor state dict ({e}); save the checkpoint's state_dict") from None
+            raise CheckpointError(
+                f"{path}: not a plain tensor state dict ({e}); save the checkpoint's state_dict"
+            ) from None
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict):
@@ -159,7 +161,9 @@ def _read_pth(path: Path) -> dict[str, LazyTensor]:
             try:
                 info = zf.getinfo(member)
             except KeyError:
-                raise CheckpointError(f"{path}: tensor {name!r} has no data (missing {member}); the file is damaged") from None
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} has no data (missing {member}); the file is damaged"
+                ) from None
             if info.compress_type != zipfile.ZIP_STORED:
                 raise CheckpointError(f"{path}: tensor {name!r} is compressed; re-save it with torch.save")
             offset = _zip_member_offset(raw, info)

@@ -25,8 +25,16 @@ PREFILL_CHUNK = 256
 class Model:
     """A loaded RWKV-7 model. `forward` mirrors the official package; `forward_batch` runs many sequences."""
 
-    def __init__(self, path: Path, spec: ModelSpec, strategy: Strategy, emb: torch.Tensor, blocks: list[Block],
-                 ln_out: tuple[torch.Tensor, torch.Tensor], head: Linear):
+    def __init__(
+        self,
+        path: Path,
+        spec: ModelSpec,
+        strategy: Strategy,
+        emb: torch.Tensor,
+        blocks: list[Block],
+        ln_out: tuple[torch.Tensor, torch.Tensor],
+        head: Linear,
+    ):
         self.path = path
         self.spec = spec
         self.strategy = strategy
@@ -68,8 +76,9 @@ class Model:
         logits, new = self.forward_batch([toks], state if state is not None else self.new_state())
         return logits[0], new
 
-    def forward_batch(self, tokens: Sequence[Sequence[int]], states: Sequence[State] | State
-                      ) -> tuple[torch.Tensor, list[State] | State]:
+    def forward_batch(
+        self, tokens: Sequence[Sequence[int]], states: Sequence[State] | State
+    ) -> tuple[torch.Tensor, list[State] | State]:
         """Feed each sequence its own new tokens (at least one each) in one batched pass.
 
         `states` is a list with one State per sequence (a list comes back) or one batched State
@@ -87,7 +96,7 @@ class Model:
                 active = [b for b, t in enumerate(lists) if pos[b] < len(t)]
                 if not active:
                     break
-                chunk = [lists[b][pos[b]:pos[b] + PREFILL_CHUNK] for b in active]
+                chunk = [lists[b][pos[b] : pos[b] + PREFILL_CHUNK] for b in active]
                 sub = state if len(active) == len(lists) else state.select(active)
                 hidden, sub = self._run(chunk, sub)
                 finishing = [i for i, b in enumerate(active) if pos[b] + len(chunk[i]) == len(lists[b])]
@@ -126,8 +135,9 @@ class Model:
         for i, blk in enumerate(self.blocks):
             xn = F.layer_norm(x, (c,), blk.ln1_w, blk.ln1_b)
             att_x.append(lay.last_rows(xn))
-            out, s, v_first = time_mix(blk, i, xn.to(dt), state.att_x[i], state.wkv[i], v_first, lay,
-                                       spec.n_head, spec.head_size, dt)
+            out, s, v_first = time_mix(
+                blk, i, xn.to(dt), state.att_x[i], state.wkv[i], v_first, lay, spec.n_head, spec.head_size, dt
+            )
             wkv.append(s)
             x = x + out
             xn = F.layer_norm(x, (c,), blk.ln2_w, blk.ln2_b)
@@ -145,7 +155,7 @@ def _merge(full: State, sub: State, rows: list[int]) -> State:
     idx = torch.tensor(rows, device=full.device)
 
     def put(parts_full, parts_sub):
-        return [f.index_copy(0, idx, s) for f, s in zip(parts_full, parts_sub)]
+        return [f.index_copy(0, idx, s) for f, s in zip(parts_full, parts_sub, strict=True)]
 
     return State(full.shape, put(full.att_x, sub.att_x), put(full.wkv, sub.wkv), put(full.ffn_x, sub.ffn_x))
 
@@ -184,20 +194,38 @@ def load(path: str | os.PathLike, strategy: str = "cpu fp32") -> Model:
         blocks = []
         for i in range(spec.n_layer):
             a, f = f"blocks.{i}.att.", f"blocks.{i}.ffn."
-            blocks.append(Block(
-                ln1_w=vec(f"blocks.{i}.ln1.weight", f32), ln1_b=vec(f"blocks.{i}.ln1.bias", f32),
-                ln2_w=vec(f"blocks.{i}.ln2.weight", f32), ln2_b=vec(f"blocks.{i}.ln2.bias", f32),
-                maa=torch.stack([vec(a + n) for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")]).unsqueeze(1),
-                w0=vec(a + "w0", f32), w1=mat(a + "w1"), w2=mat(a + "w2"),
-                a0=vec(a + "a0"), a1=mat(a + "a1"), a2=mat(a + "a2"),
-                v0=vec(a + "v0") if i else None, v1=mat(a + "v1") if i else None, v2=mat(a + "v2") if i else None,
-                g1=mat(a + "g1"), g2=mat(a + "g2"),
-                k_k=vec(a + "k_k"), k_a=vec(a + "k_a"), r_k=vec(a + "r_k"),
-                receptance=linear(a + "receptance.weight"), key=linear(a + "key.weight"),
-                value=linear(a + "value.weight"), output=linear(a + "output.weight"),
-                lnx_w=vec(a + "ln_x.weight", f32), lnx_b=vec(a + "ln_x.bias", f32),
-                ffn_x_k=vec(f + "x_k"), ffn_key=linear(f + "key.weight"), ffn_value=linear(f + "value.weight"),
-            ))
+            blocks.append(
+                Block(
+                    ln1_w=vec(f"blocks.{i}.ln1.weight", f32),
+                    ln1_b=vec(f"blocks.{i}.ln1.bias", f32),
+                    ln2_w=vec(f"blocks.{i}.ln2.weight", f32),
+                    ln2_b=vec(f"blocks.{i}.ln2.bias", f32),
+                    maa=torch.stack([vec(a + n) for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")]).unsqueeze(1),
+                    w0=vec(a + "w0", f32),
+                    w1=mat(a + "w1"),
+                    w2=mat(a + "w2"),
+                    a0=vec(a + "a0"),
+                    a1=mat(a + "a1"),
+                    a2=mat(a + "a2"),
+                    v0=vec(a + "v0") if i else None,
+                    v1=mat(a + "v1") if i else None,
+                    v2=mat(a + "v2") if i else None,
+                    g1=mat(a + "g1"),
+                    g2=mat(a + "g2"),
+                    k_k=vec(a + "k_k"),
+                    k_a=vec(a + "k_a"),
+                    r_k=vec(a + "r_k"),
+                    receptance=linear(a + "receptance.weight"),
+                    key=linear(a + "key.weight"),
+                    value=linear(a + "value.weight"),
+                    output=linear(a + "output.weight"),
+                    lnx_w=vec(a + "ln_x.weight", f32),
+                    lnx_b=vec(a + "ln_x.bias", f32),
+                    ffn_x_k=vec(f + "x_k"),
+                    ffn_key=linear(f + "key.weight"),
+                    ffn_value=linear(f + "value.weight"),
+                )
+            )
         ln_out = (vec("ln_out.weight", f32), vec("ln_out.bias", f32))
         head = linear("head.weight")
     except torch.cuda.OutOfMemoryError:

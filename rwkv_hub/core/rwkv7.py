@@ -70,10 +70,10 @@ class Layout:
         starts = [0]
         for n in lengths[:-1]:
             starts.append(starts[-1] + n)
-        self.last = torch.tensor([s + n - 1 for s, n in zip(starts, lengths)], device=device)
+        self.last = torch.tensor([s + n - 1 for s, n in zip(starts, lengths, strict=True)], device=device)
         prev = []
         pad_pos = []
-        for b, (s, n) in enumerate(zip(starts, lengths)):
+        for b, (s, n) in enumerate(zip(starts, lengths, strict=True)):
             prev.append(b)
             prev.extend(self.batch + s + j for j in range(n - 1))
             pad_pos.extend(b * self.max_len + j for j in range(n))
@@ -108,8 +108,18 @@ class Layout:
         return flat if self.uniform else flat.index_select(0, self.pad_pos)
 
 
-def time_mix(blk: Block, layer: int, x: torch.Tensor, x_prev: torch.Tensor, wkv_state: torch.Tensor,
-             v_first: torch.Tensor | None, lay: Layout, n_head: int, head_size: int, dtype: torch.dtype):
+def time_mix(
+    blk: Block,
+    layer: int,
+    x: torch.Tensor,
+    x_prev: torch.Tensor,
+    wkv_state: torch.Tensor,
+    v_first: torch.Tensor | None,
+    lay: Layout,
+    n_head: int,
+    head_size: int,
+    dtype: torch.dtype,
+):
     """Attention-like half of a block; returns (out, new wkv state, v_first)."""
     t_len, c = x.shape
     xx = lay.shifted(x_prev, x) - x

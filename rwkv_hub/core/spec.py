@@ -13,16 +13,42 @@ from .errors import CheckpointError
 
 # Per-layer tensors of an RWKV-7 ("x070") block, as BlinkDL's training code names them.
 X070_ATT = (
-    "x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "w1", "w2", "a0", "a1", "a2", "g1", "g2",
-    "k_k", "k_a", "r_k", "receptance.weight", "key.weight", "value.weight", "output.weight",
-    "ln_x.weight", "ln_x.bias",
+    "x_r",
+    "x_w",
+    "x_k",
+    "x_v",
+    "x_a",
+    "x_g",
+    "w0",
+    "w1",
+    "w2",
+    "a0",
+    "a1",
+    "a2",
+    "g1",
+    "g2",
+    "k_k",
+    "k_a",
+    "r_k",
+    "receptance.weight",
+    "key.weight",
+    "value.weight",
+    "output.weight",
+    "ln_x.weight",
+    "ln_x.bias",
 )
 X070_ATT_VALUE_MIX = ("v0", "v1", "v2")  # absent from layer 0 in released files: layer 0 defines v_first
 X070_FFN = ("x_k", "key.weight", "value.weight")
 X070_LN = ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")
 X070_TOP = ("emb.weight", "blocks.0.ln0.weight", "blocks.0.ln0.bias", "ln_out.weight", "ln_out.bias", "head.weight")
-LARGE_MATRICES = ("att.receptance.weight", "att.key.weight", "att.value.weight", "att.output.weight",
-                  "ffn.key.weight", "ffn.value.weight")
+LARGE_MATRICES = (
+    "att.receptance.weight",
+    "att.key.weight",
+    "att.value.weight",
+    "att.output.weight",
+    "ffn.key.weight",
+    "ffn.value.weight",
+)
 
 
 @dataclass(frozen=True)
@@ -74,10 +100,14 @@ def read_spec(tensors: dict[str, LazyTensor], path: Path | str = "checkpoint") -
                 f"{path}: an {_GEN_NAMES[gen]} checkpoint; this version of rwkv-hub runs RWKV-7 (x070) checkpoints only"
             )
         if "emb.weight" not in keys:
-            raise CheckpointError(f"{path}: not an RWKV checkpoint (no emb.weight tensor; found e.g. {sorted(keys)[:3]})")
+            raise CheckpointError(
+                f"{path}: not an RWKV checkpoint (no emb.weight tensor; found e.g. {sorted(keys)[:3]})"
+            )
         raise CheckpointError(f"{path}: an RWKV checkpoint of an unrecognised generation (no blocks.0.att.r_k)")
     if any(".s_emb" in k for k in keys):
-        raise CheckpointError(f"{path}: a DeepEmbed RWKV-7 variant (ffn.s_emb tensors), which rwkv-hub does not run yet")
+        raise CheckpointError(
+            f"{path}: a DeepEmbed RWKV-7 variant (ffn.s_emb tensors), which rwkv-hub does not run yet"
+        )
     layer_ids = {int(m.group(1)) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k))}
     n_layer = max(layer_ids) + 1 if layer_ids else 0
     missing = [k for k in X070_TOP if k not in keys]
@@ -126,8 +156,13 @@ def _check_shapes(tensors: dict[str, LazyTensor], spec: ModelSpec, path: Path | 
     c = spec.n_embd
     if spec.head_size <= 0 or c % spec.head_size or spec.n_head * spec.head_size != c:
         raise CheckpointError(f"{path}: r_k shape {(spec.n_head, spec.head_size)} does not divide width {c}")
-    want = {"head.weight": (spec.vocab_size, c), "ln_out.weight": (c,), "ln_out.bias": (c,),
-            "blocks.0.ln0.weight": (c,), "blocks.0.ln0.bias": (c,)}
+    want = {
+        "head.weight": (spec.vocab_size, c),
+        "ln_out.weight": (c,),
+        "ln_out.bias": (c,),
+        "blocks.0.ln0.weight": (c,),
+        "blocks.0.ln0.bias": (c,),
+    }
     for i in range(spec.n_layer):
         want.update(expected_shapes(spec, i))
     for k, shape in want.items():
@@ -140,7 +175,9 @@ def _check_shapes(tensors: dict[str, LazyTensor], spec: ModelSpec, path: Path | 
         for lo, hi in (("w1", "w2"), ("a1", "a2"), ("g1", "g2")) + ((("v1", "v2"),) if i else ()):
             s1, s2 = _shape(tensors, f"blocks.{i}.att.{lo}"), _shape(tensors, f"blocks.{i}.att.{hi}")
             if len(s1) != 2 or len(s2) != 2 or s1[0] != c or s2[1] != c or s1[1] != s2[0]:
-                raise CheckpointError(f"{path}: LoRA pair blocks.{i}.att.{lo}/{hi} has shapes {s1}/{s2}, expected (C, r)/(r, C)")
+                raise CheckpointError(
+                    f"{path}: LoRA pair blocks.{i}.att.{lo}/{hi} has shapes {s1}/{s2}, expected (C, r)/(r, C)"
+                )
     for k, t in tensors.items():
         if not t.dtype.is_floating_point and k in want:
             raise CheckpointError(f"{path}: tensor {k} is {t.dtype}, expected floating point weights")

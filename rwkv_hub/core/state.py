@@ -40,7 +40,9 @@ class State:
 
     __slots__ = ("shape", "att_x", "wkv", "ffn_x")
 
-    def __init__(self, shape: StateShape, att_x: list[torch.Tensor], wkv: list[torch.Tensor], ffn_x: list[torch.Tensor]):
+    def __init__(
+        self, shape: StateShape, att_x: list[torch.Tensor], wkv: list[torch.Tensor], ffn_x: list[torch.Tensor]
+    ):
         self.shape = shape
         self.att_x = att_x
         self.wkv = wkv
@@ -80,12 +82,17 @@ class State:
         return out
 
     def copy(self) -> State:
-        return State(self.shape, [t.clone() for t in self.att_x], [t.clone() for t in self.wkv],
-                     [t.clone() for t in self.ffn_x])
+        return State(
+            self.shape, [t.clone() for t in self.att_x], [t.clone() for t in self.wkv], [t.clone() for t in self.ffn_x]
+        )
 
     def to(self, device: str | torch.device) -> State:
-        return State(self.shape, [t.to(device) for t in self.att_x], [t.to(device) for t in self.wkv],
-                     [t.to(device) for t in self.ffn_x])
+        return State(
+            self.shape,
+            [t.to(device) for t in self.att_x],
+            [t.to(device) for t in self.wkv],
+            [t.to(device) for t in self.ffn_x],
+        )
 
     @staticmethod
     def stack(states: list[State]) -> State:
@@ -159,8 +166,14 @@ class State:
         except KeyError as e:
             raise StateError(f"{p}: state file lacks tensor {e}") from None
         b = state.batch_size
-        want = {"att_x": (b, shape.n_embd), "ffn_x": (b, shape.n_embd), "wkv": (b, shape.n_head, shape.head_size, shape.head_size)}
+        want = {
+            "att_x": (b, shape.n_embd),
+            "ffn_x": (b, shape.n_embd),
+            "wkv": (b, shape.n_head, shape.head_size, shape.head_size),
+        }
         for k, t in state.tensors().items():
             if tuple(t.shape) != want[k.split(".")[1]] or t.dtype != torch.float32:
-                raise StateError(f"{p}: tensor {k} has shape {tuple(t.shape)} {t.dtype}, expected {want[k.split('.')[1]]}")
+                raise StateError(
+                    f"{p}: tensor {k} has shape {tuple(t.shape)} {t.dtype}, expected {want[k.split('.')[1]]}"
+                )
         return state.to(device) if device != "cpu" else state

@@ -16,7 +16,16 @@ from .errors import StrategyError
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _ALIASES = {"int8": "bf16i8", "i8": "bf16i8"}
 _PATTERN = re.compile(r"^(cpu|cuda(?::\d+)?)\s+(fp32|bf16|fp16|int8|i8)(i8)?$")
-STRATEGIES = ("cpu fp32", "cpu bf16", "cpu bf16i8", "cpu fp32i8", "cuda fp16", "cuda bf16", "cuda fp16i8", "cuda bf16i8")
+STRATEGIES = (
+    "cpu fp32",
+    "cpu bf16",
+    "cpu bf16i8",
+    "cpu fp32i8",
+    "cuda fp16",
+    "cuda bf16",
+    "cuda fp16i8",
+    "cuda bf16i8",
+)
 
 
 @dataclass(frozen=True)

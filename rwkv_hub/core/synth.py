@@ -18,6 +18,7 @@ from .spec import X070_ATT_VALUE_MIX
 
 def lora_ranks(n_embd: int) -> dict[str, int]:
     """The LoRA ranks RWKV-LM's training code derives from the width."""
+
     def r(factor: float, power: float) -> int:
         return max(32, int(round(factor * (n_embd**power) / 32) * 32))
 
@@ -25,8 +26,15 @@ def lora_ranks(n_embd: int) -> dict[str, int]:
 
 
 def random_state_dict(
-    *, n_layer: int, n_embd: int, vocab_size: int, head_size: int = 64, ffn_mult: int = 4,
-    dtype: torch.dtype = torch.bfloat16, layer0_v: bool = False, seed: int = 0,
+    *,
+    n_layer: int,
+    n_embd: int,
+    vocab_size: int,
+    head_size: int = 64,
+    ffn_mult: int = 4,
+    dtype: torch.dtype = torch.bfloat16,
+    layer0_v: bool = False,
+    seed: int = 0,
 ) -> OrderedDict[str, torch.Tensor]:
     """Build an x070 state dict with random weights of the official shapes."""
     g = torch.Generator().manual_seed(seed)
@@ -88,14 +96,29 @@ def random_state_dict(
 
 
 def write_random_checkpoint(
-    path: str | Path, *, n_layer: int, n_embd: int, vocab_size: int, head_size: int = 64,
-    fmt: str | None = None, dtype: torch.dtype = torch.bfloat16, layer0_v: bool = False, seed: int = 0,
+    path: str | Path,
+    *,
+    n_layer: int,
+    n_embd: int,
+    vocab_size: int,
+    head_size: int = 64,
+    fmt: str | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    layer0_v: bool = False,
+    seed: int = 0,
 ) -> Path:
     """Write a random x070 checkpoint as `.pth` (torch.save) or `.safetensors`; the format follows the suffix."""
     p = Path(path)
     fmt = fmt or ("safetensors" if p.suffix == ".safetensors" else "pth")
-    sd = random_state_dict(n_layer=n_layer, n_embd=n_embd, vocab_size=vocab_size, head_size=head_size,
-                           dtype=dtype, layer0_v=layer0_v, seed=seed)
+    sd = random_state_dict(
+        n_layer=n_layer,
+        n_embd=n_embd,
+        vocab_size=vocab_size,
+        head_size=head_size,
+        dtype=dtype,
+        layer0_v=layer0_v,
+        seed=seed,
+    )
     tmp = p.with_name(p.name + ".tmp")
     if fmt == "safetensors":
         from safetensors.torch import save_file

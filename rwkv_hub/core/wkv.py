@@ -11,8 +11,15 @@ from __future__ import annotations
 import torch
 
 
-def wkv7(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-         a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def wkv7(
+    state: torch.Tensor,
+    r: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run T steps for B sequences; all inputs (B, T, H, N) fp32, state (B, H, N, N) fp32.
 
     Returns y (B, T, H, N) and the new state; `state` itself is not modified.
