@@ -7,6 +7,8 @@ weight-only kernel reads half the bytes; for many rows at once (prefill) plain G
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -83,9 +85,38 @@ class Int8Linear(Linear):
         return F.linear(x, self.q.to(x.dtype)) * self.scale
 
 
+class DynamicInt8Linear(Linear):
+    """int8 weights times int8-quantized activations (fbgemm, VNNI): fp32 in, fp32 out.
+
+    Activations are quantized per call over the full 8-bit range; on this CPU that costs less accuracy
+    than the weights' own rounding and runs several times faster than any 16-bit kernel.
+    """
+
+    def __init__(self, w: torch.Tensor):
+        w = w.float()
+        self.out_features, self.in_features = w.shape
+        scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = torch.quantize_per_channel(w, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+            self.packed = torch.ops.quantized.linear_prepack(q, None)
+        self.nbytes = w.numel() + 8 * self.out_features
+        self._op = torch.ops.quantized.linear_dynamic
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._op(x, self.packed, False)
+
+
+def dynamic_int8_available() -> bool:
+    """True where PyTorch has the fbgemm/x86 quantized engine (x86 CPUs)."""
+    return any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm"))
+
+
 def make_linear(w: torch.Tensor, device: str, dtype: torch.dtype, int8: bool) -> Linear:
     """Convert one (out, in) weight for a strategy; the source tensor may be freed afterwards."""
     w = w.to(device)
+    if int8 and device == "cpu" and dynamic_int8_available():
+        return DynamicInt8Linear(w)
     if int8:
         return Int8Linear(w, dtype)
     w = w.to(dtype)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from .checkpoint import LazyTensor, open_checkpoint
 from .errors import CheckpointError, RWKVHubError, StateError
-from .linear import Linear, make_linear
-from .rwkv7 import Block, Layout, channel_mix, time_mix
+from .linear import Linear, dynamic_int8_available, make_linear
+from .rwkv7 import LORA_ORDER, MIX_ORDER, Block, Layout, channel_mix, time_mix
 from .spec import ModelSpec, read_spec
 from .state import State, StateShape
 from .strategy import Strategy, parse_strategy
@@ -39,7 +39,7 @@ class Model:
         self.spec = spec
         self.strategy = strategy
         self.device = torch.device(strategy.device)
-        self.dtype = strategy.dtype
+        self.dtype = compute_dtype(strategy)
         self.emb = emb
         self.blocks = blocks
         self.ln_out = ln_out
@@ -136,13 +136,13 @@ class Model:
             xn = F.layer_norm(x, (c,), blk.ln1_w, blk.ln1_b)
             att_x.append(lay.last_rows(xn))
             out, s, v_first = time_mix(
-                blk, i, xn.to(dt), state.att_x[i], state.wkv[i], v_first, lay, spec.n_head, spec.head_size, dt
+                blk, i, xn, state.att_x[i], state.wkv[i], v_first, lay, spec.n_head, spec.head_size, dt
             )
             wkv.append(s)
             x = x + out
             xn = F.layer_norm(x, (c,), blk.ln2_w, blk.ln2_b)
             ffn_x.append(lay.last_rows(xn))
-            x = x + channel_mix(blk, xn.to(dt), state.ffn_x[i], lay)
+            x = x + channel_mix(blk, xn, state.ffn_x[i], lay, dt)
         return lay.last_rows(x), State(self.state_shape, att_x, wkv, ffn_x)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,8 +160,11 @@ def _merge(full: State, sub: State, rows: list[int]) -> State:
     return State(full.shape, put(full.att_x, sub.att_x), put(full.wkv, sub.wkv), put(full.ffn_x, sub.ffn_x))
 
 
-def _vector(t: LazyTensor, device: str, dtype: torch.dtype) -> torch.Tensor:
-    return t.read().reshape(-1).to(device=device, dtype=dtype)
+def compute_dtype(strategy: Strategy) -> torch.dtype:
+    """The dtype fed to the big matrices: the strategy's, except int8 on x86 CPUs, whose kernel takes fp32."""
+    if strategy.int8 and strategy.device == "cpu" and dynamic_int8_available():
+        return torch.float32
+    return strategy.dtype
 
 
 def load(path: str | os.PathLike, strategy: str = "cpu fp32") -> Model:
@@ -174,44 +177,49 @@ def load(path: str | os.PathLike, strategy: str = "cpu fp32") -> Model:
     p = Path(path)
     tensors = open_checkpoint(p)
     spec = read_spec(tensors, p)
-    dev, dt, i8 = strat.device, strat.dtype, strat.int8
+    dev, dt, i8 = strat.device, compute_dtype(strat), strat.int8
     f32 = torch.float32
 
-    def vec(name: str, dtype: torch.dtype = dt) -> torch.Tensor:
-        return _vector(tensors[name], dev, dtype)
+    def vec(name: str) -> torch.Tensor:
+        return tensors[name].read().reshape(-1).to(device=dev, dtype=f32)
 
-    def mat(name: str) -> torch.Tensor:
-        return tensors[name].read().to(device=dev, dtype=dt).contiguous()
+    def lora_stack(parts: list[LazyTensor | None], rank_dim: int) -> torch.Tensor:
+        """Stack LoRA matrices, zero-padded to the largest rank (padding adds exact zeros to the result).
+
+        Layer 0 has no value LoRA in released files; zeros stand in for it and are never used.
+        """
+        rank = max(p.shape[rank_dim] for p in parts if p is not None)
+        shape = (spec.n_embd, rank) if rank_dim == 1 else (rank, spec.n_embd)
+        out = torch.zeros(len(parts), *shape, device=dev, dtype=f32)
+        for j, p in enumerate(parts):
+            if p is not None:
+                t = p.read().to(dev, f32)
+                out[j].narrow(rank_dim, 0, t.shape[rank_dim]).copy_(t)
+        return out
 
     def linear(name: str) -> Linear:
         return make_linear(tensors[name].read(), dev, dt, i8)
 
     try:
         emb = tensors["emb.weight"].read().to(dev, f32)
-        emb = F.layer_norm(emb, (spec.n_embd,), vec("blocks.0.ln0.weight", f32), vec("blocks.0.ln0.bias", f32))
+        emb = F.layer_norm(emb, (spec.n_embd,), vec("blocks.0.ln0.weight"), vec("blocks.0.ln0.bias"))
         # int8 strategies keep the embedding in 16 bits: only one row per token is read.
-        emb = emb.to(torch.bfloat16 if i8 and dt == f32 else dt)
+        emb = emb.to(torch.bfloat16 if i8 and dt == f32 and dev == "cpu" else dt)
         blocks = []
         for i in range(spec.n_layer):
             a, f = f"blocks.{i}.att.", f"blocks.{i}.ffn."
             blocks.append(
                 Block(
-                    ln1_w=vec(f"blocks.{i}.ln1.weight", f32),
-                    ln1_b=vec(f"blocks.{i}.ln1.bias", f32),
-                    ln2_w=vec(f"blocks.{i}.ln2.weight", f32),
-                    ln2_b=vec(f"blocks.{i}.ln2.bias", f32),
-                    maa=torch.stack([vec(a + n) for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")]).unsqueeze(1),
-                    w0=vec(a + "w0", f32),
-                    w1=mat(a + "w1"),
-                    w2=mat(a + "w2"),
+                    ln1_w=vec(f"blocks.{i}.ln1.weight"),
+                    ln1_b=vec(f"blocks.{i}.ln1.bias"),
+                    ln2_w=vec(f"blocks.{i}.ln2.weight"),
+                    ln2_b=vec(f"blocks.{i}.ln2.bias"),
+                    maa=torch.stack([vec(a + n) for n in MIX_ORDER]).unsqueeze(1),
+                    lora_down=lora_stack([tensors.get(a + lo) for lo, _ in LORA_ORDER], 1),
+                    lora_up=lora_stack([tensors.get(a + hi) for _, hi in LORA_ORDER], 0),
+                    w0=vec(a + "w0"),
                     a0=vec(a + "a0"),
-                    a1=mat(a + "a1"),
-                    a2=mat(a + "a2"),
                     v0=vec(a + "v0") if i else None,
-                    v1=mat(a + "v1") if i else None,
-                    v2=mat(a + "v2") if i else None,
-                    g1=mat(a + "g1"),
-                    g2=mat(a + "g2"),
                     k_k=vec(a + "k_k"),
                     k_a=vec(a + "k_a"),
                     r_k=vec(a + "r_k"),
@@ -219,14 +227,14 @@ def load(path: str | os.PathLike, strategy: str = "cpu fp32") -> Model:
                     key=linear(a + "key.weight"),
                     value=linear(a + "value.weight"),
                     output=linear(a + "output.weight"),
-                    lnx_w=vec(a + "ln_x.weight", f32),
-                    lnx_b=vec(a + "ln_x.bias", f32),
+                    lnx_w=vec(a + "ln_x.weight"),
+                    lnx_b=vec(a + "ln_x.bias"),
                     ffn_x_k=vec(f + "x_k"),
                     ffn_key=linear(f + "key.weight"),
                     ffn_value=linear(f + "value.weight"),
                 )
             )
-        ln_out = (vec("ln_out.weight", f32), vec("ln_out.bias", f32))
+        ln_out = (vec("ln_out.weight"), vec("ln_out.bias"))
         head = linear("head.weight")
     except torch.cuda.OutOfMemoryError:
         raise CheckpointError(f"{p}: not enough GPU memory for strategy {strat.name!r}; try an i8 strategy") from None

@@ -22,24 +22,18 @@ GROUP_NORM_EPS = 64e-5
 
 @dataclass
 class Block:
-    """One layer's weights, converted for a strategy."""
+    """One layer's weights, converted for a strategy (small tensors fp32, large matrices as `Linear`)."""
 
     ln1_w: torch.Tensor
     ln1_b: torch.Tensor
     ln2_w: torch.Tensor
     ln2_b: torch.Tensor
-    maa: torch.Tensor  # (6, 1, C): token-shift mix for r, w, k, v, a, g
+    maa: torch.Tensor  # (6, 1, C): token-shift mix, rows ordered w, a, g, v, r, k (see MIX_ORDER)
+    lora_down: torch.Tensor  # (4, C, R): w1, a1, g1, v1, zero-padded to the largest rank R
+    lora_up: torch.Tensor  # (4, R, C): w2, a2, g2, v2
     w0: torch.Tensor
-    w1: torch.Tensor
-    w2: torch.Tensor
     a0: torch.Tensor
-    a1: torch.Tensor
-    a2: torch.Tensor
     v0: torch.Tensor | None
-    v1: torch.Tensor | None
-    v2: torch.Tensor | None
-    g1: torch.Tensor
-    g2: torch.Tensor
     k_k: torch.Tensor
     k_a: torch.Tensor
     r_k: torch.Tensor  # (C,) flattened
@@ -52,6 +46,11 @@ class Block:
     ffn_x_k: torch.Tensor
     ffn_key: Linear
     ffn_value: Linear
+
+
+# The four LoRA inputs come first so one batched matmul serves them all; v, r, k feed the big matrices.
+MIX_ORDER = ("x_w", "x_a", "x_g", "x_v", "x_r", "x_k")
+LORA_ORDER = (("w1", "w2"), ("a1", "a2"), ("g1", "g2"), ("v1", "v2"))
 
 
 class Layout:
@@ -83,10 +82,10 @@ class Layout:
     def shifted(self, x_prev: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """For each token, the previous token's row (the state's row for a sequence's first token)."""
         if self.total == self.batch:
-            return x_prev.to(x.dtype)
+            return x_prev
         if self.batch == 1:
-            return torch.cat([x_prev.to(x.dtype), x[:-1]])
-        return torch.cat([x_prev.to(x.dtype), x]).index_select(0, self.prev)
+            return torch.cat([x_prev, x[:-1]])
+        return torch.cat([x_prev, x]).index_select(0, self.prev)
 
     def last_rows(self, x: torch.Tensor) -> torch.Tensor:
         if self.total == self.batch:
@@ -120,34 +119,36 @@ def time_mix(
     head_size: int,
     dtype: torch.dtype,
 ):
-    """Attention-like half of a block; returns (out, new wkv state, v_first)."""
+    """Attention-like half of a block on fp32 input; returns (out, new wkv state, v_first)."""
     t_len, c = x.shape
     xx = lay.shifted(x_prev, x) - x
-    xr, xw, xk, xv, xa, xg = torch.addcmul(x.unsqueeze(0), xx.unsqueeze(0), blk.maa).unbind(0)
-    r = blk.receptance(xr)
-    k = blk.key(xk)
-    v = blk.value(xv)
-    w = torch.tanh(xw @ blk.w1) @ blk.w2
-    a = torch.sigmoid(blk.a0 + (xa @ blk.a1) @ blk.a2)
-    g = torch.sigmoid(xg @ blk.g1) @ blk.g2
+    mixed = torch.addcmul(x.unsqueeze(0), xx.unsqueeze(0), blk.maa)
+    xv, xr, xk = mixed[3:].to(dtype).unbind(0)
+    r = blk.receptance(xr).float()
+    k = blk.key(xk).float()
+    v = blk.value(xv).float()
+    h = torch.bmm(mixed[:4], blk.lora_down)
+    h[0].tanh_()
+    h[2].sigmoid_()
+    w_lora, a_lora, g, v_lora = torch.bmm(h, blk.lora_up).unbind(0)
+    a = torch.sigmoid(blk.a0 + a_lora)
     kk = F.normalize((k * blk.k_k).view(t_len, n_head, head_size), dim=-1, p=2.0).view(t_len, c)
     k = k * (1 + (a - 1) * blk.k_a)
     if layer == 0:
         v_first = v
     else:
-        v = v + (v_first - v) * torch.sigmoid(blk.v0 + (xv @ blk.v1) @ blk.v2)
-    w = torch.exp(-DECAY_SCALE * torch.sigmoid((blk.w0 + w).float()))
+        v = torch.lerp(v, v_first, torch.sigmoid(blk.v0 + v_lora))
+    w = torch.exp(-DECAY_SCALE * torch.sigmoid(blk.w0 + w_lora))
 
     shape = (t_len, n_head, head_size)
-    f32 = torch.float32
     y, new_state = wkv7(
         wkv_state,
-        lay.to_padded(r.to(f32).view(shape), 0.0),
+        lay.to_padded(r.view(shape), 0.0),
         lay.to_padded(w.view(shape), 1.0),
-        lay.to_padded(k.to(f32).view(shape), 0.0),
-        lay.to_padded(v.to(f32).view(shape), 0.0),
-        lay.to_padded((-kk).to(f32).view(shape), 0.0),
-        lay.to_padded((kk * a).to(f32).view(shape), 0.0),
+        lay.to_padded(k.view(shape), 0.0),
+        lay.to_padded(v.view(shape), 0.0),
+        lay.to_padded(kk.neg().view(shape), 0.0),
+        lay.to_padded((kk * a).view(shape), 0.0),
     )
     y = lay.from_padded(y).reshape(t_len, c)
     y = F.group_norm(y, n_head, blk.lnx_w, blk.lnx_b, eps=GROUP_NORM_EPS)
@@ -156,9 +157,9 @@ def time_mix(
     return out, new_state, v_first
 
 
-def channel_mix(blk: Block, x: torch.Tensor, x_prev: torch.Tensor, lay: Layout) -> torch.Tensor:
-    """Feed-forward half of a block (squared ReLU)."""
+def channel_mix(blk: Block, x: torch.Tensor, x_prev: torch.Tensor, lay: Layout, dtype: torch.dtype) -> torch.Tensor:
+    """Feed-forward half of a block (squared ReLU) on fp32 input."""
     xx = lay.shifted(x_prev, x) - x
-    k = torch.addcmul(x, xx, blk.ffn_x_k)
+    k = torch.addcmul(x, xx, blk.ffn_x_k).to(dtype)
     k = torch.relu(blk.ffn_key(k)).square()
     return blk.ffn_value(k)
