@@ -1,0 +1,68 @@
+"""Build and load the small C kernel for the WKV recurrence, once per machine, with the system compiler.
+
+The recurrence is a long chain of tiny steps; run as PyTorch ops it costs a dozen kernel launches per
+token and layer. In C it is one call. Where no compiler is found the runtime keeps using the PyTorch
+version, which computes the same thing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("wkv7.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=fast", "-shared", "-fPIC")
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rwkv-hub" / "kernels"
+
+
+def _machine_key() -> str:
+    """Compiled with -march=native, the library is only valid on this kind of CPU."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu += "".join(line for line in f if line.startswith(("model name", "flags")))[:4096]
+    except OSError:
+        pass
+    return cpu
+
+
+@cache
+def load_wkv7() -> ctypes.CDLL | None:
+    """Return the compiled kernel library, compiling it on first use; None if that is not possible."""
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+    if cc is None or platform.system() == "Windows":
+        return None
+    src = SOURCE.read_bytes()
+    digest = hashlib.sha256(src + " ".join(FLAGS).encode() + _machine_key().encode()).hexdigest()[:16]
+    lib = cache_dir() / f"wkv7-{digest}.so"
+    if not lib.exists():
+        tmp = None
+        try:
+            lib.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
+            os.close(fd)
+            subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+            os.replace(tmp, lib)
+        except (OSError, subprocess.SubprocessError):
+            if tmp and os.path.exists(tmp):
+                os.unlink(tmp)
+            return None
+    try:
+        dll = ctypes.CDLL(str(lib))
+    except OSError:
+        return None
+    fn = dll.wkv7_forward
+    fn.restype = None
+    fn.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 8
+    return dll
