@@ -19,16 +19,21 @@ from rwkv_hub.core import inspect_checkpoint
 from rwkv_hub.core.synth import write_random_checkpoint
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", nargs="?", type=Path, help="an RWKV-7 .pth or .safetensors file")
     parser.add_argument("--strategy", default="cpu bf16", help='for example "cpu fp32" or "cuda fp16"')
     args = parser.parse_args()
+    try:
+        run(args.checkpoint, args.strategy)
+    except rwkv_hub.RWKVHubError as exc:
+        parser.exit(2, f"quickstart: error: {exc}\n")
+    return 0
 
+
+def run(checkpoint: Path | None, strategy: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.checkpoint or write_random_checkpoint(
-            Path(tmp) / "random.pth", n_layer=2, n_embd=256, vocab_size=1024
-        )
+        path = checkpoint or write_random_checkpoint(Path(tmp) / "random.pth", n_layer=2, n_embd=256, vocab_size=1024)
         info = inspect_checkpoint(path)
         print(
             f"{path.name}: {info.n_layer} layers, n_embd {info.n_embd}, vocab {info.vocab_size}, "
@@ -36,8 +41,8 @@ def main() -> None:
         )
 
         start = time.perf_counter()
-        model = rwkv_hub.load(path, strategy=args.strategy)
-        print(f"loaded with strategy {args.strategy!r} in {time.perf_counter() - start:.2f} s")
+        model = rwkv_hub.load(path, strategy=strategy)
+        print(f"loaded with strategy {strategy!r} in {time.perf_counter() - start:.2f} s")
 
         logits, state = model.forward([1, 2, 3], model.new_state())
         print(f"forward: 3 tokens -> logits of shape {tuple(logits.shape)}; state is {state.nbytes:,} bytes")
@@ -54,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,13 +1,14 @@
 """The `rwkv-hub` command line.
 
-Subcommands import what they need only when they run, so `rwkv-hub --help` stays fast and a
-broken optional module cannot take the whole command down.
+Each subcommand imports the runtime only when it runs, and every user error (an `RWKVHubError`) ends
+as one line on stderr with exit status 2, the same status argparse uses for bad arguments.
+`bench` lives in its own module, `rwkv_hub.bench`, and is listed once that module exists.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_bench(commands: argparse._SubParsersAction) -> None:
     """Register `bench` when rwkv_hub.bench is installed; it ships separately from the CLI."""
     try:
-        from rwkv_hub import bench
+        bench = importlib.import_module("rwkv_hub.bench")
     except ModuleNotFoundError as exc:
         if exc.name != "rwkv_hub.bench":
             raise
@@ -61,20 +62,9 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
 def _run_inspect(args: argparse.Namespace) -> int:
     from rwkv_hub.core import inspect_checkpoint
 
-    info = inspect_checkpoint(args.path)
-    report = _inspect_report(info)
-    if args.json:
-        print(json.dumps(report, indent=2, default=str))
-    else:
-        print(_inspect_table(report))
+    report = inspect_checkpoint(args.path).to_dict()
+    print(json.dumps(report, indent=2) if args.json else _inspect_table(report))
     return 0
-
-
-def _inspect_report(info: Any) -> dict[str, Any]:
-    report = dataclasses.asdict(info)
-    report["path"] = str(info.path)
-    report["bytes_per_strategy"] = info.bytes_per_strategy()
-    return report
 
 
 def _inspect_table(report: dict[str, Any]) -> str:
@@ -86,6 +76,7 @@ def _inspect_table(report: dict[str, Any]) -> str:
         ("n_layer", report["n_layer"]),
         ("n_embd", report["n_embd"]),
         ("n_head", f"{report['n_head']} x head_size {report['head_size']}"),
+        ("ffn_size", report["ffn_size"]),
         ("vocab_size", report["vocab_size"]),
         ("lora ranks", lora),
         ("n_params", f"{report['n_params']:,} ({report['n_params'] / 1e9:.3f} B)"),
@@ -94,7 +85,7 @@ def _inspect_table(report: dict[str, Any]) -> str:
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     lines.append("")
-    lines.append("weights in memory, by strategy:")
+    lines.append("weight memory by strategy (estimate):")
     strategies = report["bytes_per_strategy"]
     width = max((len(name) for name in strategies), default=0)
     lines.extend(f"  {name:<{width}}  {_human_bytes(size)}" for name, size in strategies.items())

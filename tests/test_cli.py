@@ -85,9 +85,7 @@ def test_inspect_json(checkpoint: Path) -> None:
     assert info["format"] == checkpoint.suffix.lstrip(".")
     assert info["file_bytes"] == checkpoint.stat().st_size
     per_strategy = info["bytes_per_strategy"]
-    assert per_strategy["cpu fp32"] > per_strategy["cpu bf16"] > 0
-    # bf16 weights are 2 bytes each, so the bf16 footprint bounds the parameter count
-    assert per_strategy["cpu bf16"] == pytest.approx(2 * info["n_params"], rel=0.05)
+    assert per_strategy["cpu fp32"] > per_strategy["cpu bf16"] > per_strategy["cpu bf16i8"] > info["n_params"]
 
 
 def test_no_command_is_a_usage_error() -> None:
