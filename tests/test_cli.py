@@ -93,3 +93,10 @@ def test_no_command_is_a_usage_error() -> None:
     assert result.returncode == 2
     assert "usage: rwkv-hub" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bench_is_wired_when_installed() -> None:
+    pytest.importorskip("rwkv_hub.bench")
+    result = rwkv_hub("bench", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: rwkv-hub bench" in result.stdout
