@@ -52,7 +52,7 @@ def load_wkv7() -> ctypes.CDLL | None:
             lib.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
             os.close(fd)
-            subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+            subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True, timeout=120)
             os.replace(tmp, lib)
         except (OSError, subprocess.SubprocessError):
             if tmp and os.path.exists(tmp):
@@ -62,7 +62,7 @@ def load_wkv7() -> ctypes.CDLL | None:
         dll = ctypes.CDLL(str(lib))
     except OSError:
         return None
-    fn = dll.wkv7_forward
+    fn = dll.rwkv7_tmix
     fn.restype = None
-    fn.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 8
+    fn.argtypes = [ctypes.c_int] * 5 + [ctypes.c_void_p] * 19 + [ctypes.c_float] + [ctypes.c_void_p] * 2
     return dll

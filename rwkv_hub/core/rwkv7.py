@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from .linear import Linear
-from .wkv import wkv7
+from .native import load_wkv7
+from .wkv import run_split_heads, wkv7
 
 DECAY_SCALE = 0.606531  # exp(-0.5): the decay is exp(-exp(-0.5) * sigmoid(w0 + lora(x)))
 GROUP_NORM_EPS = 64e-5
@@ -78,6 +79,8 @@ class Layout:
             pad_pos.extend(b * self.max_len + j for j in range(n))
         self.prev = torch.tensor(prev, device=device)
         self.pad_pos = torch.tensor(pad_pos, device=device)
+        self.starts32 = torch.tensor(starts, dtype=torch.int32)
+        self.lengths32 = torch.tensor(lengths, dtype=torch.int32)
 
     def shifted(self, x_prev: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """For each token, the previous token's row (the state's row for a sequence's first token)."""
@@ -131,6 +134,8 @@ def time_mix(
     h[0].tanh_()
     h[2].sigmoid_()
     w_lora, a_lora, g, v_lora = torch.bmm(h, blk.lora_up).unbind(0)
+    if x.device.type == "cpu" and load_wkv7() is not None:
+        return _time_mix_native(blk, layer, r, k, v, w_lora, a_lora, v_lora, g, wkv_state, v_first, lay, dtype)
     a = torch.sigmoid(blk.a0 + a_lora)
     kk = F.normalize((k * blk.k_k).view(t_len, n_head, head_size), dim=-1, p=2.0).view(t_len, c)
     k = k * (1 + (a - 1) * blk.k_a)
@@ -155,6 +160,60 @@ def time_mix(
     bonus = ((r * k * blk.r_k).view(shape).sum(dim=-1, keepdim=True) * v.view(shape)).view(t_len, c)
     out = blk.output(((y + bonus) * g).to(dtype))
     return out, new_state, v_first
+
+
+def _time_mix_native(
+    blk: Block, layer: int, r, k, v, w_lora, a_lora, v_lora, g, wkv_state, v_first, lay: Layout, dtype: torch.dtype
+):
+    """`time_mix` after the matrix products as one C call per layer (same arithmetic as the PyTorch path)."""
+    n_head, head_size = wkv_state.shape[1], wkv_state.shape[2]
+    s = wkv_state.clone(memory_format=torch.contiguous_format)
+    out = torch.empty_like(r)
+    v_out = torch.empty_like(v)
+    ins = [t.contiguous() for t in (r, k, v, w_lora, a_lora, v_lora, g)]
+    r, k, v, w_lora, a_lora, v_lora, g = (t.data_ptr() for t in ins)
+    vf = v_first.data_ptr() if layer else None  # layer 0's contiguous v, kept alive by the caller
+    v0 = blk.v0.data_ptr() if layer else blk.w0.data_ptr()
+    fn = load_wkv7().rwkv7_tmix
+    params = (
+        blk.w0.data_ptr(),
+        blk.a0.data_ptr(),
+        v0,
+        blk.k_k.data_ptr(),
+        blk.k_a.data_ptr(),
+        blk.r_k.data_ptr(),
+        blk.lnx_w.data_ptr(),
+        blk.lnx_b.data_ptr(),
+    )
+    starts, lengths = lay.starts32.data_ptr(), lay.lengths32.data_ptr()
+
+    def call(h0: int, h1: int) -> None:
+        fn(
+            lay.batch,
+            n_head,
+            head_size,
+            h0,
+            h1,
+            starts,
+            lengths,
+            s.data_ptr(),
+            r,
+            k,
+            v,
+            vf,
+            w_lora,
+            a_lora,
+            v_lora,
+            g,
+            *params,
+            GROUP_NORM_EPS,
+            out.data_ptr(),
+            v_out.data_ptr(),
+        )
+
+    run_split_heads(call, n_head, lay.total * n_head)
+    new_first = ins[2] if layer == 0 else v_first
+    return blk.output(out.to(dtype)), s, new_first
 
 
 def channel_mix(blk: Block, x: torch.Tensor, x_prev: torch.Tensor, lay: Layout, dtype: torch.dtype) -> torch.Tensor:

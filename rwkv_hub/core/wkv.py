@@ -8,12 +8,11 @@ a = b = k = v = 0 leaves S unchanged, which lets sequences of different lengths 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 import torch
-
-from .native import load_wkv7
 
 # Below this many head-steps one thread is faster than handing work to a second one.
 PARALLEL_MIN_WORK = 256
@@ -22,6 +21,18 @@ PARALLEL_MIN_WORK = 256
 @cache
 def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="rwkv-hub-wkv")
+
+
+def run_split_heads(call: Callable[[int, int], None], n_head: int, work: int) -> None:
+    """Run `call(h0, h1)` over all heads, split across threads when `work` is large (ctypes drops the GIL)."""
+    threads = min(torch.get_num_threads(), n_head) if work >= PARALLEL_MIN_WORK else 1
+    if threads <= 1:
+        call(0, n_head)
+        return
+    bounds = [n_head * j // threads for j in range(threads + 1)]
+    jobs = [_pool().submit(call, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    for j in jobs:
+        j.result()
 
 
 def wkv7(
@@ -35,54 +46,9 @@ def wkv7(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run T steps for B sequences; all inputs (B, T, H, N) fp32, state (B, H, N, N) fp32.
 
-    Returns y (B, T, H, N) and the new state; `state` itself is not modified. Uses the C kernel on the
-    CPU when it could be built, else PyTorch ops.
+    Returns y (B, T, H, N) and the new state; `state` itself is not modified. This is the PyTorch path
+    (GPUs, machines without a C compiler); on the CPU `rwkv7_tmix` in wkv7.c does the same work fused.
     """
-    if state.device.type == "cpu" and load_wkv7() is not None:
-        return wkv7_native(state, r, w, k, v, a, b)
-    return wkv7_torch(state, r, w, k, v, a, b)
-
-
-def wkv7_native(
-    state: torch.Tensor,
-    r: torch.Tensor,
-    w: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The C kernel; heads are split over threads for long inputs (ctypes releases the GIL)."""
-    fn = load_wkv7().wkv7_forward
-    bsz, t_len, h, n = r.shape
-    s = state.clone(memory_format=torch.contiguous_format)
-    ins = [x.contiguous() for x in (r, w, k, v, a, b)]
-    y = torch.empty_like(ins[0])
-    ptrs = [x.data_ptr() for x in ins]
-    threads = min(torch.get_num_threads(), h) if bsz * t_len * h >= PARALLEL_MIN_WORK else 1
-    if threads <= 1:
-        fn(bsz, t_len, h, n, 0, h, s.data_ptr(), *ptrs, y.data_ptr())
-    else:
-        bounds = [h * i // threads for i in range(threads + 1)]
-        jobs = [
-            _pool().submit(fn, bsz, t_len, h, n, lo, hi, s.data_ptr(), *ptrs, y.data_ptr())
-            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
-        ]
-        for j in jobs:
-            j.result()
-    return y, s
-
-
-def wkv7_torch(
-    state: torch.Tensor,
-    r: torch.Tensor,
-    w: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PyTorch version of `wkv7`, for GPUs and machines without a C compiler."""
     bsz, t_len, h, n = r.shape
     bh = bsz * h
     s = state.reshape(bh, n, n)

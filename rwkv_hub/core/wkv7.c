@@ -1,35 +1,80 @@
-/* RWKV-7 state recurrence on the CPU, fp32, for heads [h0, h1) of B sequences.
- * Layouts (row-major): state [B][H][N][N] indexed [value][key], updated in place;
- * r, w, k, v, a, b, y: [B][T][H][N]. Per step and head:
+/* RWKV-7 time-mix on the CPU, fp32: the state recurrence plus the elementwise work around it.
+ * Per step and head, with the state S indexed [value][key]:
  *   sa = S a;  S = S diag(w) + sa b^T + v k^T;  y = S r
- * Each row of S is read once and written once per step; rows stay in L1. */
+ * Each row of S is read once and written once per step; a head's S stays in L1. */
+#include <math.h>
 #include <stddef.h>
 
-void wkv7_forward(int B, int T, int H, int N, int h0, int h1, float *state,
-                  const float *r, const float *w, const float *k, const float *v,
-                  const float *a, const float *b, float *y) {
+static inline float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
+
+/* The whole time-mix of one layer after its matrix products, for heads [h0, h1).
+ * Tokens of sequence bi are rows starts[bi] .. starts[bi]+lengths[bi]-1 of the (rows, C) inputs.
+ * Inputs per row: r, k, v (big-matrix outputs), w_l, a_l, v_l (LoRA outputs before activation), g.
+ * v_first is NULL for layer 0. Writes out = (group_norm(S r) + bonus * v) * g and v_out (mixed v). */
+void rwkv7_tmix(int B, int H, int N, int h0, int h1, const int *starts, const int *lengths,
+                float *state, const float *r, const float *k, const float *v, const float *v_first,
+                const float *w_l, const float *a_l, const float *v_l, const float *g,
+                const float *w0, const float *a0, const float *v0, const float *k_k, const float *k_a,
+                const float *r_k, const float *lnx_w, const float *lnx_b, float eps,
+                float *out, float *v_out) {
+    const int C = H * N;
+    float wv[256], aa[256], bb[256], kv[256], vv[256], y[256];
+    if (N > 256) return;
     for (int bi = 0; bi < B; bi++) {
         for (int h = h0; h < h1; h++) {
             float *S = state + ((size_t)bi * H + h) * N * N;
-            for (int t = 0; t < T; t++) {
-                size_t off = (((size_t)bi * T + t) * H + h) * N;
-                const float *rt = r + off, *wt = w + off, *kt = k + off;
-                const float *vt = v + off, *at = a + off, *bt = b + off;
-                float *yt = y + off;
+            for (int t = 0; t < lengths[bi]; t++) {
+                const size_t off = (size_t)(starts[bi] + t) * C + (size_t)h * N;
+                const float *rt = r + off;
+                const int c0 = h * N;
+                float norm = 0.f;
+                for (int j = 0; j < N; j++) {
+                    const float kk = k[off + j] * k_k[c0 + j];
+                    aa[j] = kk;
+                    norm += kk * kk;
+                }
+                norm = sqrtf(norm);
+                const float inv = 1.f / (norm > 1e-12f ? norm : 1e-12f);
+                float bonus = 0.f;
+                for (int j = 0; j < N; j++) {
+                    const float a = sigmoidf_(a0[c0 + j] + a_l[off + j]);
+                    const float kk = aa[j] * inv;
+                    aa[j] = -kk;
+                    bb[j] = kk * a;
+                    kv[j] = k[off + j] * (1.f + (a - 1.f) * k_a[c0 + j]);
+                    wv[j] = expf(-0.606531f * sigmoidf_(w0[c0 + j] + w_l[off + j]));
+                    bonus += rt[j] * kv[j] * r_k[c0 + j];
+                }
+                for (int i = 0; i < N; i++) {
+                    float vi = v[off + i];
+                    if (v_first) vi += (v_first[off + i] - vi) * sigmoidf_(v0[c0 + i] + v_l[off + i]);
+                    vv[i] = vi;
+                    v_out[off + i] = vi;
+                }
+                float mean = 0.f;
                 for (int i = 0; i < N; i++) {
                     float *row = S + (size_t)i * N;
                     float sa = 0.f;
 #pragma omp simd reduction(+ : sa)
-                    for (int j = 0; j < N; j++) sa += row[j] * at[j];
-                    const float vi = vt[i];
+                    for (int j = 0; j < N; j++) sa += row[j] * aa[j];
+                    const float vi = vv[i];
                     float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
                     for (int j = 0; j < N; j++) {
-                        float s = row[j] * wt[j] + sa * bt[j] + vi * kt[j];
+                        float s = row[j] * wv[j] + sa * bb[j] + vi * kv[j];
                         row[j] = s;
                         acc += s * rt[j];
                     }
-                    yt[i] = acc;
+                    y[i] = acc;
+                    mean += acc;
+                }
+                mean /= (float)N;
+                float var = 0.f;
+                for (int i = 0; i < N; i++) var += (y[i] - mean) * (y[i] - mean);
+                const float rstd = 1.f / sqrtf(var / (float)N + eps);
+                for (int i = 0; i < N; i++) {
+                    const float yn = (y[i] - mean) * rstd * lnx_w[c0 + i] + lnx_b[c0 + i];
+                    out[off + i] = (yn + bonus * vv[i]) * g[off + i];
                 }
             }
         }
