@@ -26,24 +26,28 @@ class CheckpointInfo:
     lora: dict[str, int]
     n_params: int
     large_params: int
+    large_rows: int
+    emb_params: int
+    lora_padding: int
     file_bytes: int
 
     def bytes_per_strategy(self) -> dict[str, int]:
-        """Approximate weight memory per strategy (state and activations come on top).
+        """Weight memory per strategy, as the runtime lays it out (state and activations come on top).
 
-        int8 strategies store the big matrices (attention, feed-forward, head) as one byte per weight
-        plus a per-row scale and keep the embedding and small tensors in 16 bits.
+        The big matrices (attention, feed-forward, head) and the embedding take the strategy's width,
+        int8 keeps the embedding in 16 bits and adds a scale per matrix row, and the small per-layer
+        tensors stay fp32 under every strategy.
         """
-        small = self.n_params - self.large_params
-        int8 = self.large_params + small * 2
-        return {
-            "cpu fp32": self.n_params * 4,
-            "cpu bf16": self.n_params * 2,
-            "cpu bf16i8": int8,
-            "cuda fp16": self.n_params * 2,
-            "cuda bf16": self.n_params * 2,
-            "cuda fp16i8": int8,
-        }
+        small = self.n_params - self.large_params - self.emb_params + self.lora_padding
+        rows = self.large_rows
+        wide = {"fp32": 4, "16": 2}
+        out = {}
+        for name in ("cpu fp32", "cpu bf16", "cuda fp16", "cuda bf16"):
+            w = wide["fp32"] if name.endswith("fp32") else wide["16"]
+            out[name] = (self.large_params + self.emb_params) * w + small * 4
+        for name in ("cpu bf16i8", "cpu fp32i8", "cuda fp16i8", "cuda bf16i8"):
+            out[name] = self.large_params + rows * 8 + self.emb_params * 2 + small * 4
+        return out
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -51,12 +55,29 @@ class CheckpointInfo:
         return d
 
 
+def _lora_padding(tensors: dict, spec: ModelSpec) -> int:
+    """Zeros the runtime adds when it stacks each layer's four LoRA pairs at the largest rank."""
+    rank = max(spec.lora.values())
+    extra = 0
+    for i in range(spec.n_layer):
+        used = sum(
+            tensors[k].numel
+            for n in ("w", "a", "g", "v")
+            for k in (f"blocks.{i}.att.{n}1", f"blocks.{i}.att.{n}2")
+            if k in tensors and not (i == 0 and n == "v")
+        )
+        extra += 8 * spec.n_embd * rank - used
+    return extra
+
+
 def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     """Read a checkpoint's header and shapes (no weights) and summarize it; raises CheckpointError on bad input."""
     p = Path(path)
     tensors = open_checkpoint(p)
     spec: ModelSpec = read_spec(tensors, p)
-    large = sum(t.numel for k, t in tensors.items() if k == "head.weight" or k.endswith(LARGE_MATRICES))
+    large_keys = [k for k in tensors if k == "head.weight" or k.endswith(LARGE_MATRICES)]
+    large = sum(tensors[k].numel for k in large_keys)
+    rows = sum(tensors[k].shape[0] for k in large_keys)
     with open(p, "rb") as f:
         fmt = "pth" if f.read(2) == b"PK" else "safetensors"
     return CheckpointInfo(
@@ -72,5 +93,8 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
         lora=dict(spec.lora),
         n_params=count_params(tensors),
         large_params=large,
+        large_rows=rows,
+        emb_params=tensors["emb.weight"].numel,
+        lora_padding=_lora_padding(tensors, spec),
         file_bytes=p.stat().st_size,
     )

@@ -17,9 +17,10 @@ from .spec import ModelSpec, read_spec
 from .state import State, StateShape
 from .strategy import Strategy, parse_strategy
 
-# Longest run of tokens one sequence feeds through the blocks at once; longer prompts go in chunks so
-# memory stays bounded whatever the prompt length.
+# Longest run of tokens one sequence feeds through the blocks at once, and most tokens in one pass over
+# all sequences; longer prompts go in chunks so activation memory stays bounded whatever the input.
 PREFILL_CHUNK = 256
+PASS_TOKENS = 2048
 
 
 class Model:
@@ -96,7 +97,8 @@ class Model:
                 active = [b for b, t in enumerate(lists) if pos[b] < len(t)]
                 if not active:
                     break
-                chunk = [lists[b][pos[b] : pos[b] + PREFILL_CHUNK] for b in active]
+                step = max(1, min(PREFILL_CHUNK, PASS_TOKENS // len(active)))
+                chunk = [lists[b][pos[b] : pos[b] + step] for b in active]
                 sub = state if len(active) == len(lists) else state.select(active)
                 hidden, sub = self._run(chunk, sub)
                 finishing = [i for i, b in enumerate(active) if pos[b] + len(chunk[i]) == len(lists[b])]
