@@ -1,0 +1,262 @@
+"""Loading: what a good checkpoint gives, and the one-line errors for bad files and strategies."""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+import torch
+from conftest import random_tokens, strategy_name
+
+import rwkv_hub
+from rwkv_hub.core.synth import lora_ranks, random_state_dict
+
+SHAPE = dict(n_layer=2, n_embd=128, vocab_size=256, head_size=64)
+CPU_STRATEGIES = {
+    "cpu fp32": "cpu fp32",
+    "cpu bf16": "cpu bf16",
+    "cpu bf16i8": "cpu bf16i8",
+    "cpu int8": "cpu bf16i8",
+    "cpu fp32i8": "cpu fp32i8",
+}
+
+
+@pytest.fixture(scope="module", params=["pth", "safetensors"])
+def good(request, checkpoint_factory):
+    return checkpoint_factory(**SHAPE, fmt=request.param)
+
+
+def expect_error(exc_type: type[Exception], path, *, strategy: str = "cpu fp32") -> str:
+    """Load `path`, expect `exc_type` with a one-line message naming the file; return the message."""
+    with pytest.raises(exc_type) as e:
+        rwkv_hub.load(path, strategy=strategy)
+    msg = str(e.value)
+    assert isinstance(e.value, rwkv_hub.RWKVHubError)
+    assert "\n" not in msg, msg
+    assert str(path) in msg, msg
+    return msg
+
+
+def save_pth(sd: dict, path):
+    torch.save(sd, path)
+    return path
+
+
+# --- good files ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", list(CPU_STRATEGIES))
+def test_every_cpu_strategy_loads_and_runs(good, strategy) -> None:
+    model = rwkv_hub.load(good, strategy=strategy)
+    assert strategy_name(model) == CPU_STRATEGIES[strategy]
+    logits, state = model.forward(random_tokens(12, SHAPE["vocab_size"]), None)
+    assert logits.shape == (SHAPE["vocab_size"],) and logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+    assert logits.std() > 0.1  # not a constant vector
+    logits, _ = model.forward([3], state)
+    assert torch.isfinite(logits).all()
+
+
+def test_load_defaults_to_cpu_fp32_and_takes_a_str_path(good) -> None:
+    assert strategy_name(rwkv_hub.load(str(good))) == "cpu fp32"
+
+
+@pytest.mark.parametrize("name", ["model.pth", "model.bin", "model"])
+def test_safetensors_content_loads_whatever_the_suffix(checkpoint_factory, tmp_path, name) -> None:
+    src = checkpoint_factory(**SHAPE, fmt="safetensors")
+    path = tmp_path / name
+    path.write_bytes(src.read_bytes())
+    toks = random_tokens(5, SHAPE["vocab_size"])
+    assert torch.equal(rwkv_hub.load(path).forward(toks)[0], rwkv_hub.load(src).forward(toks)[0])
+
+
+def test_strategy_spelling_is_forgiving(good) -> None:
+    assert strategy_name(rwkv_hub.load(good, strategy="  CPU   BF16 ")) == "cpu bf16"
+
+
+def test_spec_is_read_from_the_tensors(good) -> None:
+    spec = rwkv_hub.load(good).spec
+    assert (spec.n_layer, spec.n_embd, spec.head_size, spec.vocab_size) == (2, 128, 64, 256)
+    assert spec.n_head == 2
+    ranks = lora_ranks(SHAPE["n_embd"])
+    assert {k: spec.lora[k] for k in ("decay", "a", "gate", "value")} == {k: ranks[k] for k in ranks}
+
+
+def test_inspect_checkpoint_reports_the_shapes(good) -> None:
+    from rwkv_hub.core import inspect_checkpoint
+
+    info = inspect_checkpoint(good)
+    assert (info.n_layer, info.n_embd, info.head_size, info.n_head, info.vocab_size) == (2, 128, 64, 2, 256)
+    assert info.generation == "x070"
+    sd = random_state_dict(**SHAPE)
+    assert info.n_params == sum(t.numel() for t in sd.values())
+    assert info.file_bytes == good.stat().st_size
+
+
+def test_inspect_checkpoint_raises_checkpoint_error_on_a_bad_file(tmp_path) -> None:
+    from rwkv_hub.core import inspect_checkpoint
+
+    path = tmp_path / "x.pth"
+    path.write_text("hello\n")
+    with pytest.raises(rwkv_hub.CheckpointError):
+        inspect_checkpoint(path)
+
+
+# --- bad files ----------------------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path) -> None:
+    expect_error(rwkv_hub.CheckpointError, tmp_path / "nope.pth")
+
+
+def test_directory(tmp_path) -> None:
+    expect_error(rwkv_hub.CheckpointError, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["x.pth", "x.safetensors", "x.bin", "x"])
+def test_text_file(tmp_path, name) -> None:
+    path = tmp_path / name
+    path.write_text("this is a text file, not a model\n" * 20)
+    expect_error(rwkv_hub.CheckpointError, path)
+
+
+@pytest.mark.parametrize("name", ["x.pth", "x.safetensors"])
+def test_empty_file(tmp_path, name) -> None:
+    path = tmp_path / name
+    path.write_bytes(b"")
+    expect_error(rwkv_hub.CheckpointError, path)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.9, 0.999])
+def test_truncated_file(good, tmp_path, fraction) -> None:
+    data = good.read_bytes()
+    path = tmp_path / good.name
+    path.write_bytes(data[: int(len(data) * fraction)])
+    expect_error(rwkv_hub.CheckpointError, path)
+
+
+def test_zip_that_is_not_a_checkpoint(tmp_path) -> None:
+    path = tmp_path / "x.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("readme.txt", "hello")
+    expect_error(rwkv_hub.CheckpointError, path)
+
+
+def test_legacy_non_zip_torch_save_format(tmp_path) -> None:
+    path = tmp_path / "legacy.pth"
+    torch.save(random_state_dict(**SHAPE), path, _use_new_zipfile_serialization=False)
+    expect_error(rwkv_hub.CheckpointError, path)
+
+
+def test_pickle_that_is_not_a_state_dict(tmp_path) -> None:
+    expect_error(rwkv_hub.CheckpointError, save_pth([torch.zeros(3)], tmp_path / "list.pth"))
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch exploit-ran",))
+
+
+def test_pickle_with_code_is_refused_and_not_run(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = save_pth({"emb.weight": torch.zeros(4, 4), "evil": _Exploit()}, tmp_path / "evil.pth")
+    expect_error(rwkv_hub.CheckpointError, path)
+    assert not (tmp_path / "exploit-ran").exists()
+
+
+@pytest.mark.parametrize(
+    ("keys", "generation"),
+    [
+        (["blocks.0.att.time_maa_x", "blocks.0.att.time_decay", "blocks.0.att.time_faaaa"], "RWKV-6"),
+        (["blocks.0.att.time_first", "blocks.0.att.time_decay", "blocks.0.att.time_mix_k"], "RWKV-4"),
+    ],
+    ids=["rwkv6", "rwkv4"],
+)
+def test_checkpoint_of_another_generation_is_named(tmp_path, keys, generation) -> None:
+    c = 64
+    sd = {"emb.weight": torch.zeros(32, c), "head.weight": torch.zeros(32, c)}
+    sd.update({k: torch.zeros(c) for k in keys})
+    msg = expect_error(rwkv_hub.CheckpointError, save_pth(sd, tmp_path / f"{generation}.pth"))
+    assert generation in msg
+
+
+def test_state_dict_that_is_not_rwkv(tmp_path) -> None:
+    path = save_pth({"fc.weight": torch.zeros(4, 4), "fc.bias": torch.zeros(4)}, tmp_path / "mlp.pth")
+    expect_error(rwkv_hub.CheckpointError, path)
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_partial_checkpoint_names_the_missing_tensors(tmp_path, fmt) -> None:
+    sd = random_state_dict(**SHAPE)
+    gone = ["blocks.1.att.key.weight", "blocks.0.ffn.x_k", "head.weight"]
+    for k in gone:
+        del sd[k]
+    path = tmp_path / f"partial.{fmt}"
+    if fmt == "pth":
+        save_pth(sd, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(dict(sd), str(path))
+    msg = expect_error(rwkv_hub.CheckpointError, path)
+    for k in gone:
+        assert k in msg, msg
+
+
+def test_missing_value_mix_of_a_later_layer_is_reported(tmp_path) -> None:
+    sd = random_state_dict(**SHAPE)
+    del sd["blocks.1.att.v1"]
+    msg = expect_error(rwkv_hub.CheckpointError, save_pth(sd, tmp_path / "partial.pth"))
+    assert "blocks.1.att.v1" in msg
+
+
+@pytest.mark.parametrize(
+    ("key", "shape"),
+    [
+        ("blocks.1.att.key.weight", (128, 129)),
+        ("blocks.0.ffn.value.weight", (128, 256)),
+        ("head.weight", (256, 64)),
+        ("blocks.0.att.ln_x.weight", (64,)),
+        ("blocks.1.att.w2", (32, 64)),
+    ],
+)
+def test_wrong_shape_names_the_tensor(tmp_path, key, shape) -> None:
+    sd = random_state_dict(**SHAPE)
+    sd[key] = torch.zeros(shape, dtype=torch.bfloat16)
+    msg = expect_error(rwkv_hub.CheckpointError, save_pth(sd, tmp_path / "shapes.pth"))
+    assert key.rsplit(".", 1)[0] in msg, msg
+
+
+def test_integer_weights_are_refused(tmp_path) -> None:
+    sd = random_state_dict(**SHAPE)
+    sd["blocks.0.att.key.weight"] = torch.zeros(128, 128, dtype=torch.int8)
+    msg = expect_error(rwkv_hub.CheckpointError, save_pth(sd, tmp_path / "int.pth"))
+    assert "blocks.0.att.key.weight" in msg
+
+
+# --- strategies ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "strategy", ["gpu fp32", "cpu fp64", "cpu", "", "fp32", "cpu fp32 extra", "cpu fp16", "cuda fp16 *10 -> cpu fp32"]
+)
+def test_unknown_or_unsupported_strategy(good, strategy) -> None:
+    with pytest.raises(rwkv_hub.StrategyError) as e:
+        rwkv_hub.load(good, strategy=strategy)
+    assert isinstance(e.value, rwkv_hub.RWKVHubError)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("strategy", ["cuda fp16", "cuda bf16", "cuda fp16i8"])
+def test_cuda_strategy_without_cuda(good, strategy) -> None:
+    with pytest.raises(rwkv_hub.StrategyError) as e:
+        rwkv_hub.load(good, strategy=strategy)
+    assert "cuda" in str(e.value).lower() and "\n" not in str(e.value)
+
+
+def test_errors_share_one_base_class() -> None:
+    for exc in (rwkv_hub.CheckpointError, rwkv_hub.StrategyError, rwkv_hub.StateError):
+        assert issubclass(exc, rwkv_hub.RWKVHubError)
