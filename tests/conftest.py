@@ -87,7 +87,14 @@ class Official:
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         toks = [tokens] if isinstance(tokens, int) else list(tokens)
         st = None if state is None else [t.clone() for t in state]
-        logits, new = self.model.forward(toks, st)
+        # Its per-token loop is hundreds of tiny ops; one thread runs them as fast as two on these sizes, and
+        # does not stall when a shared CI machine's other core is busy. Our runtime keeps its own settings.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            logits, new = self.model.forward(toks, st)
+        finally:
+            torch.set_num_threads(threads)
         return logits.detach().float().clone(), [t.detach().clone() for t in new]
 
 

@@ -93,6 +93,15 @@ def test_inspect_checkpoint_reports_the_shapes(good) -> None:
     assert info.file_bytes == good.stat().st_size
 
 
+@pytest.mark.parametrize("strategy", ["cpu fp32", "cpu bf16", "cpu bf16i8", "cpu fp32i8"])
+def test_inspect_memory_estimate_matches_the_loaded_model(good, strategy) -> None:
+    from rwkv_hub.core import inspect_checkpoint
+
+    estimate = inspect_checkpoint(good).bytes_per_strategy()[strategy]
+    held = rwkv_hub.load(good, strategy=strategy).weight_bytes
+    assert abs(estimate - held) <= 0.01 * held, f"{strategy}: estimate {estimate} vs {held} bytes held"
+
+
 def test_inspect_checkpoint_raises_checkpoint_error_on_a_bad_file(tmp_path) -> None:
     from rwkv_hub.core import inspect_checkpoint
 

@@ -294,6 +294,26 @@ def test_forward_batch_with_prompts_longer_than_a_chunk(checkpoint_factory, mode
         check(logits[b], want, what=f"decode row {b}")
 
 
+def test_forward_batch_of_many_sequences(checkpoint_factory, model_factory, official_factory):
+    """Enough sequences that one pass holds fewer than a chunk's tokens of each: rows still run independently."""
+    path = checkpoint_factory(**SMALL)
+    model, ref = model_factory(path), official_factory(path)
+    v = SMALL["vocab_size"]
+    g = torch.Generator().manual_seed(5)
+    lengths = [1, 300, 2, 171, 64, 1, 230, 9, 120, 33, 256, 200, 3, 90, 17, 150, 1, 45, 70, 190]
+    seqs = [torch.randint(0, v, (n,), generator=g).tolist() for n in lengths]
+    starts = [model.forward([b % v], None)[1] for b in range(len(seqs))]
+    logits, states = model.forward_batch(seqs, starts)
+    nxt, _ = model.forward_batch([[b] for b in range(len(seqs))], states)
+    for b, s in enumerate(seqs):
+        alone, alone_state = model.forward(s, starts[b])
+        check(logits[b], alone, tol=SELF_TOL, what=f"row {b} ({len(s)} tokens) vs alone")
+        check(nxt[b], model.forward([b], alone_state)[0], tol=SELF_TOL, what=f"row {b} decode vs alone")
+    for b in (1, 3, 10):
+        want, _ = ref.forward([b % v] + seqs[b])
+        check(logits[b], want, what=f"row {b} vs official")
+
+
 def test_forward_batch_of_one_equals_forward(pair) -> None:
     model, _ = pair
     toks = random_tokens(13, model.spec.vocab_size, seed=60)
