@@ -82,6 +82,34 @@ def test_spec_is_read_from_the_tensors(good) -> None:
     assert {k: spec.lora[k] for k in ("decay", "a", "gate", "value")} == {k: ranks[k] for k in ranks}
 
 
+def _logits(path) -> torch.Tensor:
+    model = rwkv_hub.load(path)
+    _, state = model.forward(random_tokens(20, SHAPE["vocab_size"], seed=4), None)
+    return model.forward([3], state)[0]
+
+
+@pytest.mark.parametrize("layout", ["flat-vectors", "wrapped", "non-contiguous", "shared-storage", "extra-entries"])
+def test_equivalent_pth_layouts_give_the_same_logits(checkpoint_factory, tmp_path, layout) -> None:
+    """The same weights saved differently: (C,) vectors, {"state_dict": ...}, transposed views, shared storage."""
+    src = checkpoint_factory(**SHAPE)
+    sd = dict(random_state_dict(**SHAPE))
+    if layout == "flat-vectors":
+        obj = {k: (t.reshape(-1) if t.dim() == 3 else t) for k, t in sd.items()}
+    elif layout == "wrapped":
+        obj = {"state_dict": sd, "epoch": 3}
+    elif layout == "non-contiguous":
+        obj = {k: (t.t().contiguous().t() if t.dim() == 2 else t) for k, t in sd.items()}
+        assert not obj["blocks.0.att.key.weight"].is_contiguous()
+    elif layout == "shared-storage":
+        big = torch.cat([sd["emb.weight"].reshape(-1), sd["head.weight"].reshape(-1)])
+        n = sd["emb.weight"].numel()
+        obj = {**sd, "emb.weight": big[:n].view_as(sd["emb.weight"]), "head.weight": big[n:].view_as(sd["head.weight"])}
+    else:
+        obj = {**sd, "_version": 2, "note": "exported"}
+    path = save_pth(obj, tmp_path / f"{layout}.pth")
+    assert torch.equal(_logits(path), _logits(src))
+
+
 def test_inspect_checkpoint_reports_the_shapes(good) -> None:
     from rwkv_hub.core import inspect_checkpoint
 

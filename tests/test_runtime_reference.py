@@ -346,3 +346,17 @@ def test_bf16_logits_are_close_to_fp32(checkpoint_factory, model_factory) -> Non
     record_figure("bf16 vs fp32: top-1 agreement", f"{agree}/{total}")
     assert worst <= 3e-2, f"bf16 relative error {worst:.3g}"
     assert agree >= 0.9 * total, f"top-1 agreement {agree}/{total}"
+
+
+def test_bf16_batch_rows_agree_with_each_sequence_run_alone(checkpoint_factory, model_factory) -> None:
+    model = model_factory(checkpoint_factory(**SMALL), "cpu bf16")
+    v = SMALL["vocab_size"]
+    seqs = [random_tokens(n, v, seed=90 + n) for n in (5, 1, 300, 17)]
+    logits, states = model.forward_batch(seqs, [model.new_state() for _ in seqs])
+    nxt, _ = model.forward_batch([[1], [2], [3], [4]], states)
+    worst = 0.0
+    for b, s in enumerate(seqs):
+        alone, alone_state = model.forward(s, None)
+        worst = max(worst, rel_err(logits[b], alone), rel_err(nxt[b], model.forward([b + 1], alone_state)[0]))
+    record_figure("bf16: batch row vs run alone, max relative error", worst)
+    assert worst <= 2e-2, f"bf16 batch row vs alone relative error {worst:.3g}"
