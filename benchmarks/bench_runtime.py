@@ -1,0 +1,440 @@
+"""Benchmark rwkv-hub against the official `rwkv` package on random-weight checkpoints of real shapes.
+
+    python benchmarks/bench_runtime.py [--shapes 0.19b,0.45b] [--strategies "cpu fp32,cpu bf16,cpu bf16i8"]
+                                       [--official-strategies "cpu fp32,cpu bf16"] [--quick]
+
+Every configuration runs in its own subprocess, one after another, so peak RSS is per configuration and
+runs do not disturb each other. The measurement is `rwkv_hub.bench` for both runtimes (same tokens, same
+warm-up, medians of --repeats). Results go to benchmarks/RESULTS.md, one section per shape (sections of
+shapes not run this time are kept). See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from rwkv_hub.bench import machine_info, parse_batches  # noqa: E402
+
+# name -> (n_layer, n_embd, vocab_size); released RWKV-7 "World" shapes, head size 64.
+SHAPES: dict[str, tuple[int, int, int]] = {
+    "0.19b": (12, 768, 65536),
+    "0.45b": (24, 1024, 65536),
+    "tiny": (2, 128, 1024),  # --quick only: a smoke test of the whole pipeline
+}
+OURS = ("cpu fp32", "cpu bf16", "cpu bf16i8")
+OFFICIAL = ("cpu fp32", "cpu bf16")
+# rwkv.cpp Q8_0 decode speed measured earlier on this kind of machine (2 cores), for the 0.19B model.
+# An absolute figure from another day, not a same-run comparison.
+INT8_REFERENCE_TOK_S = {"0.19b": 129.0}
+MB = 10**6
+CHILD_TIMEOUT_S = 3600
+MARK = "BENCH-RESULT "
+
+
+# ----------------------------------------------------------------------------------------------- running
+
+
+def checkpoint(cache: Path, shape: str, env: dict[str, str]) -> Path:
+    """The random-weight checkpoint of a shape, written once into the cache folder (bf16, released layout).
+
+    It is written by a subprocess so that this process stays small while the measured ones run.
+    """
+    n_layer, n_embd, vocab = SHAPES[shape]
+    path = cache / f"rwkv7-random-{shape}-L{n_layer}-D{n_embd}-V{vocab}.pth"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        print(f"writing {path} ...", flush=True)
+        code = (
+            "import sys; from rwkv_hub.core.synth import write_random_checkpoint as w; "
+            "w(sys.argv[1], n_layer=int(sys.argv[2]), n_embd=int(sys.argv[3]), vocab_size=int(sys.argv[4]))"
+        )
+        cmd = [sys.executable, "-c", code, str(path), str(n_layer), str(n_embd), str(vocab)]
+        subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+    return path
+
+
+def _cli_has_bench() -> bool:
+    r = subprocess.run([sys.executable, "-m", "rwkv_hub", "bench", "--help"], capture_output=True, text=True)
+    return r.returncode == 0
+
+
+def ours_command(model: Path, strategy: str, args: argparse.Namespace, use_cli: bool) -> list[str]:
+    opts = [
+        "--json",
+        "--model",
+        str(model),
+        "--strategy",
+        strategy,
+        "--prompt-tokens",
+        str(args.prompt_tokens),
+        "--decode-tokens",
+        str(args.decode_tokens),
+        "--batch",
+        ",".join(map(str, args.batch)),
+        "--repeats",
+        str(args.repeats),
+    ]
+    if use_cli:
+        return [sys.executable, "-m", "rwkv_hub", "bench", *opts]
+    code = (
+        "import argparse, sys; from rwkv_hub import bench; p = argparse.ArgumentParser(); "
+        "bench.add_arguments(p); sys.exit(bench.run(p.parse_args(sys.argv[1:])))"
+    )
+    return [sys.executable, "-c", code, *opts]
+
+
+def official_command(model: Path, strategy: str, args: argparse.Namespace) -> list[str]:
+    return [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child-official",
+        "--model",
+        str(model),
+        "--strategy",
+        strategy,
+        "--prompt-tokens",
+        str(args.prompt_tokens),
+        "--decode-tokens",
+        str(args.decode_tokens),
+        "--repeats",
+        str(args.repeats),
+    ]
+
+
+def run_child(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run one configuration; return its result dict, or {"error": ...} if it failed."""
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT_S, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {CHILD_TIMEOUT_S} s"}
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        tail = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return {"error": f"exit {r.returncode}: {tail}"}
+    text = r.stdout
+    if MARK in text:
+        text = text.split(MARK, 1)[1]
+    start = text.find("{")
+    try:
+        out = json.loads(text[start:]) if start >= 0 else None
+    except json.JSONDecodeError:
+        out = None
+    if not isinstance(out, dict):
+        return {"error": f"no JSON result in output: {r.stdout[-300:]!r}"}
+    out["wall_s"] = wall
+    return out
+
+
+def child_official(argv: list[str]) -> int:
+    """--child-official: measure the official package in this (fresh) process and print the result."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--child-official", action="store_true")
+    p.add_argument("--model", required=True)
+    p.add_argument("--strategy", required=True)
+    p.add_argument("--prompt-tokens", type=int, required=True)
+    p.add_argument("--decode-tokens", type=int, required=True)
+    p.add_argument("--repeats", type=int, required=True)
+    a = p.parse_args(argv)
+    for k, v in {"RWKV_V7_ON": "1", "RWKV_JIT_ON": "1", "RWKV_CUDA_ON": "0"}.items():
+        os.environ[k] = v
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript deprecation in this torch
+    from rwkv_hub.bench import bench_official
+
+    out = bench_official(a.model, a.strategy, a.prompt_tokens, a.decode_tokens, a.repeats)
+    out["machine"] = machine_info()
+    print(MARK + json.dumps(out), flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def _dtype(strategy: str) -> str:
+    """The official strategy an rwkv-hub strategy is compared with: same dtype; int8 against bf16."""
+    s = strategy.split()
+    dt = s[1].removesuffix("i8") if len(s) > 1 else ""
+    return f"{s[0]} {'bf16' if dt in ('i8', 'int8') else dt}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def _num(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def rss_budget(weight_bytes: int) -> float:
+    return 1.2 * weight_bytes + 300 * MB
+
+
+def shape_table(results: dict[tuple[str, str], dict[str, Any]], batches: list[int]) -> list[str]:
+    """Markdown table: one row per runtime x strategy, ratios against the official package at the same dtype."""
+    head = ["runtime", "strategy", "decode tok/s", "vs official", "prefill tok/s", "vs official"]
+    head += [f"batch {b} tok/s" for b in batches]
+    head += [f"B={batches[-1]} vs official 1-seq", "load s", "weights MiB", "peak RSS MiB", "RSS budget MiB"]
+    head += ["RSS before load MiB", "peak after load MiB"]
+    head += ["threads", "load avg"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (runtime, strategy), r in results.items():
+        if "error" in r:
+            lines.append(f"| {runtime} | {strategy} | failed: {r['error']} |" + " |" * (len(head) - 3))
+            continue
+        off = results.get(("official", _dtype(strategy)), {}) if runtime == "rwkv-hub" else {}
+        agg = r.get("aggregate_tok_s", {})
+        big = agg.get(str(batches[-1])) if runtime == "rwkv-hub" else None
+        row = [
+            runtime,
+            strategy,
+            _num(r["decode_tok_s"]),
+            _ratio(r["decode_tok_s"], off.get("decode_tok_s")) if runtime == "rwkv-hub" else "1.00x",
+            _num(r["prefill_tok_s"]),
+            _ratio(r["prefill_tok_s"], off.get("prefill_tok_s")) if runtime == "rwkv-hub" else "1.00x",
+        ]
+        for b in batches:
+            v = agg.get(str(b))
+            row.append(_num(v) if v is not None else ("(= 1-seq)" if runtime == "official" else "-"))
+        row += [
+            _ratio(big, off.get("decode_tok_s")) if runtime == "rwkv-hub" else "-",
+            _num(r["load_s"], 2),
+            _num(r["weight_bytes"] / 2**20),
+            _num(r["peak_rss_bytes"] / 2**20),
+            _num(rss_budget(r["weight_bytes"]) / 2**20) if runtime == "rwkv-hub" else "-",
+            _num(r["rss_before_load_bytes"] / 2**20) if r.get("rss_before_load_bytes") else "-",
+            _num(r["peak_rss_after_load_bytes"] / 2**20) if r.get("peak_rss_after_load_bytes") else "-",
+            str(r.get("torch_threads", "?")),
+            " -> ".join("?" if x is None else f"{x:.1f}" for x in r.get("load_avg", [None, None])),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def verdicts(shape: str, results: dict[tuple[str, str], dict[str, Any]], batches: list[int]) -> list[str]:
+    """One MET / NOT MET line per target and strategy."""
+    out: list[str] = []
+
+    def ok(r: dict[str, Any] | None) -> bool:
+        return bool(r) and "error" not in r
+
+    def line(met: bool | None, text: str) -> None:
+        out.append(f"- **{'n/a' if met is None else 'MET' if met else 'NOT MET'}**: {text}")
+
+    ours = {s: r for (rt, s), r in results.items() if rt == "rwkv-hub"}
+    off = {s: r for (rt, s), r in results.items() if rt == "official"}
+
+    a, b = ours.get("cpu bf16"), off.get("cpu bf16")
+    if ok(a) and ok(b):
+        x = a["decode_tok_s"] / b["decode_tok_s"]
+        line(
+            x >= 2,
+            f"single-sequence decode, cpu bf16 >= 2x official cpu bf16: {x:.2f}x "
+            f"({a['decode_tok_s']:.1f} vs {b['decode_tok_s']:.1f} tok/s)",
+        )
+    else:
+        line(None, "single-sequence decode, cpu bf16 >= 2x official cpu bf16: not measured")
+
+    ref = INT8_REFERENCE_TOK_S.get(shape)
+    i8 = ours.get("cpu bf16i8")
+    if ref is None:
+        line(None, f"int8 decode > rwkv.cpp Q8_0: no reference figure for the {shape} shape")
+    elif ok(i8):
+        line(
+            i8["decode_tok_s"] > ref,
+            f"int8 (cpu bf16i8) decode > {ref:g} tok/s (rwkv.cpp Q8_0, measured on "
+            f"another day, not this run): {i8['decode_tok_s']:.1f} tok/s",
+        )
+    else:
+        line(None, f"int8 (cpu bf16i8) decode > {ref:g} tok/s: not measured")
+
+    for s, r in ours.items():
+        o = off.get(_dtype(s))
+        big = str(max(batches))
+        agg = r.get("aggregate_tok_s", {}).get(big) if ok(r) else None
+        if agg is not None and int(big) >= 16 and ok(o):
+            x = agg / o["decode_tok_s"]
+            line(
+                x >= 8,
+                f"aggregate decode, {big} sequences, {s} >= 8x official {_dtype(s)} single-sequence: "
+                f"{x:.2f}x ({agg:.1f} vs {o['decode_tok_s']:.1f} tok/s)",
+            )
+        else:
+            line(None, f"aggregate decode, 16 sequences, {s} >= 8x official single-sequence: not measured")
+    for s, r in ours.items():
+        o = off.get(_dtype(s))
+        if ok(r) and ok(o):
+            x = r["prefill_tok_s"] / o["prefill_tok_s"]
+            line(
+                x >= 3,
+                f"prefill ({r['prompt_tokens']} tokens), {s} >= 3x official {_dtype(s)}: {x:.2f}x "
+                f"({r['prefill_tok_s']:.1f} vs {o['prefill_tok_s']:.1f} tok/s)",
+            )
+        else:
+            line(None, f"prefill, {s} >= 3x official {_dtype(s)}: not measured")
+    for s, r in ours.items():
+        if ok(r):
+            budget = rss_budget(r["weight_bytes"])
+            line(
+                r["peak_rss_bytes"] <= budget,
+                f"peak RSS, {s} <= 1.2 x weights + 300 MB: "
+                f"{r['peak_rss_bytes'] / MB:,.0f} MB vs budget {budget / MB:,.0f} MB "
+                f"(weights {r['weight_bytes'] / MB:,.0f} MB)",
+            )
+        else:
+            line(None, f"peak RSS, {s}: not measured")
+    return out
+
+
+def section(shape: str, results: dict, batches: list[int], args: argparse.Namespace, command: str) -> str:
+    m = machine_info()
+    n_layer, n_embd, vocab = SHAPES[shape]
+    ram = f"{m['ram_bytes'] / 2**30:.1f} GiB" if m["ram_bytes"] else "?"
+    lines = [
+        f"<!-- bench:{shape} -->",
+        f"## {shape.upper()}: {n_layer} layers x {n_embd}, vocab {vocab} (random bf16 weights)",
+        "",
+        f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- machine: {m['cpu']}, {m['cores']} cores, {ram} RAM; torch {m['torch']}, "
+        f"rwkv {m['rwkv']}, rwkv-hub {m['rwkv_hub']}, Python {m['python']}",
+        f"- command: `{command}`",
+        f"- settings: prefill {args.prompt_tokens} tokens, decode runs of {args.decode_tokens} tokens, "
+        f"medians of {args.repeats} runs, one subprocess per row, run one after another, "
+        f"threads: {args.threads or 'torch default'}",
+        "",
+        *shape_table(results, batches),
+        "",
+        "Targets:",
+        "",
+        *verdicts(shape, results, batches),
+    ]
+    busy = [
+        f"{rt} {st}"
+        for (rt, st), r in results.items()
+        if max((x or 0) for x in r.get("load_avg", [0])) > (m["cores"] or 1)
+    ]
+    if busy:
+        lines += [
+            "",
+            f"_Warning: the 1-minute load average exceeded the {m['cores']} cores during: {', '.join(busy)}. "
+            "Other processes shared the CPU, so those timings are low and noisy; rerun on a quiet machine._",
+        ]
+    if args.quick:
+        lines += ["", "_Quick smoke-test run: tiny shape and few tokens; the figures and verdicts mean nothing._"]
+    lines.append(f"<!-- /bench:{shape} -->")
+    return "\n".join(lines)
+
+
+TITLE = """# rwkv-hub runtime benchmark
+
+Written by `benchmarks/bench_runtime.py` (see benchmarks/README.md); one section per model shape, replaced
+each time that shape is benchmarked. Ratios compare rwkv-hub with the official `rwkv` package at the same
+dtype, measured in the same run (int8 is compared with official bf16).
+"""
+
+
+def write_results(path: Path, sections: dict[str, str]) -> None:
+    """Replace the given shapes' sections in `path`, keeping the others (ordered as SHAPES)."""
+    old = path.read_text() if path.exists() else ""
+    pattern = r"<!-- bench:([\w.]+) -->\n.*?<!-- /bench:\1 -->"
+    kept = {m.group(1): m.group(0) for m in re.finditer(pattern, old, flags=re.S)}
+    kept.update(sections)
+    order = [k for k in SHAPES if k in kept] + [k for k in kept if k not in SHAPES]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(TITLE + "\n" + "\n\n".join(kept[k] for k in order) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def _list(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--child-official" in argv:
+        return child_official(argv)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", type=_list, default=["0.19b", "0.45b"], help=f"comma-separated, of: {', '.join(SHAPES)}")
+    p.add_argument("--strategies", type=_list, default=list(OURS), help="rwkv-hub strategies, comma-separated")
+    p.add_argument(
+        "--official-strategies", type=_list, default=list(OFFICIAL), help="official package strategies ('' for none)"
+    )
+    p.add_argument("--prompt-tokens", type=int, default=512)
+    p.add_argument("--decode-tokens", type=int, default=64)
+    p.add_argument("--batch", type=parse_batches, default=[1, 4, 16])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, help="torch threads in every run (OMP_NUM_THREADS); default: torch's choice")
+    p.add_argument("--cache", type=Path, default=ROOT / "bench-out", help="where checkpoints are written and reused")
+    p.add_argument("--output", type=Path, help="results file (default benchmarks/RESULTS.md; with --quick, in --cache)")
+    p.add_argument("--quick", action="store_true", help="smoke test: tiny shape, few tokens, one pass")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.shapes, args.prompt_tokens, args.decode_tokens, args.batch, args.repeats = ["tiny"], 32, 8, [1, 4], 2
+    unknown = [s for s in args.shapes if s not in SHAPES]
+    if unknown:
+        p.error(f"unknown shape(s) {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
+    output = args.output or (args.cache / "RESULTS-quick.md" if args.quick else ROOT / "benchmarks" / "RESULTS.md")
+    command = "python benchmarks/bench_runtime.py" + "".join(f" {shlex.quote(a)}" for a in argv)
+
+    use_cli = _cli_has_bench()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    off_env = {**env, "RWKV_V7_ON": "1", "RWKV_JIT_ON": "1", "RWKV_CUDA_ON": "0"}
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > 0.5 and not args.threads:
+        print(
+            f"warning: load average {load:.1f} on {cores} cores: other processes are running. torch's thread pool "
+            "stalls badly when a core it uses is busy (decode can be 10-30x slower); consider --threads 1.",
+            flush=True,
+        )
+    sections: dict[str, str] = {}
+    for shape in args.shapes:
+        model = checkpoint(args.cache, shape, env)
+        runs = [("rwkv-hub", s, ours_command(model, s, args, use_cli), env) for s in args.strategies]
+        runs += [("official", s, official_command(model, s, args), off_env) for s in args.official_strategies]
+        results: dict[tuple[str, str], dict[str, Any]] = {}
+        for runtime, strategy, cmd, child_env in runs:
+            print(f"[{shape}] {runtime} {strategy} ...", end=" ", flush=True)
+            r = run_child(cmd, child_env)
+            results[(runtime, strategy)] = r
+            if "error" in r:
+                print(f"FAILED ({r['error']})", flush=True)
+            else:
+                print(
+                    f"decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} tok/s, "
+                    f"peak RSS {r['peak_rss_bytes'] / 2**20:,.0f} MiB ({r['wall_s']:.0f} s)",
+                    flush=True,
+                )
+        raw = args.cache / f"results-{shape}.json"
+        rows = [{"runtime": rt, "strategy": st, **r} for (rt, st), r in results.items()]
+        raw.write_text(json.dumps({"command": command, "results": rows}, indent=1) + "\n")
+        sections[shape] = section(shape, results, args.batch, args, command)
+        print()
+        print(sections[shape])
+        print()
+    write_results(output, sections)
+    print(f"wrote {output} (every run's figures: {args.cache}/results-<shape>.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""Smoke tests of `rwkv_hub.bench` and `rwkv-hub bench`: the figures exist and are positive (no timing assertions)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import rwkv_hub
+from rwkv_hub import bench
+from rwkv_hub.core.synth import write_random_checkpoint
+
+SHAPE = {"n_layer": 2, "n_embd": 128, "vocab_size": 256, "head_size": 64}
+SMALL = ["--prompt-tokens", "8", "--decode-tokens", "3", "--batch", "1,2", "--repeats", "2"]
+FIGURES = ("decode_tok_s", "prefill_tok_s", "weight_bytes", "peak_rss_bytes")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_random_checkpoint(tmp_path_factory.mktemp("bench") / "tiny.pth", **SHAPE)
+
+
+def rwkv_hub_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rwkv_hub", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+
+
+def cli_has_bench() -> bool:
+    from rwkv_hub.cli import build_parser
+
+    try:
+        build_parser().parse_args(["bench", "--model", "x"])
+    except SystemExit:
+        return False
+    return True
+
+
+needs_cli = pytest.mark.skipif(not cli_has_bench(), reason="rwkv_hub/cli.py has no `bench` subcommand yet")
+
+
+@pytest.mark.parametrize("strategy", ["cpu fp32", "cpu bf16i8"])
+def test_measure_returns_positive_figures(tiny: Path, strategy: str) -> None:
+    model = rwkv_hub.load(tiny, strategy)
+    r = bench.measure(model, prompt_tokens=8, decode_tokens=3, batches=[1, 2], repeats=2)
+    for key in FIGURES:
+        assert r[key] > 0, key
+    assert r["weight_bytes"] == model.weight_bytes
+    assert set(r["aggregate_tok_s"]) == {"1", "2"}
+    assert all(v > 0 for v in r["aggregate_tok_s"].values())
+    assert len(r["decode_tok_s_runs"]) == len(r["prefill_tok_s_runs"]) == 2
+    assert all(len(v) == 2 for v in r["aggregate_tok_s_runs"].values())
+    assert (r["prompt_tokens"], r["decode_tokens"], r["repeats"]) == (8, 3, 2)
+    json.dumps(r)  # the report must be JSON-serialisable as it is
+
+
+def test_parse_batches() -> None:
+    assert bench.parse_batches("1, 4,16,4") == [1, 4, 16]
+    for bad in ("", "0", "1,x", "-2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench.parse_batches(bad)
+
+
+def test_run_and_table(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--model", str(tiny), "--strategy", "cpu bf16", *SMALL])
+    assert bench.run(args) == 0
+    out = capsys.readouterr().out
+    for text in ("decode, 1 sequence", "prefill, 8 tokens", "decode, batch 2", "peak RSS", "tok/s"):
+        assert text in out
+
+
+def test_run_missing_model_raises_user_error(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--model", str(tmp_path / "nope.pth"), *SMALL])
+    with pytest.raises(rwkv_hub.RWKVHubError):
+        bench.run(args)
+
+
+@needs_cli
+def test_cli_bench_json(tiny: Path) -> None:
+    result = rwkv_hub_cli("bench", "--model", tiny, "--strategy", "cpu fp32", "--json", *SMALL)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for key in FIGURES:
+        assert report[key] > 0, key
+    assert report["load_s"] > 0
+    assert report["strategy"] == "cpu fp32"
+    assert (report["n_layer"], report["n_embd"], report["vocab_size"]) == (2, 128, 256)
+    assert set(report["aggregate_tok_s"]) == {"1", "2"}
+
+
+@needs_cli
+def test_cli_bench_missing_model(tmp_path: Path) -> None:
+    result = rwkv_hub_cli("bench", "--model", tmp_path / "nope.pth", "--strategy", "cpu fp32", "--json")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert result.stderr.startswith("rwkv-hub: error: ")
+    assert "nope.pth" in result.stderr
