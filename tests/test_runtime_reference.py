@@ -360,3 +360,30 @@ def test_bf16_batch_rows_agree_with_each_sequence_run_alone(checkpoint_factory, 
         worst = max(worst, rel_err(logits[b], alone), rel_err(nxt[b], model.forward([b + 1], alone_state)[0]))
     record_figure("bf16: batch row vs run alone, max relative error", worst)
     assert worst <= 2e-2, f"bf16 batch row vs alone relative error {worst:.3g}"
+
+
+# --- CUDA (skipped on machines without a GPU) -----------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize(("strategy", "tol"), [("cuda fp16", 3e-2), ("cuda bf16", 3e-2), ("cuda fp16i8", 0.15)])
+def test_cuda_strategies_are_close_to_cpu_fp32(checkpoint_factory, model_factory, tmp_path, strategy, tol) -> None:
+    path = checkpoint_factory(**SMALL)
+    cpu, gpu = model_factory(path), model_factory(path, strategy)
+    v = SMALL["vocab_size"]
+    seqs = [random_tokens(n, v, seed=110 + n) for n in (5, 1, 300)]
+    logits, states = gpu.forward_batch(seqs, [gpu.new_state() for _ in seqs])
+    assert logits.dtype == torch.float32 and logits.shape == (3, v)
+    nxt, _ = gpu.forward_batch([[1], [2], [3]], states)
+    worst = 0.0
+    for b, s in enumerate(seqs):
+        alone, cpu_state = cpu.forward(s, None)
+        worst = max(worst, rel_err(logits[b], alone), rel_err(nxt[b], cpu.forward([b + 1], cpu_state)[0]))
+    record_figure(f"{strategy} vs cpu fp32: max relative error", worst)
+    assert worst <= tol, f"{strategy}: relative error {worst:.3g} > {tol}"
+    # A state made on the GPU is saved, and continues on the CPU.
+    states[2].save(tmp_path / "gpu.state")
+    moved = cpu.load_state(tmp_path / "gpu.state")
+    ours, _ = cpu.forward([3], moved)
+    want, _ = cpu.forward(seqs[2] + [3], None)
+    assert rel_err(ours, want) <= tol
