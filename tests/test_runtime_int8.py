@@ -57,6 +57,11 @@ def test_int8_picks_the_same_top1_token_as_fp32(int8_run, fp32_logits) -> None:
     assert agree >= MIN_TOP1, f"{name}: top-1 agreement {agree:.3f} < {MIN_TOP1}"
 
 
+# Activations are quantized per row, so a row's result must not depend on its batch-mates or on how a
+# prompt is chunked: only float rounding of the surrounding fp32 work may differ.
+ROW_INDEPENDENT = 1e-6
+
+
 def test_int8_logits_are_close_to_fp32(int8_run, fp32_logits) -> None:
     name, _, logits = int8_run
     worst = max(rel_err(logits[i], fp32_logits[i]) for i in range(POSITIONS))
@@ -72,7 +77,7 @@ def test_int8_prefill_agrees_with_token_by_token(int8_run, text) -> None:
         prefill, _ = model.forward(text[:n], None)
         err = rel_err(prefill, logits[n - 1])
         record_figure(f"{name}: prefill vs token-by-token, max relative error (n={n})", err)
-        assert err <= MAX_REL, f"{name}: {n}-token prefill vs decode relative error {err:.3g}"
+        assert err <= ROW_INDEPENDENT, f"{name}: {n}-token prefill vs decode relative error {err:.3g}"
 
 
 def test_int8_batch_rows_agree_with_each_sequence_run_alone(int8_run) -> None:
@@ -89,7 +94,7 @@ def test_int8_batch_rows_agree_with_each_sequence_run_alone(int8_run) -> None:
         alone, _ = model.forward(s + [b + 1], None)
         worst = max(worst, rel_err(nxt[b], alone))
     record_figure(f"{name}: batch row vs run alone, max relative error", worst)
-    assert worst <= MAX_REL, f"{name}: batch row vs alone relative error {worst:.3g}"
+    assert worst <= ROW_INDEPENDENT, f"{name}: batch row vs alone relative error {worst:.3g}"
 
 
 def test_int8_is_deterministic(int8_run, text) -> None:

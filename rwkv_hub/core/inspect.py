@@ -28,7 +28,6 @@ class CheckpointInfo:
     large_params: int
     large_rows: int
     emb_params: int
-    lora_padding: int
     file_bytes: int
 
     def bytes_per_strategy(self) -> dict[str, int]:
@@ -38,7 +37,7 @@ class CheckpointInfo:
         int8 keeps the embedding in 16 bits and adds a scale per matrix row, and the small per-layer
         tensors stay fp32 under every strategy.
         """
-        small = self.n_params - self.large_params - self.emb_params + self.lora_padding
+        small = self.n_params - self.large_params - self.emb_params
         rows = self.large_rows
         wide = {"fp32": 4, "16": 2}
         out = {}
@@ -53,21 +52,6 @@ class CheckpointInfo:
         d = asdict(self)
         d["bytes_per_strategy"] = self.bytes_per_strategy()
         return d
-
-
-def _lora_padding(tensors: dict, spec: ModelSpec) -> int:
-    """Zeros the runtime adds when it stacks each layer's four LoRA pairs at the largest rank."""
-    rank = max(spec.lora.values())
-    extra = 0
-    for i in range(spec.n_layer):
-        used = sum(
-            tensors[k].numel
-            for n in ("w", "a", "g", "v")
-            for k in (f"blocks.{i}.att.{n}1", f"blocks.{i}.att.{n}2")
-            if k in tensors and not (i == 0 and n == "v")
-        )
-        extra += 8 * spec.n_embd * rank - used
-    return extra
 
 
 def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
@@ -95,6 +79,5 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
         large_params=large,
         large_rows=rows,
         emb_params=tensors["emb.weight"].numel,
-        lora_padding=_lora_padding(tensors, spec),
         file_bytes=p.stat().st_size,
     )

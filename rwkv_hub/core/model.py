@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import operator
 import os
-from collections.abc import Sequence
+from collections.abc import Sequence, ValuesView
 from pathlib import Path
 
 import torch
@@ -54,14 +56,7 @@ class Model:
     @property
     def weight_bytes(self) -> int:
         """Bytes of weights held for this strategy."""
-        total = self.emb.numel() * self.emb.element_size() + self.head.nbytes
-        for b in self.blocks:
-            for v in b.__dict__.values():
-                if isinstance(v, torch.Tensor):
-                    total += v.numel() * v.element_size()
-                elif isinstance(v, Linear):
-                    total += v.nbytes
-        return total
+        return _nbytes([self.emb, self.head, self.ln_out, *(b.__dict__.values() for b in self.blocks)])
 
     def new_state(self, batch_size: int = 1) -> State:
         """A zero state: the model has read nothing yet."""
@@ -88,7 +83,7 @@ class Model:
         """
         batched = isinstance(states, State)
         state = states if batched else State.stack(list(states))
-        lists = [list(t) for t in tokens]
+        lists = [_token_list(t, b, self.spec.vocab_size) for b, t in enumerate(tokens)]
         self._check_inputs(lists, state)
         logits = torch.empty(len(lists), self.spec.vocab_size, dtype=torch.float32, device=self.device)
         pos = [0] * len(lists)
@@ -117,13 +112,9 @@ class Model:
             raise StateError(f"state is for a model with {state.shape}, but this model has {self.state_shape}")
         if state.batch_size != len(lists):
             raise RWKVHubError(f"{len(lists)} token lists but a state of batch {state.batch_size}")
-        v = self.spec.vocab_size
         for b, t in enumerate(lists):
             if not t:
                 raise RWKVHubError(f"sequence {b} has no tokens; every sequence needs at least one new token")
-            bad = [x for x in t if not isinstance(x, int) or not 0 <= x < v]
-            if bad:
-                raise RWKVHubError(f"sequence {b}: token {bad[0]!r} is not an id in 0..{v - 1}")
 
     def _run(self, chunk: list[list[int]], state: State) -> tuple[torch.Tensor, State]:
         """One pass of all blocks over a flat batch of tokens; returns the last token's hidden row per sequence."""
@@ -152,6 +143,30 @@ class Model:
         return self.head(x.to(self.dtype)).float()
 
 
+def _nbytes(obj: object) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Linear):
+        return obj.nbytes
+    if isinstance(obj, (list, tuple, ValuesView)):
+        return sum(_nbytes(o) for o in obj)
+    return 0
+
+
+def _token_list(tokens: Sequence[int], b: int, vocab: int) -> list[int]:
+    """Token ids as Python ints (numpy and torch integers accepted), each checked against the vocabulary."""
+    out = []
+    for x in tokens:
+        try:
+            i = operator.index(x)
+        except TypeError:
+            raise RWKVHubError(f"sequence {b}: token {x!r} is a {type(x).__name__}, not an integer id") from None
+        if not 0 <= i < vocab:
+            raise RWKVHubError(f"sequence {b}: token id {i} is outside the vocabulary 0..{vocab - 1}")
+        out.append(i)
+    return out
+
+
 def _merge(full: State, sub: State, rows: list[int]) -> State:
     """Write the rows of `sub` back into a copy of `full` at `rows`."""
     idx = torch.tensor(rows, device=full.device)
@@ -160,6 +175,30 @@ def _merge(full: State, sub: State, rows: list[int]) -> State:
         return [f.index_copy(0, idx, s) for f, s in zip(parts_full, parts_sub, strict=True)]
 
     return State(full.shape, put(full.att_x, sub.att_x), put(full.wkv, sub.wkv), put(full.ffn_x, sub.ffn_x))
+
+
+def _normalized_embedding(
+    t: LazyTensor, w: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, device: str, rows_per_chunk: int = 8192
+) -> torch.Tensor:
+    """The embedding with the first layer norm applied once at load (as the official package does).
+
+    Done in row chunks so that no full fp32 copy of a large vocabulary's embedding is made. int8
+    strategies keep it in 16 bits: a token reads only its own row.
+    """
+    src = t.read()
+    out = torch.empty(src.shape, dtype=dtype, device=device)
+    for lo in range(0, src.shape[0], rows_per_chunk):
+        part = src[lo : lo + rows_per_chunk].to(device, torch.float32)
+        out[lo : lo + rows_per_chunk] = F.layer_norm(part, (src.shape[1],), w, b)
+    return out
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed by load-time temporaries back to the OS (glibc keeps it otherwise)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def compute_dtype(strategy: Strategy) -> torch.dtype:
@@ -182,31 +221,30 @@ def load(path: str | os.PathLike, strategy: str = "cpu fp32") -> Model:
     dev, dt, i8 = strat.device, compute_dtype(strat), strat.int8
     f32 = torch.float32
 
+    def mat(name: str) -> torch.Tensor:
+        return tensors[name].read().to(device=dev, dtype=f32).contiguous()
+
     def vec(name: str) -> torch.Tensor:
         return tensors[name].read().reshape(-1).to(device=dev, dtype=f32)
 
-    def lora_stack(parts: list[LazyTensor | None], rank_dim: int) -> torch.Tensor:
-        """Stack LoRA matrices, zero-padded to the largest rank (padding adds exact zeros to the result).
-
-        Layer 0 has no value LoRA in released files; zeros stand in for it and are never used.
-        """
-        rank = max(p.shape[rank_dim] for p in parts if p is not None)
-        shape = (spec.n_embd, rank) if rank_dim == 1 else (rank, spec.n_embd)
-        out = torch.zeros(len(parts), *shape, device=dev, dtype=f32)
-        for j, p in enumerate(parts):
-            if p is not None:
-                t = p.read().to(dev, f32)
-                out[j].narrow(rank_dim, 0, t.shape[rank_dim]).copy_(t)
-        return out
+    def lora(i: int, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A low-rank pair as fp32 (x @ down) @ up; layer 0 has no value LoRA in released files."""
+        if name == "v" and i == 0:
+            return None
+        a = f"blocks.{i}.att."
+        return mat(a + name + "1"), mat(a + name + "2")
 
     def linear(name: str) -> Linear:
         return make_linear(tensors[name].read(), dev, dt, i8)
 
     try:
-        emb = tensors["emb.weight"].read().to(dev, f32)
-        emb = F.layer_norm(emb, (spec.n_embd,), vec("blocks.0.ln0.weight"), vec("blocks.0.ln0.bias"))
-        # int8 strategies keep the embedding in 16 bits: only one row per token is read.
-        emb = emb.to(torch.bfloat16 if i8 and dt == f32 and dev == "cpu" else dt)
+        emb = _normalized_embedding(
+            tensors["emb.weight"],
+            vec("blocks.0.ln0.weight"),
+            vec("blocks.0.ln0.bias"),
+            torch.bfloat16 if i8 and dt == f32 and dev == "cpu" else dt,
+            dev,
+        )
         blocks = []
         for i in range(spec.n_layer):
             a, f = f"blocks.{i}.att.", f"blocks.{i}.ffn."
@@ -217,8 +255,7 @@ def load(path: str | os.PathLike, strategy: str = "cpu fp32") -> Model:
                     ln2_w=vec(f"blocks.{i}.ln2.weight"),
                     ln2_b=vec(f"blocks.{i}.ln2.bias"),
                     maa=torch.stack([vec(a + n) for n in MIX_ORDER]).unsqueeze(1),
-                    lora_down=lora_stack([tensors.get(a + lo) for lo, _ in LORA_ORDER], 1),
-                    lora_up=lora_stack([tensors.get(a + hi) for _, hi in LORA_ORDER], 0),
+                    lora=[lora(i, n) for n in LORA_ORDER],
                     w0=vec(a + "w0"),
                     a0=vec(a + "a0"),
                     v0=vec(a + "v0") if i else None,
@@ -244,4 +281,5 @@ def load(path: str | os.PathLike, strategy: str = "cpu fp32") -> Model:
         if "memory" in str(e).lower():
             raise CheckpointError(f"{p}: not enough memory for strategy {strat.name!r} ({e})") from None
         raise
+    _release_freed_memory()
     return Model(p, spec, strat, emb, blocks, ln_out, head)

@@ -19,6 +19,7 @@ from .wkv import run_split_heads, wkv7
 
 DECAY_SCALE = 0.606531  # exp(-0.5): the decay is exp(-exp(-0.5) * sigmoid(w0 + lora(x)))
 GROUP_NORM_EPS = 64e-5
+NATIVE_MAX_HEAD_SIZE = 256  # the C kernel keeps a head's vectors on the stack
 
 
 @dataclass
@@ -30,8 +31,9 @@ class Block:
     ln2_w: torch.Tensor
     ln2_b: torch.Tensor
     maa: torch.Tensor  # (6, 1, C): token-shift mix, rows ordered w, a, g, v, r, k (see MIX_ORDER)
-    lora_down: torch.Tensor  # (4, C, R): w1, a1, g1, v1, zero-padded to the largest rank R
-    lora_up: torch.Tensor  # (4, R, C): w2, a2, g2, v2
+    lora: list[
+        tuple[torch.Tensor, torch.Tensor] | None
+    ]  # (down (C, r), up (r, C)) for w, a, g, v; v is None in layer 0
     w0: torch.Tensor
     a0: torch.Tensor
     v0: torch.Tensor | None
@@ -49,9 +51,9 @@ class Block:
     ffn_value: Linear
 
 
-# The four LoRA inputs come first so one batched matmul serves them all; v, r, k feed the big matrices.
+# The four LoRA inputs come first, in LORA_ORDER; v, r, k feed the big matrices.
 MIX_ORDER = ("x_w", "x_a", "x_g", "x_v", "x_r", "x_k")
-LORA_ORDER = (("w1", "w2"), ("a1", "a2"), ("g1", "g2"), ("v1", "v2"))
+LORA_ORDER = ("w", "a", "g", "v")
 
 
 class Layout:
@@ -130,11 +132,13 @@ def time_mix(
     r = blk.receptance(xr).float()
     k = blk.key(xk).float()
     v = blk.value(xv).float()
-    h = torch.bmm(mixed[:4], blk.lora_down)
-    h[0].tanh_()
-    h[2].sigmoid_()
-    w_lora, a_lora, g, v_lora = torch.bmm(h, blk.lora_up).unbind(0)
-    if x.device.type == "cpu" and load_wkv7() is not None:
+    xw, xa, xg = mixed[0], mixed[1], mixed[2]
+    (w1, w2), (a1, a2), (g1, g2) = blk.lora[:3]
+    w_lora = torch.tanh(xw @ w1) @ w2
+    a_lora = (xa @ a1) @ a2
+    g = torch.sigmoid(xg @ g1) @ g2
+    v_lora = (mixed[3] @ blk.lora[3][0]) @ blk.lora[3][1] if layer else None
+    if x.device.type == "cpu" and head_size <= NATIVE_MAX_HEAD_SIZE and load_wkv7() is not None:
         return _time_mix_native(blk, layer, r, k, v, w_lora, a_lora, v_lora, g, wkv_state, v_first, lay, dtype)
     a = torch.sigmoid(blk.a0 + a_lora)
     kk = F.normalize((k * blk.k_k).view(t_len, n_head, head_size), dim=-1, p=2.0).view(t_len, c)
@@ -170,6 +174,7 @@ def _time_mix_native(
     s = wkv_state.clone(memory_format=torch.contiguous_format)
     out = torch.empty_like(r)
     v_out = torch.empty_like(v)
+    v_lora = w_lora if v_lora is None else v_lora  # layer 0: never read by the kernel
     ins = [t.contiguous() for t in (r, k, v, w_lora, a_lora, v_lora, g)]
     r, k, v, w_lora, a_lora, v_lora, g = (t.data_ptr() for t in ins)
     vf = v_first.data_ptr() if layer else None  # layer 0's contiguous v, kept alive by the caller
