@@ -18,7 +18,17 @@ from functools import cache
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("wkv7.c")
-FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=fast", "-shared", "-fPIC")
+FLAGS = (
+    "-O3",
+    "-march=native",
+    "-fopenmp-simd",
+    "-fno-math-errno",
+    "-fassociative-math",
+    "-fno-signed-zeros",
+    "-fno-trapping-math",
+    "-shared",
+    "-fPIC",
+)
 
 
 def cache_dir() -> Path:
