@@ -70,18 +70,32 @@ class LazyTensor:
 
     def read(self) -> torch.Tensor:
         itemsize = torch.empty((), dtype=self.dtype).element_size()
-        count = self.nbytes // itemsize
-        flat = torch.empty(count, dtype=self.dtype)
-        if self.nbytes:
-            view = flat.view(torch.uint8).numpy()
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                got = f.readinto(memoryview(view))
-            if got != self.nbytes:
-                raise CheckpointError(f"{self.path}: file is truncated (a tensor's data ends early); download it again")
+        flat = self._read_bytes(0, self.nbytes // itemsize, itemsize)
         if self.stride is None:
             return flat.view(self.shape)
         return flat.as_strided(self.shape, self.stride, self.storage_offset).contiguous()
+
+    def read_rows(self, lo: int, hi: int) -> torch.Tensor:
+        """Rows lo..hi-1 of a matrix, reading only their bytes when the tensor is stored row-major."""
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        cols = self.numel // self.shape[0]
+        row_major = self.stride is None or tuple(self.stride) == (cols, 1)
+        if not row_major:
+            return self.read()[lo:hi]
+        start = self.storage_offset + lo * cols
+        return self._read_bytes(start, (hi - lo) * cols, itemsize).view(hi - lo, *self.shape[1:])
+
+    def _read_bytes(self, first: int, count: int, itemsize: int) -> torch.Tensor:
+        flat = torch.empty(count, dtype=self.dtype)
+        nbytes = count * itemsize
+        if nbytes:
+            view = flat.view(torch.uint8).numpy()
+            with open(self.path, "rb") as f:
+                f.seek(self.offset + first * itemsize)
+                got = f.readinto(memoryview(view))
+            if got != nbytes:
+                raise CheckpointError(f"{self.path}: file is truncated (a tensor's data ends early); download it again")
+        return flat
 
 
 class _MetaUnpickler(pickle.Unpickler):

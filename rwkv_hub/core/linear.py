@@ -122,6 +122,23 @@ class DynamicInt8Linear(Linear):
         return (y[:-1] * peak).view(*x.shape[:-1], self.out_features)
 
 
+class RowChunkedLinear(Linear):
+    """A very tall matrix (the head) as several row blocks, converted one block at a time at load.
+
+    Converting a 65536-row head in one piece briefly holds the source, an fp32 or int8 copy and the
+    packed result; in blocks the peak stays a few tens of MB above the final weights.
+    """
+
+    def __init__(self, parts: list[Linear]):
+        self.parts = parts
+        self.out_features = sum(p.out_features for p in parts)
+        self.in_features = parts[0].in_features
+        self.nbytes = sum(p.nbytes for p in parts)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p(x) for p in self.parts], dim=-1)
+
+
 def dynamic_int8_available() -> bool:
     """True where PyTorch has the fbgemm/x86 quantized engine (x86 CPUs)."""
     return any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm"))

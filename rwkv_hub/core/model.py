@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .checkpoint import LazyTensor, open_checkpoint
 from .errors import CheckpointError, RWKVHubError, StateError
-from .linear import Linear, dynamic_int8_available, make_linear
+from .linear import Linear, RowChunkedLinear, dynamic_int8_available, make_linear
 from .rwkv7 import LORA_ORDER, MIX_ORDER, Block, Layout, channel_mix, time_mix
 from .spec import ModelSpec, read_spec
 from .state import State, StateShape
@@ -21,8 +21,10 @@ from .strategy import Strategy, parse_strategy
 
 # Longest run of tokens one sequence feeds through the blocks at once, and most tokens in one pass over
 # all sequences; longer prompts go in chunks so activation memory stays bounded whatever the input.
-PREFILL_CHUNK = 256
-PASS_TOKENS = 2048
+PREFILL_CHUNK = 512
+PASS_TOKENS = 4096
+# Matrices taller than this (the head of a large vocabulary) are converted and stored in row blocks.
+HEAD_BLOCK_ROWS = 8192
 
 
 class Model:
@@ -178,23 +180,27 @@ def _merge(full: State, sub: State, rows: list[int]) -> State:
 
 
 def _normalized_embedding(
-    t: LazyTensor, w: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, device: str, rows_per_chunk: int = 8192
+    t: LazyTensor, w: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, device: str, rows_per_chunk: int = 2048
 ) -> torch.Tensor:
     """The embedding with the first layer norm applied once at load (as the official package does).
 
     Done in row chunks so that no full fp32 copy of a large vocabulary's embedding is made. int8
     strategies keep it in 16 bits: a token reads only its own row.
     """
-    src = t.read()
-    out = torch.empty(src.shape, dtype=dtype, device=device)
-    for lo in range(0, src.shape[0], rows_per_chunk):
-        part = src[lo : lo + rows_per_chunk].to(device, torch.float32)
-        out[lo : lo + rows_per_chunk] = F.layer_norm(part, (src.shape[1],), w, b)
+    rows, cols = t.shape
+    out = torch.empty((rows, cols), dtype=dtype, device=device)
+    for lo in range(0, rows, rows_per_chunk):
+        hi = min(rows, lo + rows_per_chunk)
+        out[lo:hi] = F.layer_norm(t.read_rows(lo, hi).to(device, torch.float32), (cols,), w, b)
+    _release_freed_memory()
     return out
 
 
 def _release_freed_memory() -> None:
-    """Hand memory freed by load-time temporaries back to the OS (glibc keeps it otherwise)."""
+    """Hand memory freed by load-time temporaries back to the OS (glibc keeps it otherwise).
+
+    Called after every layer: the temporaries of one layer are freed before the next one's are made.
+    """
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
@@ -235,7 +241,15 @@ def load(path: str | os.PathLike, strategy: str = "cpu fp32") -> Model:
         return mat(a + name + "1"), mat(a + name + "2")
 
     def linear(name: str) -> Linear:
-        return make_linear(tensors[name].read(), dev, dt, i8)
+        t = tensors[name]
+        rows = t.shape[0]
+        if rows <= HEAD_BLOCK_ROWS:
+            return make_linear(t.read(), dev, dt, i8)
+        parts = []
+        for lo in range(0, rows, HEAD_BLOCK_ROWS):
+            parts.append(make_linear(t.read_rows(lo, min(rows, lo + HEAD_BLOCK_ROWS)), dev, dt, i8))
+            _release_freed_memory()
+        return RowChunkedLinear(parts)
 
     try:
         emb = _normalized_embedding(
@@ -273,6 +287,7 @@ def load(path: str | os.PathLike, strategy: str = "cpu fp32") -> Model:
                     ffn_value=linear(f + "value.weight"),
                 )
             )
+            _release_freed_memory()
         ln_out = (vec("ln_out.weight"), vec("ln_out.bias"))
         head = linear("head.weight")
     except torch.cuda.OutOfMemoryError:
