@@ -204,12 +204,15 @@ def measure(
     decode = time_decode(step, stream[:DECODE_WARMUP], stream[DECODE_WARMUP:], repeats)
 
     prefill = time_prefill(lambda p: model.forward(p, None), prompt, repeats)
+    single_peak = peak_rss_bytes()  # one stream: the weights plus what a prompt and a decode loop need
 
     aggregate: dict[str, list[float]] = {}
     for b in batches:
         aggregate[str(b)] = _time_batch(model, b, decode_tokens, repeats, seed + 10 + b)
 
-    return _result(decode, prefill, aggregate, model.weight_bytes, prompt_tokens, decode_tokens, repeats, load_before)
+    result = _result(decode, prefill, aggregate, model.weight_bytes, prompt_tokens, decode_tokens, repeats, load_before)
+    result["peak_rss_single_bytes"] = single_peak
+    return result
 
 
 def _time_batch(model, batch: int, steps: int, repeats: int, seed: int) -> list[float]:
