@@ -74,5 +74,5 @@ def load_wkv7() -> ctypes.CDLL | None:
         return None
     fn = dll.rwkv7_tmix
     fn.restype = None
-    fn.argtypes = [ctypes.c_int] * 5 + [ctypes.c_void_p] * 19 + [ctypes.c_float] + [ctypes.c_void_p] * 2
+    fn.argtypes = [ctypes.c_int] * 5 + [ctypes.c_void_p] * 19 + [ctypes.c_float, ctypes.c_void_p]
     return dll

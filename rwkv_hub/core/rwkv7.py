@@ -173,7 +173,6 @@ def _time_mix_native(
     n_head, head_size = wkv_state.shape[1], wkv_state.shape[2]
     s = wkv_state.clone(memory_format=torch.contiguous_format)
     out = torch.empty_like(r)
-    v_out = torch.empty_like(v)
     v_lora = w_lora if v_lora is None else v_lora  # layer 0: never read by the kernel
     ins = [t.contiguous() for t in (r, k, v, w_lora, a_lora, v_lora, g)]
     r, k, v, w_lora, a_lora, v_lora, g = (t.data_ptr() for t in ins)
@@ -213,7 +212,6 @@ def _time_mix_native(
             *params,
             GROUP_NORM_EPS,
             out.data_ptr(),
-            v_out.data_ptr(),
         )
 
     run_split_heads(call, n_head, lay.total * n_head)

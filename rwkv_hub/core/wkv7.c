@@ -32,13 +32,13 @@ static inline float sigmoidf_(float x) { return 1.f / (1.f + exp_(-x)); }
 /* The whole time-mix of one layer after its matrix products, for heads [h0, h1).
  * Tokens of sequence bi are rows starts[bi] .. starts[bi]+lengths[bi]-1 of the (rows, C) inputs.
  * Inputs per row: r, k, v (big-matrix outputs), w_l, a_l, v_l (LoRA outputs before activation), g.
- * v_first is NULL for layer 0. Writes out = (group_norm(S r) + bonus * v) * g and v_out (mixed v). */
+ * v_first is NULL for layer 0. Writes out = (group_norm(S r) + bonus * v) * g. */
 void rwkv7_tmix(int B, int H, int N, int h0, int h1, const int *starts, const int *lengths,
                 float *state, const float *r, const float *k, const float *v, const float *v_first,
                 const float *w_l, const float *a_l, const float *v_l, const float *g,
                 const float *w0, const float *a0, const float *v0, const float *k_k, const float *k_a,
                 const float *r_k, const float *lnx_w, const float *lnx_b, float eps,
-                float *out, float *v_out) {
+                float *out) {
     const int C = H * N;
     float wv[256], aa[256], bb[256], kv[256], vv[256], y[256];
     if (N > 256) return;
@@ -74,7 +74,6 @@ void rwkv7_tmix(int B, int H, int N, int h0, int h1, const int *starts, const in
                     float vi = v[off + i];
                     if (v_first) vi += (v_first[off + i] - vi) * sigmoidf_(v0[c0 + i] + v_l[off + i]);
                     vv[i] = vi;
-                    v_out[off + i] = vi;
                 }
                 float mean = 0.f;
                 for (int i = 0; i < N; i++) {
