@@ -234,11 +234,11 @@ def load(path: str | os.PathLike, strategy: str = "cpu fp32") -> Model:
         return tensors[name].read().reshape(-1).to(device=dev, dtype=f32)
 
     def lora(i: int, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """A low-rank pair as fp32 (x @ down) @ up; layer 0 has no value LoRA in released files."""
+        """A low-rank pair stored (out, in), the layout F.linear reads fastest; layer 0 has no value LoRA."""
         if name == "v" and i == 0:
             return None
         a = f"blocks.{i}.att."
-        return mat(a + name + "1"), mat(a + name + "2")
+        return mat(a + name + "1").t().contiguous(), mat(a + name + "2").t().contiguous()
 
     def linear(name: str) -> Linear:
         t = tensors[name]

@@ -31,9 +31,8 @@ class Block:
     ln2_w: torch.Tensor
     ln2_b: torch.Tensor
     maa: torch.Tensor  # (6, 1, C): token-shift mix, rows ordered w, a, g, v, r, k (see MIX_ORDER)
-    lora: list[
-        tuple[torch.Tensor, torch.Tensor] | None
-    ]  # (down (C, r), up (r, C)) for w, a, g, v; v is None in layer 0
+    # Low-rank pairs for w, a, g, v as F.linear weights: down (r, C), up (C, r); v is None in layer 0.
+    lora: list[tuple[torch.Tensor, torch.Tensor] | None]
     w0: torch.Tensor
     a0: torch.Tensor
     v0: torch.Tensor | None
@@ -134,10 +133,10 @@ def time_mix(
     v = blk.value(xv).float()
     xw, xa, xg = mixed[0], mixed[1], mixed[2]
     (w1, w2), (a1, a2), (g1, g2) = blk.lora[:3]
-    w_lora = torch.tanh(xw @ w1) @ w2
-    a_lora = (xa @ a1) @ a2
-    g = torch.sigmoid(xg @ g1) @ g2
-    v_lora = (mixed[3] @ blk.lora[3][0]) @ blk.lora[3][1] if layer else None
+    w_lora = F.linear(torch.tanh(F.linear(xw, w1)), w2)
+    a_lora = F.linear(F.linear(xa, a1), a2)
+    g = F.linear(torch.sigmoid(F.linear(xg, g1)), g2)
+    v_lora = F.linear(F.linear(mixed[3], blk.lora[3][0]), blk.lora[3][1]) if layer else None
     if x.device.type == "cpu" and head_size <= NATIVE_MAX_HEAD_SIZE and load_wkv7() is not None:
         return _time_mix_native(blk, layer, r, k, v, w_lora, a_lora, v_lora, g, wkv_state, v_first, lay, dtype)
     a = torch.sigmoid(blk.a0 + a_lora)
