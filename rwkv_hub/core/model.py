@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import operator
 import os
-from collections.abc import Sequence, ValuesView
+from collections.abc import Callable, Sequence, ValuesView
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ from .rwkv7 import LORA_ORDER, MIX_ORDER, Block, Layout, channel_mix, time_mix
 from .spec import ModelSpec, read_spec
 from .state import State, StateShape
 from .strategy import Strategy, parse_strategy
+from .tokenizer import Tokenizer, choose_tokenizer
 
 # Longest run of tokens one sequence feeds through the blocks at once, and most tokens in one pass over
 # all sequences; longer prompts go in chunks so activation memory stays bounded whatever the input.
@@ -39,6 +40,7 @@ class Model:
         blocks: list[Block],
         ln_out: tuple[torch.Tensor, torch.Tensor],
         head: Linear,
+        tokenizer: Callable[[], Tokenizer],
     ):
         self.path = path
         self.spec = spec
@@ -50,6 +52,12 @@ class Model:
         self.ln_out = ln_out
         self.head = head
         self.state_shape = StateShape(spec.generation, spec.n_layer, spec.n_embd, spec.n_head, spec.head_size)
+        self._tokenizer = tokenizer
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's tokenizer, built on first use; TokenizerError if none fits (see docs/tokenizers.md)."""
+        return self._tokenizer()
 
     def __repr__(self) -> str:
         s = self.spec
@@ -214,8 +222,11 @@ def compute_dtype(strategy: Strategy) -> torch.dtype:
     return strategy.dtype
 
 
-def load(path: str | os.PathLike, strategy: str = "cpu fp32") -> Model:
+def load(path: str | os.PathLike, strategy: str = "cpu fp32", tokenizer: str | Tokenizer | None = None) -> Model:
     """Load an RWKV-7 checkpoint (.pth or .safetensors) for a strategy such as "cpu bf16" or "cuda fp16i8".
+
+    `tokenizer` is a name ("world", "bytes", "20b:/path/to/20B_tokenizer.json") or a Tokenizer; by default
+    a `<stem>.tokenizer` file beside the checkpoint names it, else the vocabulary size decides.
 
     Tensors are read and converted one at a time, so peak memory stays near the converted weights' size.
     Raises CheckpointError / StrategyError with a one-line explanation on bad input.
@@ -224,6 +235,7 @@ def load(path: str | os.PathLike, strategy: str = "cpu fp32") -> Model:
     p = Path(path)
     tensors = open_checkpoint(p)
     spec = read_spec(tensors, p)
+    tok = choose_tokenizer(tokenizer, p, spec.vocab_size)
     dev, dt, i8 = strat.device, compute_dtype(strat), strat.int8
     f32 = torch.float32
 
@@ -297,4 +309,4 @@ def load(path: str | os.PathLike, strategy: str = "cpu fp32") -> Model:
             raise CheckpointError(f"{p}: not enough memory for strategy {strat.name!r} ({e})") from None
         raise
     _release_freed_memory()
-    return Model(p, spec, strat, emb, blocks, ln_out, head)
+    return Model(p, spec, strat, emb, blocks, ln_out, head, tok)

@@ -1,8 +1,9 @@
-"""Build and load the small C kernel for the WKV recurrence, once per machine, with the system compiler.
+"""Build and load the project's small C libraries, once per machine, with the system compiler.
 
-The recurrence is a long chain of tiny steps; run as PyTorch ops it costs a dozen kernel launches per
-token and layer. In C it is one call. Where no compiler is found the runtime keeps using the PyTorch
-version, which computes the same thing.
+The WKV recurrence is a long chain of tiny steps; run as PyTorch ops it costs a dozen kernel launches per
+token and layer. In C it is one call. The World tokenizer's longest-match loop is the same story in
+Python. Where no compiler is found, callers keep their pure-Python or PyTorch versions, which compute the
+same thing.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("wkv7.c")
 FLAGS = (
     "-O3",
     "-march=native",
@@ -48,29 +48,38 @@ def _machine_key() -> str:
 
 
 @cache
-def load_wkv7() -> ctypes.CDLL | None:
-    """Return the compiled kernel library, compiling it on first use; None if that is not possible."""
+def build_library(source_name: str) -> ctypes.CDLL | None:
+    """Compile `source_name` (a C file in this folder) on first use and load it; None if that is not possible."""
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
     if cc is None or platform.system() == "Windows":
         return None
-    src = SOURCE.read_bytes()
+    source = Path(__file__).with_name(source_name)
+    src = source.read_bytes()
     digest = hashlib.sha256(src + " ".join(FLAGS).encode() + _machine_key().encode()).hexdigest()[:16]
-    lib = cache_dir() / f"wkv7-{digest}.so"
+    lib = cache_dir() / f"{source.stem}-{digest}.so"
     if not lib.exists():
         tmp = None
         try:
             lib.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
             os.close(fd)
-            subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True, timeout=120)
+            subprocess.run([cc, *FLAGS, str(source), "-o", tmp, "-lm"], check=True, capture_output=True, timeout=120)
             os.replace(tmp, lib)
         except (OSError, subprocess.SubprocessError):
             if tmp and os.path.exists(tmp):
                 os.unlink(tmp)
             return None
     try:
-        dll = ctypes.CDLL(str(lib))
+        return ctypes.CDLL(str(lib))
     except OSError:
+        return None
+
+
+@cache
+def load_wkv7() -> ctypes.CDLL | None:
+    """Return the compiled WKV kernel library, compiling it on first use; None if that is not possible."""
+    dll = build_library("wkv7.c")
+    if dll is None:
         return None
     fn = dll.rwkv7_tmix
     fn.restype = None

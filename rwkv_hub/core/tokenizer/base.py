@@ -1,0 +1,47 @@
+"""What every tokenizer offers, and the byte-level tokenizer of small and music models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
+
+from ..errors import RWKVHubError
+
+
+class TokenizerError(RWKVHubError):
+    """No tokenizer fits the model, a tokenizer name or file is wrong, or an id is outside the vocabulary."""
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """Text to token ids and back. `decode_bytes` exists so streaming never has to guess at partial characters."""
+
+    name: str
+
+    def encode(self, text: str | bytes) -> list[int]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes: ...
+
+
+class ByteTokenizer:
+    """One token per byte, id = byte value, no offset: the vocabulary of byte-level and ABC-music models.
+
+    `str` input is encoded as UTF-8; `decode` replaces invalid UTF-8 with U+FFFD.
+    """
+
+    name = "bytes"
+    vocab_size = 256
+
+    def encode(self, text: str | bytes) -> list[int]:
+        return list(text.encode("utf-8") if isinstance(text, str) else text)
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        try:
+            return bytes(ids)
+        except ValueError:
+            raise TokenizerError("byte tokenizer: ids must be in 0..255") from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
