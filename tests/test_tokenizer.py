@@ -3,6 +3,7 @@ one loads a tokenizers JSON, the choice of tokenizer per model, and streaming te
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import shutil
 from pathlib import Path
@@ -95,7 +96,7 @@ def test_world_bytes_match_official(official, world, world_py) -> None:
         assert world_py.encode(data) == ids
         assert world.decode_bytes(ids) == official.decodeBytes(ids) == data
         total += len(data)
-    assert total > 150_000
+    assert total > 200_000
 
 
 def test_world_decode_invalid_utf8(world: WorldTokenizer) -> None:
@@ -216,3 +217,24 @@ def test_stream_invalid_bytes(world: WorldTokenizer, neox_json: Path) -> None:
     assert stream(world, [byte[97], byte[0xE4], byte[0xBD]]) == ["a", "", "", "\ufffd"]
     neox = NeoXTokenizer(neox_json)
     assert "".join(stream(neox, neox.encode(SAMPLES[7]))) == SAMPLES[7]
+
+
+def test_stream_joined_equals_decode(world: WorldTokenizer) -> None:
+    for data in random_corpus(world)[5:]:
+        ids = world.encode(data)
+        assert "".join(stream(world, ids)) == world.decode(ids)
+
+
+def test_benchmark_writes_its_section(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("bench_tokenizer", root / "benchmarks" / "bench_tokenizer.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# title\n\n<!-- bench:0.19b -->\nkept\n<!-- /bench:0.19b -->\n")
+    assert bench.main(["--bytes", "20000", "--repeats", "1", "--output", str(out)]) == 0
+    section = out.read_text().split("kept\n<!-- /bench:0.19b -->\n\n")[1]
+    bench.write_section(out, section.strip())  # a rerun replaces the section
+    text = out.read_text()
+    assert text.startswith("# title\n\n<!-- bench:0.19b -->\nkept\n")
+    assert text.count("<!-- bench:tokenizer -->") == 1 and "ids identical to the official tokenizer's: yes" in text
