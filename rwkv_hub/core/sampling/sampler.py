@@ -1,0 +1,284 @@
+"""Pick the next token of each sequence in a batch, with per-sequence penalties and random generators.
+
+The arithmetic is the official `rwkv` PIPELINE's (`sample_logits` and `generate`): banned tokens get minus
+infinity; every token already generated loses `presence + occurrence * frequency`; occurrences decay by
+`penalty_decay` after each step before the new token's grows by 1 (by 0 for `no_penalty_ids`); then the
+nucleus cutoff, top_k, and temperature as `probs ** (1 / temperature)`. To stay fast on a 65536-token
+vocabulary only a few hundred most likely tokens are sorted; a row whose nucleus is not inside them is
+sorted in full, so the result is the same as a full sort.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from ..errors import RWKVHubError
+from .params import ParameterError, SamplingParams
+
+NO_PENALTY_TEXT = " \t0123456789"
+
+
+def no_penalty_ids(tokenizer, vocab_size: int) -> frozenset[int]:
+    """Ids whose text is a substring of ' \\t0123456789' (space, tab, digits, or empty): the official
+    PIPELINE lets them repeat freely (their occurrence grows by 0, though the presence penalty still applies)."""
+    found = []
+    for i in range(vocab_size):
+        try:
+            text = tokenizer.decode_bytes([i]).decode("utf-8")
+        except (UnicodeDecodeError, ValueError, KeyError, IndexError, RWKVHubError):
+            continue
+        if text in NO_PENALTY_TEXT:
+            found.append(i)
+    return frozenset(found)
+
+
+def _rows(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """x[rows] without copying when rows is every row in order, the usual case."""
+    return x if rows == list(range(x.shape[0])) else x[rows]
+
+
+class _Slot:
+    """One sequence: its parameters, generator, and the column of each token it has generated."""
+
+    def __init__(self, params: SamplingParams, vocab_size: int, device: torch.device):
+        for name, ids in (("banned_tokens", params.banned_tokens), ("logit_bias", list(params.logit_bias))):
+            if ids and max(ids) >= vocab_size:
+                raise ParameterError(f"{name} has token id {max(ids)}, outside the vocabulary 0..{vocab_size - 1}")
+        if len(params.banned_tokens) >= vocab_size:
+            raise ParameterError(f"banned_tokens bans all {vocab_size} tokens of the vocabulary")
+        self.params = params
+        self.generator = torch.Generator(device=device)
+        if params.seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(params.seed)
+        self.banned = torch.tensor(params.banned_tokens, dtype=torch.long, device=device)
+        self.bias_ids = torch.tensor(list(params.logit_bias), dtype=torch.long, device=device)
+        self.bias = torch.tensor(list(params.logit_bias.values()), dtype=torch.float32, device=device)
+        self.stop = frozenset(params.stop_tokens)
+        self.columns: dict[int, int] = {}
+
+
+class Sampler:
+    """Samples one token per sequence per call from logits [B, vocab]; each slot is one sequence.
+
+    Slots keep their penalty state between calls; `reset` starts a new sequence in a slot (for continuous
+    batching), and `sample(logits, slots)` serves any subset of slots in any order. Each slot has its own
+    torch.Generator, so a seeded sequence gives the same tokens alone or in any batch.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        params: Iterable[SamplingParams] = (),
+        *,
+        no_penalty_ids: Iterable[int] = (),
+        window: float = 9.0,
+        device: str | torch.device = "cpu",
+    ):
+        self.vocab_size = vocab_size
+        self.window = window
+        self.device = torch.device(device)
+        self._free_growth = frozenset(no_penalty_ids)
+        self._slots: list[_Slot] = []
+        # Occurrence of each generated token: ids[s, c] with weight counts[s, c] for c < len(slot.columns).
+        self._ids = torch.zeros(0, 64, dtype=torch.long, device=self.device)
+        self._counts = torch.zeros(0, 64, dtype=torch.float64, device=self.device)
+        for p in params:
+            self.add(p)
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def add(self, params: SamplingParams) -> int:
+        """Start a new sequence in a new slot; returns the slot's index."""
+        self._slots.append(_Slot(params, self.vocab_size, self.device))
+        self._ids = torch.cat([self._ids, self._ids.new_zeros(1, self._ids.shape[1])])
+        self._counts = torch.cat([self._counts, self._counts.new_zeros(1, self._counts.shape[1])])
+        return len(self._slots) - 1
+
+    def reset(self, slot: int, params: SamplingParams) -> None:
+        """Start a new sequence in an existing slot: new parameters, new generator, no occurrences."""
+        self._slots[slot] = _Slot(params, self.vocab_size, self.device)
+        self._counts[slot].zero_()
+
+    def occurrences(self, slot: int) -> dict[int, float]:
+        """The slot's occurrence weights by token id, as the official PIPELINE's `occurrence` dict holds them."""
+        cols = self._slots[slot].columns
+        counts = self._counts[slot, : len(cols)].tolist()
+        return {tok: counts[c] for tok, c in cols.items()}
+
+    def sample(self, logits: torch.Tensor, slots: Sequence[int] | None = None) -> list[int]:
+        """One token for each slot (all slots in order when `slots` is None) from logits [len(slots), vocab].
+
+        The logits are not modified. Stop tokens are returned like any other but leave no occurrence.
+        """
+        slot_ids = list(range(len(self._slots))) if slots is None else list(slots)
+        if logits.dim() != 2 or logits.shape != (len(slot_ids), self.vocab_size):
+            raise ValueError(f"logits of shape {tuple(logits.shape)}; expected ({len(slot_ids)}, {self.vocab_size})")
+        slots_ = [self._slots[s] for s in slot_ids]
+        work = logits.detach().to(self.device, torch.float32, copy=True)
+        for b, s in enumerate(slots_):
+            if s.bias_ids.numel():
+                work[b].index_add_(0, s.bias_ids, s.bias)
+            if s.banned.numel():
+                work[b].index_fill_(0, s.banned, float("-inf"))
+        rows = torch.tensor(slot_ids, dtype=torch.long, device=self.device)
+        self._penalize(work, slots_, rows)
+
+        tokens = [0] * len(slots_)
+        greedy = [b for b, s in enumerate(slots_) if s.params.greedy]
+        if greedy:
+            for b, t in zip(greedy, _rows(work, greedy).argmax(-1).tolist(), strict=True):
+                tokens[b] = t
+        drawn = [b for b, s in enumerate(slots_) if not s.params.greedy]
+        if drawn:
+            picked = self._draw(_rows(work, drawn), [slots_[b] for b in drawn])
+            for b, t in zip(drawn, picked, strict=True):
+                tokens[b] = t
+        self._record(slot_ids, slots_, tokens)
+        return tokens
+
+    def _penalize(self, work: torch.Tensor, slots: list[_Slot], rows: torch.Tensor) -> None:
+        """logits[t] -= presence + occurrence[t] * frequency, in float64 like the official Python floats."""
+        used = [b for b, s in enumerate(slots) if s.params.penalized and s.columns]
+        if not used:
+            return
+        width = max(len(slots[b].columns) for b in used)
+        sel = torch.tensor(used, dtype=torch.long, device=self.device)
+        f64 = {"dtype": torch.float64, "device": self.device}
+        presence = torch.tensor([slots[b].params.presence_penalty for b in used], **f64)
+        frequency = torch.tensor([slots[b].params.frequency_penalty for b in used], **f64)
+        seen = torch.tensor([len(slots[b].columns) for b in used], device=self.device)
+        ids = self._ids[rows[sel], :width]
+        penalty = self._counts[rows[sel], :width] * frequency[:, None] + presence[:, None]
+        valid = torch.arange(width, device=self.device)[None, :] < seen[:, None]
+        flat = (sel[:, None] * self.vocab_size + ids)[valid]
+        # The official subtracts a Python float from a float32 element, which rounds the float to float32 first.
+        view = work.view(-1)
+        view[flat] = view[flat] - penalty[valid].to(torch.float32)
+
+    def _draw(self, work: torch.Tensor, slots: list[_Slot]) -> list[int]:
+        """Sample from softmax(work) truncated by top_p then top_k, tempered by probs ** (1 / temperature)."""
+        probs = torch.softmax(work, dim=-1)
+        vocab = self.vocab_size
+        top_p = [s.params.top_p for s in slots]
+        top_k = [s.params.top_k if 0 < s.params.top_k < vocab else 0 for s in slots]
+        u = torch.cat([torch.rand(1, generator=s.generator, dtype=torch.float64, device=self.device) for s in slots])
+        out = [0] * len(slots)
+        whole = [b for b in range(len(slots)) if top_p[b] >= 1 and top_k[b] == 0]
+        cut = [b for b in range(len(slots)) if b not in whole]
+        if whole:  # no truncation: draw over the vocabulary in id order
+            p = _rows(probs, whole)
+            ids = torch.arange(vocab, device=self.device).expand(len(whole), vocab)
+            keep = torch.full((len(whole),), vocab, device=self.device)
+            for b, t in zip(whole, self._pick(p, ids, keep, [slots[b] for b in whole], u[whole]), strict=True):
+                out[b] = t
+        if cut:
+            tp, tk = [top_p[b] for b in cut], [top_k[b] for b in cut]
+            if self.window == float("inf"):
+                vals, ids = torch.sort(_rows(probs, cut), dim=-1, descending=True)
+                keep, full = self._nucleus(vals, tp, tk, None)
+            else:
+                vals, ids, count = self._candidates(_rows(work, cut), _rows(probs, cut))
+                keep, full = self._nucleus(vals, tp, tk, count)
+            if full:  # the nucleus may reach past the candidates: sort those rows in full
+                rows = [cut[i] for i in full]
+                fvals, fids = torch.sort(probs[rows], dim=-1, descending=True)
+                fkeep, _ = self._nucleus(fvals, [tp[i] for i in full], [tk[i] for i in full], None)
+                for i, t in zip(full, self._pick(fvals, fids, fkeep, [slots[b] for b in rows], u[rows]), strict=True):
+                    out[cut[i]] = t
+            part = [i for i in range(len(cut)) if i not in full]
+            if part:
+                rows = [cut[i] for i in part]
+                picked = self._pick(vals[part], ids[part], keep[part], [slots[b] for b in rows], u[rows])
+                for b, t in zip(rows, picked, strict=True):
+                    out[b] = t
+        return out
+
+    def _candidates(self, work: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each row's tokens within `window` of its top logit, sorted by probability, padded with -1.
+
+        They are the most likely tokens of the row (a prefix of its full sort), found with one comparison
+        over the vocabulary instead of a sort; returns the values, ids and how many each row has.
+        """
+        n = work.shape[0]
+        where = (work >= work.amax(-1, keepdim=True) - self.window).nonzero()
+        row, col = where[:, 0], where[:, 1]
+        count = torch.bincount(row, minlength=n)
+        start = torch.cumsum(count, 0) - count
+        pos = torch.arange(row.numel(), device=work.device) - start[row]
+        width = int(count.max())
+        vals = torch.full((n, width), -1.0, device=work.device)
+        ids = torch.zeros((n, width), dtype=torch.long, device=work.device)
+        vals[row, pos] = probs[row, col]
+        ids[row, pos] = col
+        vals, order = torch.sort(vals, dim=-1, descending=True)
+        return vals, ids.gather(1, order), count
+
+    @staticmethod
+    def _nucleus(
+        vals: torch.Tensor, top_p: list[float], top_k: list[int], count: torch.Tensor | None
+    ) -> tuple[torch.Tensor, list[int]]:
+        """How many of the sorted probabilities each row keeps, and the rows that need a full sort.
+
+        The official cutoff is the first sorted probability whose cumulative sum reaches top_p; every
+        probability below it is dropped (ties with it stay), then all but the top_k most likely. A row whose
+        sums never reach top_p keeps everything. `count` is how many entries are real candidates (None: all,
+        a full sort); a row whose kept set fills its candidates without a top_k inside them is unsure.
+        """
+        k, partial = vals.shape[1], count is not None
+        if count is None:
+            count = torch.full((vals.shape[0],), k, device=vals.device)
+        p = torch.tensor(top_p, dtype=torch.float32, device=vals.device)
+        reached = torch.cumsum(vals, dim=-1) >= p[:, None]
+        found = reached.any(-1) & (p < 1)
+        cutoff = vals.gather(1, reached.to(torch.int8).argmax(-1, keepdim=True))
+        keep = torch.where(found, (vals >= cutoff).sum(-1), count).minimum(count)
+        full: list[int] = []
+        if partial:
+            filled, have = (keep == count).tolist(), count.tolist()
+            full = [i for i, t in enumerate(top_k) if filled[i] and (t == 0 or t > have[i])]
+        limit = torch.tensor([t or k for t in top_k], device=vals.device)
+        return keep.minimum(limit), full
+
+    @staticmethod
+    def _pick(
+        vals: torch.Tensor, ids: torch.Tensor, keep: torch.Tensor, slots: list[_Slot], u: torch.Tensor
+    ) -> list[int]:
+        """Inverse-CDF draw over the first `keep` entries of each row, weights (p / p_max) ** (1 / temperature)."""
+        n, k = vals.shape
+        inside = torch.arange(k, device=vals.device)[None, :] < keep[:, None]
+        weights = torch.where(inside, vals, torch.zeros((), dtype=vals.dtype, device=vals.device))
+        inv_t = torch.tensor([1.0 / s.params.temperature for s in slots], dtype=torch.float32, device=vals.device)
+        if (inv_t != 1).any():
+            top = weights.amax(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+            weights = (weights / top) ** inv_t[:, None]
+        cdf = torch.cumsum(weights.double(), dim=-1)
+        target = u[:, None] * cdf[:, -1:]
+        pos = torch.searchsorted(cdf, target, right=True)[:, 0]
+        pos = pos.minimum(keep - 1).clamp_min(0)
+        return ids.gather(1, pos[:, None])[:, 0].tolist()
+
+    def _record(self, slot_ids: list[int], slots: list[_Slot], tokens: list[int]) -> None:
+        """Decay every occurrence, then count the new token (by 0 for no-penalty ids; stop tokens not at all)."""
+        rows = [i for i, s, t in zip(slot_ids, slots, tokens, strict=True) if t not in s.stop]
+        if not rows:
+            return
+        live = [(i, s, t) for i, s, t in zip(slot_ids, slots, tokens, strict=True) if t not in s.stop]
+        need = max(len(s.columns) + (t not in s.columns) for _, s, t in live)
+        if need > self._ids.shape[1]:
+            width = max(need, 2 * self._ids.shape[1])
+            grow = width - self._ids.shape[1]
+            self._ids = torch.cat([self._ids, self._ids.new_zeros(len(self._slots), grow)], dim=1)
+            self._counts = torch.cat([self._counts, self._counts.new_zeros(len(self._slots), grow)], dim=1)
+        r = torch.tensor(rows, dtype=torch.long, device=self.device)
+        decay = torch.tensor([s.params.penalty_decay for _, s, _ in live], dtype=torch.float64, device=self.device)
+        self._counts[r] = self._counts[r] * decay[:, None]
+        cols = [s.columns.setdefault(t, len(s.columns)) for _, s, t in live]
+        c = torch.tensor(cols, dtype=torch.long, device=self.device)
+        add = torch.tensor([0.0 if t in self._free_growth else 1.0 for _, _, t in live], dtype=torch.float64)
+        self._ids[r, c] = torch.tensor([t for _, _, t in live], dtype=torch.long, device=self.device)
+        self._counts.index_put_((r, c), add.to(self.device), accumulate=True)
