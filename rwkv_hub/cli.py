@@ -42,8 +42,63 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     inspect.set_defaults(run=_run_inspect)
 
+    _add_generate(commands)
     _add_bench(commands)
     return parser
+
+
+# Sampling options of `generate`: flag, SamplingParams field, type, help. Unset flags keep the defaults.
+_SAMPLING_FLAGS = (
+    ("--temperature", "temperature", float, "randomness, 0 = greedy (default 1.0)"),
+    ("--top-p", "top_p", float, "keep the most likely tokens up to this probability mass, 0 = greedy (default 0.3)"),
+    ("--top-k", "top_k", int, "keep only the k most likely tokens, 0 = off (default)"),
+    ("--presence-penalty", "presence_penalty", float, "penalty for any token already generated (default 0.5)"),
+    ("--frequency-penalty", "frequency_penalty", float, "penalty per earlier occurrence (default 0.5)"),
+    ("--penalty-decay", "penalty_decay", float, "how fast earlier occurrences are forgiven (default 0.996)"),
+    ("--max-tokens", "max_tokens", int, "most tokens to generate (default 1000)"),
+    ("--seed", "seed", int, "the same seed and prompt give the same text"),
+)
+
+
+def _add_generate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "generate",
+        help="continue a prompt, streaming the text",
+        description="Continue a prompt with a model and stream the text as it is generated. "
+        "See docs/sampling.md for what each sampling option does.",
+    )
+    parser.add_argument("prompt", help="the prompt text, or - to read it from standard input")
+    parser.add_argument("--model", required=True, help="an RWKV-7 checkpoint (.pth or .safetensors)")
+    parser.add_argument("--strategy", default="cpu bf16", help='where and how to run it (default "cpu bf16")')
+    parser.add_argument("--tokenizer", help='override the tokenizer: "world", "bytes" or "20b:PATH"')
+    for flag, _, kind, text in _SAMPLING_FLAGS:
+        parser.add_argument(flag, type=kind, help=text)
+    parser.add_argument("--stop", action="append", default=[], help="stop before this text (repeatable)")
+    parser.set_defaults(run=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    import rwkv_hub
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    options = {field: getattr(args, field) for _, field, _, _ in _SAMPLING_FLAGS if getattr(args, field) is not None}
+    model = rwkv_hub.load(args.model, args.strategy, tokenizer=args.tokenizer)
+    run = model.generate(prompt, stop=tuple(args.stop), **options)
+    try:
+        for delta in run:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        return 130
+    r = run.result
+    sys.stdout.write("\n")
+    print(
+        f"[{r.finish_reason}: {r.prompt_tokens} prompt tokens, {r.completion_tokens} generated, "
+        f"{r.tokens_per_s:.1f} tokens/s]",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _add_bench(commands: argparse._SubParsersAction) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import operator
 import os
 from collections.abc import Callable, Sequence, ValuesView
@@ -13,8 +14,10 @@ import torch.nn.functional as F
 
 from .checkpoint import LazyTensor, open_checkpoint
 from .errors import CheckpointError, RWKVHubError, StateError
+from .generate import Generation
 from .linear import Linear, RowChunkedLinear, dynamic_int8_available, make_linear
 from .rwkv7 import LORA_ORDER, MIX_ORDER, Block, Layout, channel_mix, time_mix
+from .sampling import SamplingParams
 from .spec import ModelSpec, read_spec
 from .state import State, StateShape
 from .strategy import Strategy, parse_strategy
@@ -71,6 +74,21 @@ class Model:
     def new_state(self, batch_size: int = 1) -> State:
         """A zero state: the model has read nothing yet."""
         return State.zeros(self.state_shape, batch_size, self.device)
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams | None = None,
+        *,
+        state: State | None = None,
+        **overrides,
+    ) -> Generation:
+        """Continue `state` (or a new one) with the prompt and generate; iterate the result for text deltas.
+
+        Sampling parameters come from `params` with keyword overrides (`temperature=0.8, max_tokens=50`);
+        after iteration, `.result` holds the finish reason, token counts, timings and the final state.
+        """
+        return Generation(self, prompt, dataclasses.replace(params or SamplingParams(), **overrides), state)
 
     def load_state(self, path: str | os.PathLike) -> State:
         """Read a state saved with `State.save`, checking that it belongs to a model of this shape."""
