@@ -176,6 +176,14 @@ class Sampler:
             keep = torch.full((len(whole),), vocab, device=self.device)
             for b, t in zip(whole, self._pick(p, ids, keep, [slots[b] for b in whole], u[whole]), strict=True):
                 out[b] = t
+        ranked = [b for b in cut if top_k[b]]
+        if ranked:  # top_k bounds the kept set: the k most likely tokens are exact candidates, however flat the row
+            k = max(top_k[b] for b in ranked)
+            vals, ids = torch.topk(_rows(probs, ranked), k, dim=-1)
+            keep, _ = self._nucleus(vals, [top_p[b] for b in ranked], [top_k[b] for b in ranked], None)
+            for b, t in zip(ranked, self._pick(vals, ids, keep, [slots[b] for b in ranked], u[ranked]), strict=True):
+                out[b] = t
+            cut = [b for b in cut if not top_k[b]]
         if cut:
             tp, tk = [top_p[b] for b in cut], [top_k[b] for b in cut]
             if self.window == float("inf"):
