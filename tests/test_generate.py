@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,3 +149,74 @@ def test_cli_streams_and_reports(byte_model) -> None:
     assert "length: 17 prompt tokens, 5 generated" in r.stderr
     bad = subprocess.run(cmd[:-1] + ["--top-p", "7", "x"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "top_p" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def peaked_world_checkpoint(tmp_path_factory) -> Path:
+    """A World-vocabulary random model whose head favours a handful of tokens, so greedy output repeats them
+    and penalties change the choice; the favoured set includes a space and a digit (the no-penalty rule)."""
+    from rwkv_hub.core.synth import random_state_dict
+    from rwkv_hub.core.tokenizer import world_tokenizer
+
+    sd = random_state_dict(n_layer=1, n_embd=64, vocab_size=65536, head_size=32, dtype=torch.float32, seed=5)
+    tok = world_tokenizer()
+    favoured = [tok.encode(t)[0] for t in (" ", "7", " the", "A", ",", "\n")]
+    head = sd["head.weight"] * 0.01
+    head[favoured] *= 300
+    sd["head.weight"] = head
+    path = tmp_path_factory.mktemp("peaked") / "peaked.pth"
+    torch.save(sd, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("presence", "frequency", "decay"),
+    [(0.0, 0.0, 0.996), (0.4, 0.3, 0.99)],
+    ids=["greedy", "greedy-with-penalties"],
+)
+def test_tokens_equal_the_official_pipeline_generate(
+    peaked_world_checkpoint, official_factory, presence, frequency, decay
+) -> None:
+    """The official PIPELINE.generate with top_p = 0, on the same World-vocabulary random checkpoint."""
+    from rwkv.utils import PIPELINE, PIPELINE_ARGS
+
+    path = peaked_world_checkpoint
+    prompt = "User: count to ten\n\nAssistant: 1 2 3"
+    pipe = PIPELINE(official_factory(path).model, "rwkv_vocab_v20230424")
+    drawn: list[int] = []
+    sample = pipe.sample_logits
+
+    def record(*args, **kwargs):
+        drawn.append(sample(*args, **kwargs))
+        return drawn[-1]
+
+    pipe.sample_logits = record
+    args = PIPELINE_ARGS(
+        temperature=1.0,
+        top_p=0.0,
+        alpha_presence=presence,
+        alpha_frequency=frequency,
+        alpha_decay=decay,
+        token_ban=[],
+        token_stop=[],
+    )
+    pipe.generate(prompt, token_count=30, args=args)
+
+    model = rwkv_hub.load(path, "cpu fp32", tokenizer="world")
+    run = model.generate(
+        prompt,
+        temperature=1.0,
+        top_p=0.0,
+        presence_penalty=presence,
+        frequency_penalty=frequency,
+        penalty_decay=decay,
+        max_tokens=30,
+    )
+    "".join(run)
+    assert run.result.tokens == drawn
+    if presence:  # the penalties must have changed the choice somewhere, or this case proves nothing
+        plain = model.generate(
+            prompt, temperature=1.0, top_p=0.0, presence_penalty=0, frequency_penalty=0, max_tokens=30
+        )
+        "".join(plain)
+        assert plain.result.tokens != drawn
