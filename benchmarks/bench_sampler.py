@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import re
 import shlex
 import statistics
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 import rwkv_hub
-from rwkv_hub.bench import machine_info
+from rwkv_hub.bench import machine_info, write_results_section
 from rwkv_hub.core.sampling import Sampler, SamplingParams
 from rwkv_hub.core.state import State
 from rwkv_hub.core.synth import write_random_checkpoint
@@ -104,14 +103,7 @@ def section(rows: list[tuple[int, float, float, float]], strategy: str, cmd: str
 
 
 def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section in path, or append it; everything else stays as it was."""
-    old = path.read_text() if path.exists() else ""
-    pattern = rf"<!-- bench:{NAME} -->\n.*?<!-- /bench:{NAME} -->"
-    if re.search(pattern, old, flags=re.S):
-        new = re.sub(pattern, lambda _: text, old, flags=re.S)
-    else:
-        new = old.rstrip("\n") + ("\n\n" if old else "") + text + "\n"
-    path.write_text(new)
+    write_results_section(path, NAME, text)
 
 
 def main(argv: list[str] | None = None) -> int:

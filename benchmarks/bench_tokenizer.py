@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import random
-import re
 import shlex
 import statistics
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
 
-from rwkv_hub.bench import machine_info
+from rwkv_hub.bench import machine_info, write_results_section
 from rwkv_hub.core.tokenizer import WorldTokenizer
 from rwkv_hub.core.tokenizer.world import official_vocab_path
 
@@ -84,14 +83,7 @@ def section(rows: list[tuple[str, float, float, float]], nbytes: int, ratio: flo
 
 
 def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section in path, or append it; everything else stays as it was."""
-    old = path.read_text() if path.exists() else ""
-    pattern = rf"<!-- bench:{NAME} -->\n.*?<!-- /bench:{NAME} -->"
-    if re.search(pattern, old, flags=re.S):
-        new = re.sub(pattern, lambda _: text, old, flags=re.S)
-    else:
-        new = old.rstrip("\n") + ("\n\n" if old else "") + text + "\n"
-    path.write_text(new)
+    write_results_section(path, NAME, text)
 
 
 def main(argv: list[str] | None = None) -> int:

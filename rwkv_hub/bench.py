@@ -14,6 +14,7 @@ import gc
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -427,3 +428,19 @@ def format_report(r: dict[str, Any]) -> str:
             f"warning: load average {before} -> {after} on {cores} cores; other processes skewed these timings"
         )
     return "\n".join(lines)
+
+
+def write_results_section(path: Path, name: str, text: str) -> None:
+    """Replace the `<!-- bench:NAME -->` section of a results file, or append it; the rest stays as it was.
+
+    Written to a temporary file and renamed, so an interrupted run never leaves a half-written file.
+    """
+    old = path.read_text() if path.exists() else ""
+    pattern = rf"<!-- bench:{re.escape(name)} -->\n.*?<!-- /bench:{re.escape(name)} -->"
+    if re.search(pattern, old, flags=re.S):
+        new = re.sub(pattern, lambda _: text, old, flags=re.S)
+    else:
+        new = old.rstrip("\n") + ("\n\n" if old else "") + text + "\n"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(new)
+    tmp.replace(path)
