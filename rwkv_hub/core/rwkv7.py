@@ -9,6 +9,7 @@ the strategy's compute dtype.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -68,20 +69,37 @@ class Layout:
         self.total = sum(lengths)
         self.max_len = max(lengths)
         self.uniform = all(n == self.max_len for n in lengths)
-        starts = [0]
+        self.device = device
+        self.starts = [0]
         for n in lengths[:-1]:
-            starts.append(starts[-1] + n)
-        self.last = torch.tensor([s + n - 1 for s, n in zip(starts, lengths, strict=True)], device=device)
+            self.starts.append(self.starts[-1] + n)
+
+    # The index tensors below serve only batches of mixed lengths (or the C kernel's offsets); they are
+    # built on first use, so a decode step of equal-length sequences makes none of them.
+    @cached_property
+    def last(self) -> torch.Tensor:
+        return torch.tensor([s + n - 1 for s, n in zip(self.starts, self.lengths, strict=True)], device=self.device)
+
+    @cached_property
+    def prev(self) -> torch.Tensor:
         prev = []
-        pad_pos = []
-        for b, (s, n) in enumerate(zip(starts, lengths, strict=True)):
+        for b, (s, n) in enumerate(zip(self.starts, self.lengths, strict=True)):
             prev.append(b)
             prev.extend(self.batch + s + j for j in range(n - 1))
-            pad_pos.extend(b * self.max_len + j for j in range(n))
-        self.prev = torch.tensor(prev, device=device)
-        self.pad_pos = torch.tensor(pad_pos, device=device)
-        self.starts32 = torch.tensor(starts, dtype=torch.int32)
-        self.lengths32 = torch.tensor(lengths, dtype=torch.int32)
+        return torch.tensor(prev, device=self.device)
+
+    @cached_property
+    def pad_pos(self) -> torch.Tensor:
+        pos = [b * self.max_len + j for b, n in enumerate(self.lengths) for j in range(n)]
+        return torch.tensor(pos, device=self.device)
+
+    @cached_property
+    def starts32(self) -> torch.Tensor:
+        return torch.tensor(self.starts, dtype=torch.int32)
+
+    @cached_property
+    def lengths32(self) -> torch.Tensor:
+        return torch.tensor(self.lengths, dtype=torch.int32)
 
     def shifted(self, x_prev: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """For each token, the previous token's row (the state's row for a sequence's first token)."""
