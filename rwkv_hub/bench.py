@@ -37,6 +37,18 @@ PREFILL_WARMUP_TOKENS = 64  # prompt length of the two untimed prefill runs
 # ----------------------------------------------------------------------------------------------- helpers
 
 
+def _proc_status_bytes(key: str) -> int | None:
+    """A size field of /proc/self/status (e.g. "VmHWM"), in bytes; None where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident set size so far, in bytes.
 
@@ -44,27 +56,16 @@ def peak_rss_bytes() -> int:
     process started by a bigger one reports at least its parent's size at the fork. Elsewhere it is
     ru_maxrss (KiB on Linux, bytes on macOS).
     """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def current_rss_bytes() -> int | None:
     """Resident set size now (VmRSS), or None where /proc is missing."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return _proc_status_bytes("VmRSS")
 
 
 def load_average() -> float | None:
