@@ -23,8 +23,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 DEFAULT_PROMPT_TOKENS = 512
 DEFAULT_DECODE_TOKENS = 64
 DEFAULT_BATCHES = (1, 4, 16)
@@ -77,6 +75,8 @@ def load_average() -> float | None:
 
 
 def random_tokens(n: int, vocab_size: int, seed: int = 0) -> list[int]:
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab_size, (n,), generator=g).tolist()
 
@@ -117,6 +117,8 @@ def parse_batches(text: str) -> list[int]:
 
 def machine_info() -> dict[str, Any]:
     """CPU model, core count, RAM and library versions, for reports."""
+    import torch
+
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -277,6 +279,8 @@ def _result(
     repeats: int,
     load_before: float | None,
 ) -> dict[str, Any]:
+    import torch
+
     return {
         "decode_tok_s": _median(decode),
         "prefill_tok_s": _median(prefill),
@@ -338,7 +342,7 @@ def bench_official(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `rwkv-hub bench`."""
-    parser.add_argument("--model", required=True, help="an RWKV-7 checkpoint (.pth or .safetensors)")
+    parser.add_argument("--model", help="an RWKV-7 checkpoint (.pth or .safetensors); default: the built-in demo model")
     parser.add_argument("--strategy", default="cpu bf16", help='for example "cpu fp32", "cpu bf16", "cpu bf16i8"')
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; user errors print one line and return 2, never a traceback."""
     args = build_parser().parse_args(argv)
     from rwkv_hub.core.errors import RWKVHubError
+
+    # Notices from the library (such as "using the built-in demo model") go to stderr as one line each.
+    logging.basicConfig(format=f"{PROG}: %(message)s", level=logging.WARNING)
 
     try:
         return args.run(args)
@@ -38,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="describe a checkpoint without loading its weights",
         description="Print a checkpoint's shape, parameter count and the memory each strategy needs.",
     )
-    inspect.add_argument("path", help="an official RWKV-7 checkpoint (.pth) or its .safetensors form")
+    inspect.add_argument(
+        "path", nargs="?", help="an official RWKV-7 checkpoint (.pth) or its .safetensors form; default: the demo model"
+    )
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     inspect.set_defaults(run=_run_inspect)
 
@@ -68,7 +74,7 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
         "See docs/sampling.md for what each sampling option does.",
     )
     parser.add_argument("prompt", help="the prompt text, or - to read it from standard input")
-    parser.add_argument("--model", required=True, help="an RWKV-7 checkpoint (.pth or .safetensors)")
+    parser.add_argument("--model", help="an RWKV-7 checkpoint (.pth or .safetensors); default: the built-in demo model")
     parser.add_argument("--strategy", default="cpu bf16", help='where and how to run it (default "cpu bf16")')
     parser.add_argument("--tokenizer", help='override the tokenizer: "world", "bytes" or "20b:PATH"')
     for flag, _, kind, text in _SAMPLING_FLAGS:
@@ -116,6 +122,11 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
 
 def _run_inspect(args: argparse.Namespace) -> int:
     from rwkv_hub.core import inspect_checkpoint
+    from rwkv_hub.core.builtin import BUILTIN_MODEL, NOTICE
+
+    if args.path is None:
+        logging.getLogger("rwkv_hub").warning(NOTICE)
+        args.path = BUILTIN_MODEL
 
     report = inspect_checkpoint(args.path).to_dict()
     print(json.dumps(report, indent=2) if args.json else _inspect_table(report))

@@ -100,3 +100,14 @@ def test_bench_is_wired_when_installed() -> None:
     result = rwkv_hub("bench", "--help")
     assert result.returncode == 0, result.stderr
     assert "usage: rwkv-hub bench" in result.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["generate", "--help"], ["bench", "--help"]])
+def test_help_does_not_import_torch(args):
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "rwkv_hub", *args], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "rwkv_hub.cli" in imported
+    assert "torch" not in imported

@@ -154,6 +154,29 @@ def test_prefill_longer_than_chunk_matches_official(pair) -> None:
         check(ours, want, what=f"decode after a {n}-token prefill")
 
 
+def test_forward_every_gives_every_position_of_the_official_full_output(pair) -> None:
+    from rwkv_hub.core.model import PREFILL_CHUNK
+
+    model, ref = pair
+    toks = random_tokens(PREFILL_CHUNK + 40, model.spec.vocab_size, seed=8)  # crosses a chunk boundary
+    start, _ = model.forward(toks[:5], None)
+    ours, state = model.forward_every(toks[5:], model.forward(toks[:5], None)[1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        want, _ = ref.model.forward(toks, None, full_output=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert ours.shape == (len(toks) - 5, model.spec.vocab_size)
+    check(ours, want[5:], what="every position")
+    check(start, want[4], what="position before the continued part")
+    last, _ = model.forward(toks, None)
+    assert rel_err(ours[-1], last) < SELF_TOL
+    nxt, _ = model.forward([1], state)
+    nxt_ref, _ = model.forward(toks + [1], None)
+    assert rel_err(nxt, nxt_ref) < SELF_TOL
+
+
 # --- checkpoint variants ------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import logging
 import operator
 import os
 from collections.abc import Callable, Sequence, ValuesView
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .builtin import BUILTIN_MODEL, NOTICE
 from .checkpoint import LazyTensor, open_checkpoint
 from .errors import CheckpointError, RWKVHubError, StateError
 from .generate import Generation
@@ -100,6 +102,23 @@ class Model:
         logits, new = self.forward_batch([toks], state if state is not None else self.new_state())
         return logits[0], new
 
+    def forward_every(self, tokens: Sequence[int], state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Feed tokens to one sequence; return the logits after every one of them (fp32, [len, vocab]).
+
+        For scoring text (bits per byte, ranking choices by likelihood); `forward` is cheaper when only
+        the next token matters. The input state is never modified.
+        """
+        toks = _token_list(tokens, 0, self.spec.vocab_size)
+        state = state if state is not None else self.new_state()
+        self._check_inputs([toks], state)
+        out = torch.empty(len(toks), self.spec.vocab_size, dtype=torch.float32, device=self.device)
+        with torch.inference_mode():
+            for pos in range(0, len(toks), PREFILL_CHUNK):
+                chunk = toks[pos : pos + PREFILL_CHUNK]
+                hidden, state = self._run([chunk], state, every_row=True)
+                out[pos : pos + len(chunk)] = self._head(hidden)
+        return out, state
+
     def forward_batch(
         self, tokens: Sequence[Sequence[int]], states: Sequence[State] | State
     ) -> tuple[torch.Tensor, list[State] | State]:
@@ -144,8 +163,9 @@ class Model:
             if not t:
                 raise RWKVHubError(f"sequence {b} has no tokens; every sequence needs at least one new token")
 
-    def _run(self, chunk: list[list[int]], state: State) -> tuple[torch.Tensor, State]:
-        """One pass of all blocks over a flat batch of tokens; returns the last token's hidden row per sequence."""
+    def _run(self, chunk: list[list[int]], state: State, every_row: bool = False) -> tuple[torch.Tensor, State]:
+        """One pass of all blocks over a flat batch of tokens; returns the last token's hidden row per sequence
+        (every token's row with `every_row`)."""
         spec, dt = self.spec, self.dtype
         lay = Layout([len(t) for t in chunk], self.device)
         flat = torch.tensor([x for t in chunk for x in t], device=self.device)
@@ -164,7 +184,7 @@ class Model:
             xn = F.layer_norm(x, (c,), blk.ln2_w, blk.ln2_b)
             ffn_x.append(lay.last_rows(xn))
             x = x + channel_mix(blk, xn, state.ffn_x[i], lay, dt)
-        return lay.last_rows(x), State(self.state_shape, att_x, wkv, ffn_x)
+        return (x if every_row else lay.last_rows(x)), State(self.state_shape, att_x, wkv, ffn_x)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         x = F.layer_norm(x, (self.spec.n_embd,), self.ln_out[0], self.ln_out[1])
@@ -240,8 +260,13 @@ def compute_dtype(strategy: Strategy) -> torch.dtype:
     return strategy.dtype
 
 
-def load(path: str | os.PathLike, strategy: str = "cpu fp32", tokenizer: str | Tokenizer | None = None) -> Model:
+def load(
+    path: str | os.PathLike | None = None, strategy: str = "cpu fp32", tokenizer: str | Tokenizer | None = None
+) -> Model:
     """Load an RWKV-7 checkpoint (.pth or .safetensors) for a strategy such as "cpu bf16" or "cuda fp16i8".
+
+    With no path, the built-in demo model loads (docs/default-model.md) and a one-line notice is logged
+    to the "rwkv_hub" logger.
 
     `tokenizer` is a name ("world", "bytes", "20b:/path/to/20B_tokenizer.json") or a Tokenizer; by default
     a `<stem>.tokenizer` file beside the checkpoint names it, else the vocabulary size decides.
@@ -250,6 +275,9 @@ def load(path: str | os.PathLike, strategy: str = "cpu fp32", tokenizer: str | T
     Raises CheckpointError / StrategyError with a one-line explanation on bad input.
     """
     strat = parse_strategy(strategy)
+    if path is None:
+        logging.getLogger("rwkv_hub").warning(NOTICE)
+        path = BUILTIN_MODEL
     p = Path(path)
     tensors = open_checkpoint(p)
     spec = read_spec(tensors, p)

@@ -48,12 +48,12 @@ def _machine_key() -> str:
 
 
 @cache
-def build_library(source_name: str) -> ctypes.CDLL | None:
-    """Compile `source_name` (a C file in this folder) on first use and load it; None if that is not possible."""
+def build_library(source_name: str | Path) -> ctypes.CDLL | None:
+    """Compile a C file (a bare name means this folder) on first use and load it; None if that is not possible."""
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
     if cc is None or platform.system() == "Windows":
         return None
-    source = Path(__file__).with_name(source_name)
+    source = Path(__file__).with_name(source_name) if isinstance(source_name, str) else source_name
     src = source.read_bytes()
     digest = hashlib.sha256(src + " ".join(FLAGS).encode() + _machine_key().encode()).hexdigest()[:16]
     lib = cache_dir() / f"{source.stem}-{digest}.so"
