@@ -1,0 +1,415 @@
+"""The engine: one model, many concurrent streams, one batched forward pass per step.
+
+Requests arrive from an asyncio event loop and stream text deltas back as async iterators; the model
+work runs in one worker thread, so the loop never blocks. Each step of the worker feeds every decoding
+stream its last sampled token and, within a token budget, the next chunk of waiting prompts, all in one
+`forward_batch` call: a long prompt is read a chunk per step while the other streams keep getting a
+token per step.
+
+Chunks are cut at fixed positions of each prompt (multiples of `prefill_chunk`), never by what else is
+running, so a stream computes the same numbers alone or in company; each stream samples with its own
+generator, so a seeded request gives the same text either way. Prompts start from the longest prefix
+the `PrefixCache` holds; states are stored there at every `cache_interval` tokens of a prompt, at its end,
+and at the end of the generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .errors import RWKVHubError
+from .generate import GenerationResult, StopMatcher
+from .prefix_cache import PrefixCache, prefix_hashes
+from .sampling import Sampler, SamplingParams, no_penalty_ids
+from .sessions import Session, SessionStore
+from .state import State
+from .tokenizer import StreamDecoder
+
+
+class EngineBusy(RWKVHubError):
+    """Every stream slot and queue place is taken; try again later."""
+
+
+class RequestTooLong(RWKVHubError):
+    """The prompt or max_tokens is over the engine's limit."""
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """Bounds on what the engine accepts; requests beyond them are refused at once."""
+
+    max_active: int = 16  # streams in the batch at once
+    max_queue: int = 64  # requests waiting for a slot
+    max_prompt_tokens: int = 32768
+    max_new_tokens: int = 4096
+    prefill_chunk: int = 256  # prompt tokens one stream feeds per step
+    prefill_budget: int = 512  # prompt tokens all streams together feed per step
+    cache_interval: int = 1024  # store a state every this many prompt tokens
+
+    def __post_init__(self) -> None:
+        for name in ("max_active", "max_queue", "max_prompt_tokens", "max_new_tokens", "prefill_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.prefill_budget < self.prefill_chunk:
+            raise ValueError("prefill_budget must be at least prefill_chunk")
+        if self.cache_interval % self.prefill_chunk:
+            raise ValueError("cache_interval must be a multiple of prefill_chunk")
+
+
+@dataclass
+class RequestStats:
+    queue_s: float = 0.0  # submitted -> first step
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens taken from the prefix cache instead of prefilled
+    prefill_s: float = 0.0  # first step -> first token sampled
+    first_token_s: float | None = None  # submitted -> first token sampled
+    completion_tokens: int = 0
+    decode_s: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+
+_END = object()
+
+
+class Stream:
+    """One request's text deltas: `async for delta in stream`. Afterwards `result` and `stats` are set.
+
+    `cancel()` ends it at the engine's next step (finish reason "cancelled"); leaving the `async for`
+    early does not, so call it when the client goes away.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._cancelled = threading.Event()
+        self.result: GenerationResult | None = None
+        self.stats = RequestStats()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> str:
+        item = await self._queue.get()
+        if item is _END:
+            self._queue.put_nowait(_END)  # iterating again ends at once
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def text(self) -> str:
+        """Wait for the whole text."""
+        return "".join([d async for d in self])
+
+    def _push(self, item: object) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self._cancelled.set()
+
+
+@dataclass
+class _Job:
+    stream: Stream
+    ids: list[int]
+    params: SamplingParams
+    state: State | None
+    submitted: float
+    pos: int = 0  # prompt tokens read
+    slot: int = -1
+    hashes: list[int] = field(default_factory=list)
+    generated: list[int] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    pending_token: int | None = None  # sampled, not yet fed
+    finishing: str | None = None  # the finish reason, once decided; the last token is fed first
+    started: float = 0.0
+    first_token: float = 0.0
+    decoder: StreamDecoder | None = None
+    stops: StopMatcher | None = None
+    session: Session | None = None
+
+
+class Engine:
+    """Owns a loaded model and runs every request through one batched loop in a worker thread.
+
+    Use `async with Engine(model) as engine:` (or `start()` / `await stop()`), then
+    `stream = engine.submit(prompt, params)` from the event loop's thread.
+    """
+
+    def __init__(
+        self,
+        model,
+        limits: EngineLimits | None = None,
+        cache: PrefixCache | None = None,
+        sessions: SessionStore | None = None,
+    ):
+        self.model = model
+        self.limits = limits or EngineLimits()
+        self.cache = cache
+        self.sessions = sessions
+        self._sampler = Sampler(
+            model.spec.vocab_size, [], no_penalty_ids=no_penalty_ids(model.tokenizer, model.spec.vocab_size)
+        )
+        self._free_slots: list[int] = []
+        self._queue: deque[_Job] = deque()
+        self._active: list[_Job] = []
+        self._wake = threading.Condition()
+        self._running = False
+        self._thread: threading.Thread | None = None
+        self.steps = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="rwkv-hub-engine", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Cancel everything and wait for the worker to end."""
+        with self._wake:
+            self._running = False
+            for job in [*self._queue, *self._active]:
+                job.stream.cancel()
+            self._wake.notify()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            self._thread = None
+
+    async def __aenter__(self) -> Engine:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # --- requests --------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams | None = None,
+        state: State | None = None,
+        session: str | None = None,
+    ) -> Stream:
+        """Queue a request; raises EngineBusy, RequestTooLong or SessionError at once when it cannot be taken.
+
+        `state` continues a conversation (its prompt is then only the new tokens); `session` names a
+        session of `sessions` to continue and to update when the request ends (also when cancelled: the
+        state then holds the text that was shown). Without either, the prompt starts from the longest
+        cached prefix.
+        """
+        if not self._running:
+            raise RWKVHubError("the engine is not running")
+        params = params or SamplingParams()
+        ids = self.model.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        lim = self.limits
+        if not ids:
+            raise RWKVHubError("the prompt is empty: give at least one token of text")
+        if len(ids) > lim.max_prompt_tokens:
+            raise RequestTooLong(f"the prompt has {len(ids)} tokens; this engine takes at most {lim.max_prompt_tokens}")
+        if params.max_tokens > lim.max_new_tokens:
+            raise RequestTooLong(f"max_tokens is {params.max_tokens}; this engine allows at most {lim.max_new_tokens}")
+        vocab = self.model.spec.vocab_size
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise RWKVHubError(f"token id {bad} is outside the vocabulary 0..{vocab - 1}")
+        if state is not None and state.batch_size != 1:
+            raise RWKVHubError(f"a request continues one sequence, but the state holds {state.batch_size}")
+        if state is not None and state.shape != self.model.state_shape:
+            raise RWKVHubError(f"the state is for a model with {state.shape}, not {self.model.state_shape}")
+        if session is not None and state is not None:
+            raise RWKVHubError("give a session or a state, not both")
+        if session is not None and self.sessions is None:
+            raise RWKVHubError("this engine keeps no sessions")
+        stream = Stream(asyncio.get_running_loop())
+        job = _Job(stream, ids, params, state, time.perf_counter())
+        with self._wake:
+            if len(self._queue) + len(self._active) >= lim.max_active + lim.max_queue:
+                raise EngineBusy(
+                    f"the engine is busy ({len(self._active)} streams running, {len(self._queue)} waiting); "
+                    "try again shortly"
+                )
+            if session is not None:
+                job.session = self.sessions.acquire(session)
+                job.state = job.session.state
+            self._queue.append(job)
+            self._wake.notify()
+        return stream
+
+    # --- the worker --------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while self._running and not self._queue and not self._active:
+                    self._wake.wait()
+                if not self._running:
+                    break
+                while self._queue and len(self._active) < self.limits.max_active:
+                    self._admit(self._queue.popleft())
+            try:
+                self._step()
+            except Exception as exc:  # a failure of the model fails the requests in this step, not the engine
+                for job in list(self._active):
+                    self._fail(job, exc)
+        for job in [*self._active, *self._queue]:
+            self._finish(job, "cancelled")
+        self._active.clear()
+        self._queue.clear()
+
+    def _admit(self, job: _Job) -> None:
+        job.started = time.perf_counter()
+        job.stream.stats.queue_s = job.started - job.submitted
+        job.stream.stats.prompt_tokens = len(job.ids)
+        if job.state is None and self.cache is not None:
+            job.hashes = prefix_hashes(job.ids)
+            n, cached = self.cache.lookup(job.ids, job.hashes)
+            if cached is not None:
+                job.pos, job.state = n, cached.to(self.model.device)
+                job.stream.stats.cached_tokens = n
+        if job.state is None:
+            job.state = self.model.new_state()
+        if self._free_slots:
+            job.slot = self._free_slots.pop()
+            self._sampler.reset(job.slot, job.params)
+        else:
+            job.slot = self._sampler.add(job.params)
+        tok = self.model.tokenizer
+        job.decoder, job.stops = StreamDecoder(tok), StopMatcher(job.params.stop)
+        self._active.append(job)
+
+    def _step(self) -> None:
+        for job in list(self._active):
+            if job.stream.cancelled and job.finishing is None:
+                if job.pending_token is None:  # still reading its prompt: end now
+                    self._finish(job, "cancelled")
+                else:  # feed the token already shown, so the state has read all of the text, then end
+                    job.finishing = "cancelled"
+        lists, jobs = [], []
+        budget = self.limits.prefill_budget
+        chunk = self.limits.prefill_chunk
+        for job in self._active:
+            if job.pos < len(job.ids):
+                end = min(len(job.ids), (job.pos // chunk + 1) * chunk)
+                if end - job.pos > budget:
+                    continue
+                budget -= end - job.pos
+                lists.append(job.ids[job.pos : end])
+            else:
+                lists.append([job.pending_token])
+            jobs.append(job)
+        if not jobs:
+            return
+        logits, states = self.model.forward_batch(lists, [j.state for j in jobs])
+        self.steps += 1
+        rows = []
+        for i, job in enumerate(jobs):
+            job.state = states[i]
+            if job.pos < len(job.ids):
+                job.pos += len(lists[i])
+                self._cache_prompt_state(job)
+                if job.pos < len(job.ids):
+                    continue
+            elif job.finishing is not None:  # the last generated token is now read: done
+                self._finish(job, job.finishing)
+                continue
+            rows.append(i)
+        if not rows:
+            return
+        picked = self._sampler.sample(logits[rows], [jobs[i].slot for i in rows])
+        now = time.perf_counter()
+        for i, token in zip(rows, picked, strict=True):
+            self._take(jobs[i], token, now)
+
+    def _cache_prompt_state(self, job: _Job) -> None:
+        if self.cache is None or not job.hashes:
+            return
+        if job.pos == len(job.ids) or job.pos % self.limits.cache_interval == 0:
+            self.cache.store(job.ids[: job.pos], job.state.to("cpu"), job.hashes)
+
+    def _take(self, job: _Job, token: int, now: float) -> None:
+        """Handle a sampled token: stop token, text delta, stop strings, max_tokens."""
+        if not job.generated:
+            job.first_token = now
+            job.stream.stats.first_token_s = now - job.submitted
+            job.stream.stats.prefill_s = now - job.started
+        if token in job.params.stop_tokens:
+            self._finish(job, "stop")  # a stop token is neither kept nor fed
+            return
+        job.generated.append(token)
+        job.pending_token = token
+        shown, stopped = job.stops.push(job.decoder.feed(token))
+        if shown:
+            job.text.append(shown)
+            job.stream._push(shown)
+        if stopped:
+            job.finishing = "stop"
+        elif len(job.generated) >= job.params.max_tokens:
+            job.finishing = "length"
+
+    def _finish(self, job: _Job, reason: str) -> None:
+        if job in self._active:
+            self._active.remove(job)
+            self._free_slots.append(job.slot)
+        if reason != "stop" and job.decoder is not None:
+            shown, stopped = job.stops.push(job.decoder.flush())
+            tail = shown if stopped else shown + job.stops.flush()
+            reason = "stop" if stopped else reason
+            if tail:
+                job.text.append(tail)
+                job.stream._push(tail)
+        end = time.perf_counter()
+        stats = job.stream.stats
+        stats.completion_tokens = len(job.generated)
+        stats.decode_s = end - job.first_token if job.generated else 0.0
+        if self.cache is not None and job.hashes and job.generated and reason != "cancelled":
+            self.cache.store(job.ids + job.generated, job.state.to("cpu"))
+        if job.session is not None:  # keep the turn only if the whole prompt was read
+            whole = job.state is not None and job.pos == len(job.ids)
+            self.sessions.release(job.session, job.state if whole else None, len(job.ids) + len(job.generated))
+        job.stream.result = GenerationResult(
+            "".join(job.text),
+            reason,
+            len(job.ids),
+            len(job.generated),
+            job.state,
+            stats.prefill_s,
+            stats.decode_s,
+            list(job.generated),
+        )
+        job.stream._push(_END)
+
+    def _fail(self, job: _Job, exc: Exception) -> None:
+        if job in self._active:
+            self._active.remove(job)
+            self._free_slots.append(job.slot)
+        if job.session is not None:
+            self.sessions.release(job.session)
+        err = exc if isinstance(exc, RWKVHubError) else RWKVHubError(f"the model failed on this request: {exc}")
+        job.stream._push(err)
