@@ -74,3 +74,9 @@ def test_budget_holds_under_churn_and_evicts_least_recently_used(model):
 def test_negative_budget_is_refused():
     with pytest.raises(ValueError):
         PrefixCache(-1)
+
+
+def test_default_budget_scales_with_the_state_within_bounds():
+    assert pc.default_budget(270_000) == 64 * 2**20
+    assert pc.default_budget(2_400_000) == 240_000_000
+    assert pc.default_budget(33_000_000) == 2**30

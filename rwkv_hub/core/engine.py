@@ -70,6 +70,7 @@ class RequestStats:
     first_token_s: float | None = None  # submitted -> first token sampled
     completion_tokens: int = 0
     decode_s: float = 0.0
+    token_times: list[float] = field(default_factory=list)  # perf_counter() when each token was sampled
 
     @property
     def tokens_per_s(self) -> float:
@@ -362,6 +363,7 @@ class Engine:
         if token in job.params.stop_tokens:
             self._finish(job, "stop")  # a stop token is neither kept nor fed
             return
+        job.stream.stats.token_times.append(now)
         job.generated.append(token)
         job.pending_token = token
         shown, stopped = job.stops.push(job.decoder.feed(token))

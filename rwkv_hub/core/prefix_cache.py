@@ -24,6 +24,12 @@ _BASE = 1_000_003
 TOKEN_BYTES = 8  # what a stored token costs in the budget (a Python int in a tuple, roughly)
 
 
+def default_budget(state_bytes: int) -> int:
+    """Room for about 100 states, at least 64 MiB and at most 1 GiB (a 0.19B model's state is 2.4 MB,
+    a 7B model's about 33 MB)."""
+    return max(64 * 2**20, min(2**30, 100 * state_bytes))
+
+
 def prefix_hashes(tokens: Sequence[int]) -> list[int]:
     """h[i] is the hash of tokens[:i] (h[0] for the empty prefix)."""
     h = [0] * (len(tokens) + 1)
