@@ -20,20 +20,24 @@ PROG = "rwkv-hub"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; user errors print one line and return 2, never a traceback."""
-    args = build_parser().parse_args(argv)
     from rwkv_hub.core.errors import RWKVHubError
 
-    # Notices from the library (such as "using the built-in demo model") go to stderr as one line each.
+    # Notices from the library (such as "using the built-in demo model", a plugin that failed to load)
+    # go to stderr as one line each.
     logging.basicConfig(format=f"{PROG}: %(message)s", level=logging.WARNING)
-
     try:
+        args = build_parser().parse_args(argv)
         return args.run(args)
     except RWKVHubError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(host=None) -> argparse.ArgumentParser:
+    """The parser with every built-in command and those plugins add (`host`: a loaded PluginHost)."""
+    from rwkv_hub.hub.commands import add_commands
+    from rwkv_hub.hub.plugins import PluginHost
+
     parser = argparse.ArgumentParser(prog=PROG, description="Run RWKV language models locally.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -50,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_generate(commands)
     _add_bench(commands)
+    add_commands(commands, host or PluginHost().load())
     return parser
 
 

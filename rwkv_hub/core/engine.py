@@ -16,11 +16,14 @@ and at the end of the generation.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+import torch
 
 from .errors import RWKVHubError
 from .generate import GenerationResult, StopMatcher
@@ -29,6 +32,8 @@ from .sampling import Sampler, SamplingParams, no_penalty_ids
 from .sessions import Session, SessionStore
 from .state import State
 from .tokenizer import StreamDecoder
+
+log = logging.getLogger("rwkv_hub")
 
 
 class EngineBusy(RWKVHubError):
@@ -91,6 +96,7 @@ class Stream:
         self._loop = loop
         self._queue: asyncio.Queue = asyncio.Queue()
         self._cancelled = threading.Event()
+        self._on_finish: Callable[[Stream], None] | None = None
         self.result: GenerationResult | None = None
         self.stats = RequestStats()
 
@@ -116,6 +122,13 @@ class Stream:
     async def text(self) -> str:
         """Wait for the whole text."""
         return "".join([d async for d in self])
+
+    def _notify_finished(self) -> None:
+        if self._on_finish is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._on_finish, self)
+            except RuntimeError:  # the loop is closed
+                pass
 
     def _push(self, item: object) -> None:
         try:
@@ -143,6 +156,7 @@ class _Job:
     decoder: StreamDecoder | None = None
     stops: StopMatcher | None = None
     session: Session | None = None
+    processors: list[Callable] = field(default_factory=list)
 
 
 class Engine:
@@ -217,13 +231,17 @@ class Engine:
         params: SamplingParams | None = None,
         state: State | None = None,
         session: str | None = None,
+        logit_processors: Sequence[Callable[[list[int], torch.Tensor], torch.Tensor]] = (),
+        on_finish: Callable[[Stream], None] | None = None,
     ) -> Stream:
         """Queue a request; raises EngineBusy, RequestTooLong or SessionError at once when it cannot be taken.
 
         `state` continues a conversation (its prompt is then only the new tokens); `session` names a
         session of `sessions` to continue and to update when the request ends (also when cancelled: the
         state then holds the text that was shown). Without either, the prompt starts from the longest
-        cached prefix.
+        cached prefix. `logit_processors` (each `fn(generated_tokens, logits) -> logits`) run in order on
+        this stream's logits before each sample; `on_finish(stream)` is called in the event loop's thread
+        once the stream has ended (result set).
         """
         if not self._running:
             raise RWKVHubError("the engine is not running")
@@ -250,6 +268,7 @@ class Engine:
             raise RWKVHubError("this engine keeps no sessions")
         stream = Stream(asyncio.get_running_loop())
         job = _Job(stream, ids, params, state, time.perf_counter())
+        job.processors, stream._on_finish = list(logit_processors), on_finish
         with self._wake:
             if len(self._queue) + len(self._active) >= lim.max_active + lim.max_queue:
                 raise EngineBusy(
@@ -343,10 +362,29 @@ class Engine:
             rows.append(i)
         if not rows:
             return
-        picked = self._sampler.sample(logits[rows], [jobs[i].slot for i in rows])
+        batch = logits[rows]
+        for r, i in enumerate(rows):
+            for fn in jobs[i].processors:
+                batch[r] = self._processed(jobs[i], fn, batch[r])
+        picked = self._sampler.sample(batch, [jobs[i].slot for i in rows])
         now = time.perf_counter()
         for i, token in zip(rows, picked, strict=True):
             self._take(jobs[i], token, now)
+
+    def _processed(self, job: _Job, fn: Callable, row: torch.Tensor) -> torch.Tensor:
+        """A logit processor's output, checked: a processor that fails or returns junk is dropped for
+        this request (its fault is logged), and the logits go on unchanged."""
+        try:
+            out = fn(list(job.generated), row.clone())
+            if not isinstance(out, torch.Tensor) or out.shape != row.shape:
+                raise TypeError(f"returned {type(out).__name__} instead of logits of shape {tuple(row.shape)}")
+            return out.to(row.dtype)
+        except Exception as e:  # a plugin's processor must not take the engine down
+            log.warning(
+                "logit processor %s failed and was dropped for this request: %s", getattr(fn, "__name__", fn), e
+            )
+            job.processors.remove(fn)
+            return row
 
     def _cache_prompt_state(self, job: _Job) -> None:
         if self.cache is None or not job.hashes:
@@ -406,6 +444,7 @@ class Engine:
             list(job.generated),
         )
         job.stream._push(_END)
+        job.stream._notify_finished()
 
     def _fail(self, job: _Job, exc: Exception) -> None:
         if job in self._active:

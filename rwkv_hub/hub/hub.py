@@ -1,0 +1,128 @@
+"""The hub: turns a request (format, preset, parameters, input) into engine work, through the plugins.
+
+One request, in order: the preset is looked up; the format is the request's, else the preset's, else
+chat; the format renders the input into a prompt and stop strings; parameters are merged (request >
+preset > format defaults > model defaults); every plugin's `prepare_request` may adjust the result; the
+engine runs it; every plugin's `generation_finished` sees the outcome. The adapters (daemon, HTTP API)
+call `Hub.submit`; the hub never imports them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from ..core.engine import Engine, Stream
+from ..core.errors import RWKVHubError
+from .formats import FormatInput
+from .plugins import PluginHost
+from .presets import check_params, resolve_params
+
+REQUEST_FIELDS = ("format", "preset", "params", "input", "session", "logit_processors", "stream_filters")
+DEFAULT_FORMAT = "chat"
+
+
+class RequestError(RWKVHubError):
+    """A request names something unknown or has fields of the wrong kind."""
+
+
+class HubStream:
+    """Text deltas of one request after its stream filters; `result`, `stats` and `cancel()` as `Stream`."""
+
+    def __init__(self, stream: Stream, filters: list[Callable[[str], str]], request: dict[str, Any]):
+        self.stream = stream
+        self.filters = filters
+        self.request = request
+
+    @property
+    def result(self):
+        return self.stream.result
+
+    @property
+    def stats(self):
+        return self.stream.stats
+
+    def cancel(self) -> None:
+        self.stream.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        async for delta in self.stream:
+            for f in self.filters:
+                delta = f(delta)
+            if delta:
+                yield delta
+
+    async def text(self) -> str:
+        return "".join([d async for d in self])
+
+
+class Hub:
+    """Plugins plus an engine."""
+
+    def __init__(self, engine: Engine, host: PluginHost):
+        self.engine = engine
+        self.host = host
+
+    def render(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """The request as it would run: format, preset, merged params, prompt text and stop strings."""
+        unknown = sorted(set(request) - set(REQUEST_FIELDS))
+        if unknown:
+            raise RequestError(f"unknown request field {unknown[0]!r}; fields are {', '.join(REQUEST_FIELDS)}")
+        preset = self.host.preset(request["preset"]) if request.get("preset") else None
+        fmt = self.host.format(request.get("format") or (preset.format if preset else None) or DEFAULT_FORMAT)
+        data = dict(request.get("input") or {})
+        sid = request.get("session")
+        if sid is not None and self.engine.sessions is not None and sid in self.engine.sessions:
+            data.setdefault("continuing", self.engine.sessions.get(sid).turns > 0)
+        inp = FormatInput.from_dict(data)
+        rendered = fmt.render(inp)
+        params = resolve_params(fmt.defaults, preset, check_params("request", request.get("params") or {}))
+        stops = params.get("stop", ())
+        params["stop"] = tuple(rendered.stop) + ((stops,) if isinstance(stops, str) else tuple(stops))
+        return {
+            "format": fmt.name,
+            "preset": preset.name if preset else None,
+            "params": params,
+            "input": data,
+            "prompt": rendered.prompt,
+            "session": sid,
+        }
+
+    def submit(self, request: Mapping[str, Any]) -> HubStream:
+        """Render, let plugins prepare, and queue on the engine; errors are raised before anything runs."""
+        from ..core.sampling import ParameterError, SamplingParams
+
+        req = self.render(request)
+        self.host.call("prepare_request", request=req)
+        try:
+            params = SamplingParams(**check_params("request", req["params"]))
+        except (ParameterError, TypeError) as e:
+            raise RequestError(str(e)) from None
+        processors = [self._named("logit_processors", n) for n in request.get("logit_processors") or ()]
+        filters = [self._named("stream_filters", n)() for n in request.get("stream_filters") or ()]
+        stream = self.engine.submit(
+            req["prompt"],
+            params,
+            session=req["session"],
+            logit_processors=processors,
+            on_finish=lambda s: self._done(req, s),
+        )
+        return HubStream(stream, filters, req)
+
+    def _named(self, kind: str, name: str) -> Callable:
+        table = getattr(self.host, kind)
+        if name not in table:
+            raise RequestError(
+                f"unknown {kind[:-1].replace('_', ' ')} {name!r}; known: {', '.join(sorted(table)) or 'none'}"
+            )
+        return table[name]
+
+    def _done(self, req: dict[str, Any], stream: Stream) -> None:
+        r = stream.result
+        result = {
+            "text": r.text,
+            "finish_reason": r.finish_reason,
+            "usage": {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens},
+            "timings": {"queue_s": stream.stats.queue_s, "prefill_s": r.prefill_s, "decode_s": r.decode_s},
+        }
+        self.host.call("generation_finished", request=req, result=result)

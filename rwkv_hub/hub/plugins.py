@@ -1,0 +1,319 @@
+"""Finding, loading and calling plugins, with every plugin's faults kept to itself.
+
+Plugins come from three places, in rising precedence: rwkv-hub's built-ins, the entry-point group
+`rwkv_hub` (pip-installed packages), and modules named in the config file. Each is loaded on its own: one
+that fails to import, registers something malformed, misspells a hook or raises inside one is recorded
+in `failures` (and logged) and skipped, and the rest go on. `RWKV_HUB_STRICT_PLUGINS=1` turns faults
+into errors (for plugin authors and CI); `RWKV_HUB_PLUGINS=a,b` loads only the named third-party plugins
+(set but empty: none), so a broken plugin can always be bypassed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from .. import hookspecs
+from ..core.errors import RWKVHubError
+from .formats import FormatError, PromptFormat
+from .presets import Preset, PresetError
+
+GROUP = "rwkv_hub"
+STRICT_ENV = "RWKV_HUB_STRICT_PLUGINS"
+ALLOW_ENV = "RWKV_HUB_PLUGINS"
+BUILTIN = "built-in"
+ENTRY_POINT = "entry point"
+CONFIG = "config"
+PRECEDENCE = {BUILTIN: 0, ENTRY_POINT: 1, CONFIG: 2}
+KINDS = ("formats", "presets", "commands", "initial_states", "logit_processors", "stream_filters")
+log = logging.getLogger("rwkv_hub")
+
+
+class PluginError(RWKVHubError):
+    """A plugin failed and strict mode is on."""
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    source: str
+    version: str | None
+    module: str
+    hooks: list[str] = field(default_factory=list)
+    registered: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class PluginFailure:
+    plugin: str
+    source: str
+    stage: str  # "import", "hooks", or the hook that raised
+    error: str
+
+
+@dataclass
+class Command:
+    name: str
+    help: str
+    configure: Callable[[Any], None]
+    run: Callable[[Any], int]
+
+
+@dataclass
+class InitialState:
+    name: str
+    path: str
+    description: str
+
+
+@dataclass
+class Registered:
+    value: Any
+    plugin: str
+    source: str
+
+
+class PluginHost:
+    """Loads plugins once and holds what they registered; `load()` is safe to call on a fresh host only."""
+
+    def __init__(
+        self,
+        config_modules: Iterable[str] = (),
+        *,
+        strict: bool | None = None,
+        allow: Iterable[str] | None = None,
+        entry_points: bool = True,
+    ):
+        self.pm = pluggy.PluginManager(GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self.config_modules = list(config_modules)
+        self.strict = strict if strict is not None else os.environ.get(STRICT_ENV, "") not in ("", "0")
+        if allow is None and ALLOW_ENV in os.environ:
+            allow = [a.strip() for a in os.environ[ALLOW_ENV].split(",") if a.strip()]
+        self.allow = None if allow is None else set(allow)
+        self.use_entry_points = entry_points
+        self.plugins: dict[str, PluginInfo] = {}
+        self.failures: list[PluginFailure] = []
+        self.warnings: list[str] = []
+        self.registry: dict[str, dict[str, Registered]] = {k: {} for k in KINDS}
+
+    # --- what was registered ------------------------------------------------------------------------------
+
+    @property
+    def formats(self) -> dict[str, PromptFormat]:
+        return {k: r.value for k, r in self.registry["formats"].items()}
+
+    @property
+    def presets(self) -> dict[str, Preset]:
+        return {k: r.value for k, r in self.registry["presets"].items()}
+
+    @property
+    def commands(self) -> dict[str, Command]:
+        return {k: r.value for k, r in self.registry["commands"].items()}
+
+    @property
+    def initial_states(self) -> dict[str, InitialState]:
+        return {k: r.value for k, r in self.registry["initial_states"].items()}
+
+    @property
+    def logit_processors(self) -> dict[str, Callable]:
+        return {k: r.value for k, r in self.registry["logit_processors"].items()}
+
+    @property
+    def stream_filters(self) -> dict[str, Callable]:
+        return {k: r.value for k, r in self.registry["stream_filters"].items()}
+
+    def format(self, name: str) -> PromptFormat:
+        try:
+            return self.registry["formats"][name].value
+        except KeyError:
+            raise FormatError(f"unknown format {name!r}; known: {', '.join(sorted(self.formats))}") from None
+
+    def preset(self, name: str) -> Preset:
+        try:
+            return self.registry["presets"][name].value
+        except KeyError:
+            raise PresetError(f"unknown preset {name!r}; known: {', '.join(sorted(self.presets))}") from None
+
+    # --- loading --------------------------------------------------------------------------------------------
+
+    def load(self) -> PluginHost:
+        from ..plugins import builtin
+
+        self._add(builtin, "builtin", BUILTIN, None)
+        if self.use_entry_points:
+            for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
+                if self.allow is not None and ep.name not in self.allow:
+                    continue
+                version = ep.dist.version if ep.dist is not None else None
+                self._add_lazily(lambda ep=ep: ep.load(), ep.name, ENTRY_POINT, version)
+        for mod in self.config_modules:
+            if self.allow is not None and mod not in self.allow:
+                continue
+            self._add_lazily(lambda mod=mod: importlib.import_module(mod), mod, CONFIG, None)
+        self._check_hooks()
+        self._collect("register_formats", "formats", _as_format)
+        self._collect("register_presets", "presets", _as_preset)
+        self._collect("register_commands", "commands", _as_command)
+        self._collect("register_initial_states", "initial_states", _as_initial_state)
+        self._collect("register_logit_processors", "logit_processors", _as_callable("logit processor"))
+        self._collect("register_stream_filters", "stream_filters", _as_callable("stream filter"))
+        return self
+
+    def _add_lazily(self, importer: Callable[[], Any], name: str, source: str, version: str | None) -> None:
+        try:
+            obj = importer()
+        except Exception as e:  # an import error of any kind is the plugin's fault
+            self._fault(name, source, "import", e)
+            return
+        self._add(obj, name, source, version)
+
+    def _add(self, obj: Any, name: str, source: str, version: str | None) -> None:
+        if name in self.plugins:
+            self._fault(name, source, "import", RWKVHubError(f"a plugin named {name!r} is already loaded"))
+            return
+        try:
+            self.pm.register(obj, name=name)
+        except Exception as e:  # pluggy validates signatures against the specs here
+            self._fault(name, source, "hooks", e)
+            return
+        module = getattr(obj, "__name__", type(obj).__name__)
+        hooks = sorted(h.name for h in self.pm.get_hookcallers(obj) or ())
+        self.plugins[name] = PluginInfo(name, source, version, module, hooks, {k: [] for k in KINDS})
+
+    def _check_hooks(self) -> None:
+        """Functions marked as hooks whose names are no hook (misspellings) fault their plugin."""
+        for name, plugin in list(self.pm.list_name_plugin()):
+            for attr in dir(plugin):
+                fn = getattr(plugin, attr, None)
+                if callable(fn) and hasattr(fn, f"{GROUP}_impl") and not hasattr(hookspecs, attr):
+                    err = RWKVHubError(f"{attr!r} is marked as a hook but rwkv-hub has no hook of that name")
+                    self._fault(name, self.plugins[name].source, "hooks", err)
+                    self.pm.unregister(plugin)
+                    self.plugins.pop(name, None)
+                    break
+
+    def _collect(self, hook: str, kind: str, convert: Callable[[tuple, dict], tuple[str, Any]]) -> None:
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            name = impl.plugin_name
+            info = self.plugins[name]
+            staged: list[tuple[str, Any]] = []
+
+            def register(*args, _staged=staged, **kwargs) -> None:
+                _staged.append(convert(args, kwargs))
+
+            try:
+                impl.function(*(register for _ in impl.argnames))
+            except Exception as e:  # a bad registration or a raising hook: drop all this hook registered
+                self._fault(name, info.source, hook, e)
+                continue
+            for key, value in staged:
+                self._put(kind, key, Registered(value, name, info.source))
+                info.registered[kind].append(key)
+
+    def _put(self, kind: str, key: str, new: Registered) -> None:
+        table = self.registry[kind]
+        old = table.get(key)
+        if old is not None:
+            keep_new = PRECEDENCE[new.source] >= PRECEDENCE[old.source]
+            winner, loser = (new, old) if keep_new else (old, new)
+            msg = (
+                f"{kind[:-1].replace('_', ' ')} {key!r} is registered by {old.plugin} ({old.source}) and "
+                f"{new.plugin} ({new.source}); using {winner.plugin}'s"
+            )
+            self.warnings.append(msg)
+            log.warning(msg)
+            if not keep_new:
+                return
+        table[key] = new
+
+    def _fault(self, plugin: str, source: str, stage: str, error: BaseException) -> None:
+        text = f"{type(error).__name__}: {error}"
+        if self.strict:
+            raise PluginError(f"plugin {plugin} ({source}) failed in {stage}: {text}") from error
+        self.failures.append(PluginFailure(plugin, source, stage, text))
+        log.warning("plugin %s (%s) failed in %s and was skipped: %s", plugin, source, stage, text)
+
+    # --- calling per-request hooks ---------------------------------------------------------------------------
+
+    def call(self, hook: str, **kwargs: Any) -> None:
+        """Call a notification hook on every plugin; a plugin that raises is reported and skipped."""
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            try:
+                impl.function(*(kwargs[a] for a in impl.argnames))
+            except Exception as e:  # the plugin's fault, not the request's
+                self._fault(impl.plugin_name, self.plugins[impl.plugin_name].source, hook, e)
+
+    def report(self) -> dict[str, Any]:
+        """What `rwkv-hub plugins --json` prints."""
+        return {
+            "plugins": [
+                {
+                    "name": p.name,
+                    "source": p.source,
+                    "version": p.version,
+                    "module": p.module,
+                    "hooks": p.hooks,
+                    "registered": {k: v for k, v in p.registered.items() if v},
+                }
+                for p in self.plugins.values()
+            ],
+            "failures": [f.__dict__ for f in self.failures],
+            "warnings": list(self.warnings),
+        }
+
+
+# --- converting what plugins hand to `register` -------------------------------------------------------------
+
+
+def _one(args: tuple, kwargs: dict, what: str) -> Any:
+    if len(args) + len(kwargs) != 1:
+        raise TypeError(f"register() takes one {what}")
+    return args[0] if args else next(iter(kwargs.values()))
+
+
+def _as_format(args: tuple, kwargs: dict) -> tuple[str, PromptFormat]:
+    fmt = _one(args, kwargs, "PromptFormat")
+    if not isinstance(fmt, PromptFormat):
+        raise FormatError(f"register_formats: expected a PromptFormat, got {type(fmt).__name__}")
+    return fmt.name, fmt
+
+
+def _as_preset(args: tuple, kwargs: dict) -> tuple[str, Preset]:
+    p = _one(args, kwargs, "Preset or dict")
+    preset = p if isinstance(p, Preset) else Preset.from_dict(p)
+    return preset.name, preset
+
+
+def _as_command(args: tuple, kwargs: dict) -> tuple[str, Command]:
+    cmd = Command(*args, **kwargs)
+    if not isinstance(cmd.name, str) or not re.fullmatch(r"[a-z][a-z0-9-]{0,39}", cmd.name):
+        raise TypeError(f"command name {cmd.name!r}: use lowercase letters, digits and '-'")
+    if not callable(cmd.configure) or not callable(cmd.run):
+        raise TypeError(f"command {cmd.name!r}: configure and run must be callable")
+    return cmd.name, cmd
+
+
+def _as_initial_state(args: tuple, kwargs: dict) -> tuple[str, InitialState]:
+    st = InitialState(*args, **kwargs)
+    if not all(isinstance(x, str) for x in (st.name, st.path, st.description)):
+        raise TypeError("register(name, path, description) takes three strings")
+    return st.name, st
+
+
+def _as_callable(what: str) -> Callable[[tuple, dict], tuple[str, Callable]]:
+    def convert(args: tuple, kwargs: dict) -> tuple[str, Callable]:
+        name, fn = (list(args) + list(kwargs.values()))[:2] if len(args) + len(kwargs) == 2 else (None, None)
+        if not isinstance(name, str) or not callable(fn):
+            raise TypeError(f"register(name, {what.replace(' ', '_')}) takes a name and a function")
+        return name, fn
+
+    return convert
