@@ -56,6 +56,42 @@ def run(coro):
 # --- every hook ---------------------------------------------------------------------------------------------
 
 
+def test_initial_state_from_a_plugin_reaches_the_engine(good, model, tmp_path):
+    if model is None:
+        pytest.skip("the built-in model is not there")
+    import torch
+
+    from rwkv_hub.core.sessions import load_tuned_state
+    from rwkv_hub.hub.plugins import InitialState, Registered
+
+    shape = model.state_shape
+    tuned = {
+        f"blocks.{i}.att.time_state": torch.randn(shape.n_head, shape.head_size, shape.head_size)
+        for i in range(shape.n_layer)
+    }
+    torch.save(tuned, tmp_path / "persona.pth")
+    h = host(GOOD)
+    with pytest.raises(Exception, match="no such state file"):  # the plugin's path does not exist
+        Hub(Engine(model), h)._initial_state("pirate")
+    h.registry["initial_states"]["persona"] = Registered(
+        InitialState("persona", str(tmp_path / "persona.pth"), ""), GOOD, "config"
+    )
+
+    async def go():
+        async with Engine(model) as engine:
+            s = Hub(engine, h).submit(
+                {"input": {"input": "hi"}, "initial_state": "persona", "params": {"max_tokens": 6, "temperature": 0}}
+            )
+            await s.text()
+            return s
+
+    s = run(go())
+    initial = load_tuned_state(tmp_path / "persona.pth", shape)
+    gen = model.generate("User: hi\n\nAssistant:", state=initial, temperature=0, max_tokens=6, stop=("\n\n",))
+    "".join(gen)
+    assert s.result.tokens == gen.result.tokens
+
+
 def test_registration_hooks(good):
     h = host(GOOD)
     assert h.failures == []
@@ -184,6 +220,8 @@ def test_request_precedence_and_errors(model):
                 hub.submit({"params": {"top_p": 2}, "input": {"input": "x"}})
             with pytest.raises(RequestError, match="unknown logit processor"):
                 hub.submit({"input": {"input": "x"}, "logit_processors": ["nope"]})
+            with pytest.raises(RequestError, match="unknown initial state 'nope'"):
+                hub.submit({"input": {"input": "x"}, "initial_state": "nope"})
             engine.sessions.create("s")
             first = hub.submit({"input": {"input": "hi"}, "session": "s", "params": {"max_tokens": 5}})
             await first.text()

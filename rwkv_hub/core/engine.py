@@ -315,6 +315,8 @@ class Engine:
                 job.stream.stats.cached_tokens = n
         if job.state is None:
             job.state = self.model.new_state()
+        elif job.state.device != self.model.device:  # sessions and the cache keep states on the CPU
+            job.state = job.state.to(self.model.device)
         if self._free_slots:
             job.slot = self._free_slots.pop()
             self._sampler.reset(job.slot, job.params)

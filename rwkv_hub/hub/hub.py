@@ -18,7 +18,16 @@ from .formats import FormatInput
 from .plugins import PluginHost
 from .presets import check_params, resolve_params
 
-REQUEST_FIELDS = ("format", "preset", "params", "input", "session", "logit_processors", "stream_filters")
+REQUEST_FIELDS = (
+    "format",
+    "preset",
+    "params",
+    "input",
+    "session",
+    "initial_state",
+    "logit_processors",
+    "stream_filters",
+)
 DEFAULT_FORMAT = "chat"
 
 
@@ -62,6 +71,7 @@ class Hub:
     def __init__(self, engine: Engine, host: PluginHost):
         self.engine = engine
         self.host = host
+        self._states: dict[str, Any] = {}
 
     def render(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """The request as it would run: format, preset, merged params, prompt text and stop strings."""
@@ -98,16 +108,31 @@ class Hub:
             params = SamplingParams(**check_params("request", req["params"]))
         except (ParameterError, TypeError) as e:
             raise RequestError(str(e)) from None
+        state = None
+        if request.get("initial_state"):
+            if req["session"] is not None:
+                raise RequestError("initial_state starts a fresh conversation; a session already has its state")
+            state = self._initial_state(request["initial_state"])
         processors = [self._named("logit_processors", n) for n in request.get("logit_processors") or ()]
         filters = [self._named("stream_filters", n)() for n in request.get("stream_filters") or ()]
         stream = self.engine.submit(
             req["prompt"],
             params,
+            state=state,
             session=req["session"],
             logit_processors=processors,
             on_finish=lambda s: self._done(req, s),
         )
         return HubStream(stream, filters, req)
+
+    def _initial_state(self, name: str):
+        """A registered state-tuning file, read on first use and kept."""
+        from ..core.sessions import load_tuned_state
+
+        if name not in self._states:
+            entry = self._named("initial_states", name)
+            self._states[name] = load_tuned_state(entry.path, self.engine.model.state_shape)
+        return self._states[name]
 
     def _named(self, kind: str, name: str) -> Callable:
         table = getattr(self.host, kind)

@@ -1,0 +1,172 @@
+"""The daemon's configuration file (TOML): every key, its type and default, validated with line numbers.
+
+An unknown key or a value of the wrong type is an error that names the key and its line in the file,
+so a typo never silently falls back to a default. `docs/config.md` documents every key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import RWKVHubError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+DEFAULT_PORT = 8765
+
+
+class ConfigError(RWKVHubError):
+    """The configuration file is missing, unreadable or has a bad key or value."""
+
+
+def config_dir() -> Path:
+    """Where rwkv-hub keeps its own files (config, token, sessions): $XDG_CONFIG_HOME/rwkv-hub."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "rwkv-hub"
+
+
+@dataclass
+class Limits:
+    max_active: int = 16
+    max_queue: int = 64
+    max_prompt_tokens: int = 32768
+    max_new_tokens: int = 4096
+    prefill_chunk: int = 256
+    prefill_budget: int = 512
+    cache_interval: int = 1024
+    max_message_bytes: int = 4 * 2**20
+    max_json_depth: int = 32
+    max_requests_per_connection: int = 16
+
+
+@dataclass
+class Config:
+    model: str | None = None  # None: the built-in demo model
+    strategy: str = "cpu bf16"
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    allow_origins: list[str] = field(default_factory=list)
+    cache_mb: int | None = None  # None: rwkv_hub.core.prefix_cache.default_budget
+    session_folder: str | None = None  # None: <config dir>/sessions
+    plugins: list[str] = field(default_factory=list)  # extra plugin modules to load
+    disable_plugins: list[str] = field(default_factory=list)
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> params overrides
+    limits: Limits = field(default_factory=Limits)
+    path: Path | None = None  # the file this came from
+
+    def sessions_path(self) -> Path:
+        return Path(self.session_folder).expanduser() if self.session_folder else config_dir() / "sessions"
+
+
+# key -> (accepted types, description of the type for messages)
+_TOP: dict[str, tuple[tuple[type, ...], str]] = {
+    "model": ((str,), "a path"),
+    "strategy": ((str,), 'a strategy such as "cpu bf16"'),
+    "host": ((str,), "a host name or address"),
+    "port": ((int,), "a port number"),
+    "allow_origins": ((list,), "a list of origins"),
+    "cache_mb": ((int,), "a number of megabytes"),
+    "session_folder": ((str,), "a folder"),
+}
+_TABLES = ("limits", "plugins", "presets")
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Read a config file; no path means `<config dir>/config.toml` if it exists, else the defaults."""
+    if path is None:
+        default = config_dir() / "config.toml"
+        if not default.exists():
+            return Config()
+        path = default
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read it ({e})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    return _build(data, text, p)
+
+
+def _line(text: str, key: str, table: str | None = None) -> int | None:
+    """The first line that sets `key` (inside `[table]` when given), for error messages."""
+    lines = text.splitlines()
+    start = 0
+    if table:
+        for i, line in enumerate(lines):
+            if re.match(rf"\s*\[\s*{re.escape(table)}\s*\]", line):
+                start = i + 1
+                break
+    for i in range(start, len(lines)):
+        if re.match(rf"\s*\"?{re.escape(key)}\"?\s*=", lines[i]) or re.match(rf"\s*\[\s*{re.escape(key)}\b", lines[i]):
+            return i + 1
+    return None
+
+
+def _where(p: Path, text: str, key: str, table: str | None = None) -> str:
+    n = _line(text, key, table)
+    return f"{p}, line {n}" if n else str(p)
+
+
+def _check(p: Path, text: str, key: str, value: Any, types: tuple[type, ...], what: str, table=None) -> Any:
+    if isinstance(value, bool) or not isinstance(value, types):
+        name = f"{table}.{key}" if table else key
+        raise ConfigError(f"{_where(p, text, key, table)}: {name} must be {what}, not {type(value).__name__}")
+    return value
+
+
+def _build(data: dict[str, Any], text: str, p: Path) -> Config:
+    cfg = Config(path=p)
+    for key, value in data.items():
+        if key in _TOP:
+            setattr(cfg, key, _check(p, text, key, value, *_TOP[key]))
+        elif key not in _TABLES:
+            known = ", ".join([*_TOP, *_TABLES])
+            raise ConfigError(f"{_where(p, text, key)}: unknown key {key!r}; known keys: {known}")
+    if not 0 < cfg.port < 65536:
+        raise ConfigError(f"{_where(p, text, 'port')}: port must be between 1 and 65535")
+    for o in cfg.allow_origins:
+        _check(p, text, "allow_origins", o, (str,), 'a list of origins such as "https://example.org"')
+    limits = data.get("limits", {})
+    _check(p, text, "limits", limits, (dict,), "a table")
+    for key, value in limits.items():
+        if not hasattr(cfg.limits, key):
+            known = ", ".join(Limits.__dataclass_fields__)
+            raise ConfigError(f"{_where(p, text, key, 'limits')}: unknown key limits.{key}; known: {known}")
+        _check(p, text, key, value, (int,), "a whole number", "limits")
+        if value < 1:
+            raise ConfigError(f"{_where(p, text, key, 'limits')}: limits.{key} must be at least 1")
+        setattr(cfg.limits, key, value)
+    plugins = data.get("plugins", {})
+    _check(p, text, "plugins", plugins, (dict,), "a table")
+    for key, value in plugins.items():
+        if key not in ("modules", "disable"):
+            raise ConfigError(f"{_where(p, text, key, 'plugins')}: unknown key plugins.{key}; known: modules, disable")
+        _check(p, text, key, value, (list,), "a list of names", "plugins")
+        for v in value:
+            _check(p, text, key, v, (str,), "a list of names", "plugins")
+    cfg.plugins = list(plugins.get("modules", []))
+    cfg.disable_plugins = list(plugins.get("disable", []))
+    presets = data.get("presets", {})
+    _check(p, text, "presets", presets, (dict,), "a table of [presets.NAME] tables")
+    from .presets import PresetError, check_params
+
+    for name, params in presets.items():
+        _check(p, text, name, params, (dict,), "a table of sampling parameters", "presets")
+        try:
+            cfg.presets[name] = check_params(f"presets.{name}", params)
+        except PresetError as e:
+            raise ConfigError(f"{_where(p, text, f'presets.{name}')}: {e}") from None
+    return cfg

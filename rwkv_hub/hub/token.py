@@ -1,0 +1,40 @@
+"""The daemon's bearer token: made on first start, kept owner-only in the config folder.
+
+Every endpoint except health requires it, so another user or a web page on the same machine cannot
+drive the model. `RWKV_HUB_TOKEN` or `--token` sets it explicitly; the CLI and the client find the file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from .config import config_dir
+
+ENV = "RWKV_HUB_TOKEN"
+
+
+def token_path() -> Path:
+    return config_dir() / "token"
+
+
+def get_token(explicit: str | None = None, create: bool = True) -> str | None:
+    """The token to use: explicit, else $RWKV_HUB_TOKEN, else the file (made now if `create`)."""
+    if explicit:
+        return explicit
+    if os.environ.get(ENV):
+        return os.environ[ENV]
+    p = token_path()
+    if p.exists():
+        return p.read_text().strip() or None
+    if not create:
+        return None
+    p.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    tmp = p.with_name(f".token.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.replace(tmp, p)
+    return token
