@@ -54,6 +54,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
 
     _add_generate(commands)
     _add_bench(commands)
+    _add_serve(commands)
     add_commands(commands, host or PluginHost().load())
     return parser
 
@@ -109,6 +110,42 @@ def _run_generate(args: argparse.Namespace) -> int:
         f"{r.tokens_per_s:.1f} tokens/s]",
         file=sys.stderr,
     )
+    return 0
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run the daemon: WebSocket protocol and OpenAI-compatible HTTP API",
+        description="Load the model and serve it on localhost until interrupted (docs/config.md, docs/protocol.md).",
+    )
+    serve.add_argument("--config", help="a TOML config file (default: ~/.config/rwkv-hub/config.toml if present)")
+    serve.add_argument("--model", help="an RWKV-7 checkpoint; overrides the config; default: the demo model")
+    serve.add_argument("--strategy", help='overrides the config (default "cpu bf16")')
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8765; 0 picks a free one)")
+    serve.add_argument("--token", help="the bearer token to require (default: $RWKV_HUB_TOKEN, else the token file)")
+    serve.add_argument("--allow-remote", action="store_true", help="allow listening on a non-local address")
+    serve.set_defaults(run=_run_serve)
+    token = commands.add_parser("token", help="print the daemon's bearer token (made on first use)")
+    token.set_defaults(run=_run_token)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from rwkv_hub.adapters.daemon import serve
+    from rwkv_hub.hub.config import load_config
+
+    config = load_config(args.config)
+    for key in ("model", "strategy", "host", "port"):
+        if getattr(args, key) is not None:
+            setattr(config, key, getattr(args, key))
+    return serve(config, args.token, args.allow_remote)
+
+
+def _run_token(args: argparse.Namespace) -> int:
+    from rwkv_hub.hub.token import get_token
+
+    print(get_token())
     return 0
 
 

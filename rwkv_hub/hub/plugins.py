@@ -90,6 +90,7 @@ class PluginHost:
         *,
         strict: bool | None = None,
         allow: Iterable[str] | None = None,
+        disable: Iterable[str] = (),
         entry_points: bool = True,
     ):
         self.pm = pluggy.PluginManager(GROUP)
@@ -99,6 +100,7 @@ class PluginHost:
         if allow is None and ALLOW_ENV in os.environ:
             allow = [a.strip() for a in os.environ[ALLOW_ENV].split(",") if a.strip()]
         self.allow = None if allow is None else set(allow)
+        self.disable = set(disable)
         self.use_entry_points = entry_points
         self.plugins: dict[str, PluginInfo] = {}
         self.failures: list[PluginFailure] = []
@@ -148,15 +150,16 @@ class PluginHost:
     def load(self) -> PluginHost:
         from ..plugins import builtin
 
-        self._add(builtin, "builtin", BUILTIN, None)
+        if "builtin" not in self.disable:
+            self._add(builtin, "builtin", BUILTIN, None)
         if self.use_entry_points:
             for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
-                if self.allow is not None and ep.name not in self.allow:
+                if self.allow is not None and ep.name not in self.allow or ep.name in self.disable:
                     continue
                 version = ep.dist.version if ep.dist is not None else None
                 self._add_lazily(lambda ep=ep: ep.load(), ep.name, ENTRY_POINT, version)
         for mod in self.config_modules:
-            if self.allow is not None and mod not in self.allow:
+            if self.allow is not None and mod not in self.allow or mod in self.disable:
                 continue
             self._add_lazily(lambda mod=mod: importlib.import_module(mod), mod, CONFIG, None)
         self._check_hooks()
@@ -251,6 +254,16 @@ class PluginHost:
                 impl.function(*(kwargs[a] for a in impl.argnames))
             except Exception as e:  # the plugin's fault, not the request's
                 self._fault(impl.plugin_name, self.plugins[impl.plugin_name].source, hook, e)
+
+    def override_preset(self, name: str, params: dict[str, Any]) -> Preset:
+        """The config file's `[presets.NAME]`: change a preset's parameters, or add a preset."""
+        base = self.presets.get(name)
+        if base is None:
+            preset = Preset(name, "from the config file", "", None, params)
+        else:
+            preset = Preset(name, base.description, base.description_zh, base.format, {**base.params, **params})
+        self.registry["presets"][name] = Registered(preset, "config file", CONFIG)
+        return preset
 
     def report(self) -> dict[str, Any]:
         """What `rwkv-hub plugins --json` prints."""

@@ -1,0 +1,115 @@
+"""`rwkv-hub serve`: build the model, plugins, engine and hub from the config, and serve until stopped.
+
+Ctrl-C or SIGTERM stops taking requests, cancels running streams, saves sessions and exits cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ..hub.config import Config
+from ..hub.hub import Hub
+from ..hub.plugins import PluginHost
+from ..hub.token import get_token
+from .server import Daemon
+
+log = logging.getLogger("rwkv_hub")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class Running:
+    daemon: Daemon
+    runner: web.AppRunner
+    url: str
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        await self.daemon.hub.engine.stop()
+        self.daemon.hub.host.call("daemon_stopping", hub=self.daemon.hub)
+
+
+def build_hub(config: Config):
+    """Model, plugins (with the config's preset overrides), engine with cache and sessions."""
+    import rwkv_hub
+
+    from ..core.engine import Engine, EngineLimits
+    from ..core.prefix_cache import PrefixCache, default_budget
+    from ..core.sessions import SessionStore
+
+    model = rwkv_hub.load(config.model, config.strategy)  # no model configured: the demo model, with a notice
+    host = PluginHost(config.plugins, disable=config.disable_plugins).load()
+    for name, params in config.presets.items():
+        host.override_preset(name, params)
+    lim = config.limits
+    limits = EngineLimits(
+        lim.max_active,
+        lim.max_queue,
+        lim.max_prompt_tokens,
+        lim.max_new_tokens,
+        lim.prefill_chunk,
+        lim.prefill_budget,
+        lim.cache_interval,
+    )
+    state_bytes = model.new_state().nbytes
+    cache = PrefixCache(config.cache_mb * 2**20 if config.cache_mb is not None else default_budget(state_bytes))
+    sessions = SessionStore(model.state_shape, config.sessions_path())
+    return Hub(Engine(model, limits, cache, sessions), host)
+
+
+async def start(config: Config, token: str, hub: Hub | None = None) -> Running:
+    """Start serving on config.host:config.port (port 0: any free port); returns what `stop()` ends."""
+    hub = hub or build_hub(config)
+    hub.engine.start()
+    daemon = Daemon(hub, config, token)
+    runner = web.AppRunner(daemon.app(), handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    hub.host.call("daemon_started", hub=hub)
+    return Running(daemon, runner, f"http://{_url_host(config.host)}:{port}")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def serve(config: Config, token: str | None = None, allow_remote: bool = False) -> int:
+    """Run until interrupted; returns the exit status."""
+    if config.host not in LOCAL_HOSTS and not allow_remote:
+        print(
+            f"rwkv-hub: error: host {config.host!r} is not local; pass --allow-remote to listen there "
+            "(anyone who can reach it and has the token can use the model)",
+            file=sys.stderr,
+        )
+        return 2
+    if config.host not in LOCAL_HOSTS:
+        log.warning("listening on %s: other machines can reach this daemon; keep the token secret", config.host)
+    token = get_token(token)
+    return asyncio.run(_serve(config, token))
+
+
+async def _serve(config: Config, token: str) -> int:
+    running = await start(config, token)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    model = running.daemon.hub.engine.model
+    print(f"rwkv-hub: serving {model.path.name} ({model.strategy.name}) on {running.url}", flush=True)
+    print(f"  WebSocket: {running.url.replace('http', 'ws', 1)}/ws   OpenAI API: {running.url}/v1", flush=True)
+    print(
+        "  every request needs the header 'Authorization: Bearer <token>'; `rwkv-hub token` prints the token",
+        flush=True,
+    )
+    await stop.wait()
+    print("rwkv-hub: stopping: cancelling streams, saving sessions", flush=True)
+    await running.stop()
+    return 0

@@ -1,0 +1,248 @@
+"""The daemon on loopback, driven by real clients: the official `openai` package over HTTP and `websockets`
+over the protocol; plus the guard (token, Origin), garbage input, and disconnects that cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+import websockets
+
+from rwkv_hub.adapters.daemon import start
+from rwkv_hub.core.engine import Engine, EngineLimits
+from rwkv_hub.core.prefix_cache import PrefixCache
+from rwkv_hub.core.sessions import SessionStore
+from rwkv_hub.hub.config import Config, Limits
+from rwkv_hub.hub.hub import Hub
+from rwkv_hub.hub.plugins import PluginHost
+
+TOKEN = "test-token-0123456789"
+SHAPE = dict(n_layer=2, n_embd=128, vocab_size=256, head_size=64)
+
+
+@pytest.fixture(scope="module")
+def daemon(checkpoint_factory, model_factory, tmp_path_factory):
+    model = model_factory(checkpoint_factory(**SHAPE))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    config = Config(port=0, limits=Limits(max_active=8, max_message_bytes=64 * 1024, max_requests_per_connection=4))
+    sessions = SessionStore(model.state_shape, tmp_path_factory.mktemp("sessions"))
+    engine = Engine(model, EngineLimits(max_active=8), PrefixCache(2**26), sessions)
+    hub = Hub(engine, PluginHost(entry_points=False).load())
+    running = asyncio.run_coroutine_threadsafe(start(config, TOKEN, hub), loop).result(60)
+    yield running
+    asyncio.run_coroutine_threadsafe(running.stop(), loop).result(60)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def client(daemon) -> openai.OpenAI:
+    return openai.OpenAI(base_url=daemon.url + "/v1", api_key=TOKEN, max_retries=0, timeout=60)
+
+
+def get(daemon, path: str, headers: dict | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(daemon.url + path, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(daemon, name: str) -> float:
+    _, text = get(daemon, "/metrics", {"Authorization": f"Bearer {TOKEN}"})
+    line = next(x for x in text.splitlines() if x.startswith(name + " "))
+    return float(line.split()[-1])
+
+
+def ws_run(daemon, coro_fn, headers: dict | None = None):
+    async def go():
+        h = {"Authorization": f"Bearer {TOKEN}"} if headers is None else headers
+        async with websockets.connect(daemon.url.replace("http", "ws", 1) + "/ws", additional_headers=h) as ws:
+            return await coro_fn(ws)
+
+    return asyncio.run(asyncio.wait_for(go(), 60))
+
+
+async def until_done(ws, rid: str) -> tuple[str, dict]:
+    text = ""
+    while True:
+        ev = json.loads(await ws.recv())
+        if ev.get("id") != rid:
+            continue
+        if ev["type"] == "delta":
+            text += ev["text"]
+        elif ev["type"] in ("done", "error"):
+            return text, ev
+
+
+# --- the OpenAI API, with the official client --------------------------------------------------------------
+
+
+def test_openai_models_and_completions(daemon):
+    c = client(daemon)
+    models = c.models.list()
+    assert [m.id for m in models.data] == [daemon.daemon.hub.engine.model.path.stem]
+    r = c.completions.create(model="any", prompt="def f(x):", max_tokens=12, temperature=0)
+    assert r.object == "text_completion" and r.usage.completion_tokens == 12 and r.choices[0].finish_reason == "length"
+    chunks = list(c.completions.create(model="any", prompt="def f(x):", max_tokens=12, temperature=0, stream=True))
+    assert "".join(ch.choices[0].text for ch in chunks) == r.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_openai_chat_streaming_and_not(daemon):
+    c = client(daemon)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    r = c.chat.completions.create(
+        model="x", messages=msgs, max_tokens=10, temperature=0, extra_body={"penalty_decay": 0.99}
+    )
+    assert r.choices[0].message.role == "assistant" and r.usage.completion_tokens <= 10
+    parts = list(
+        c.chat.completions.create(
+            model="x", messages=msgs, max_tokens=10, temperature=0, stream=True, extra_body={"penalty_decay": 0.99}
+        )
+    )
+    assert parts[0].choices[0].delta.role == "assistant"
+    assert "".join(p.choices[0].delta.content or "" for p in parts) == r.choices[0].message.content
+    with pytest.raises(openai.BadRequestError, match="top_p"):
+        c.chat.completions.create(model="x", messages=msgs, top_p=7)
+    with pytest.raises(openai.BadRequestError, match="unknown preset"):
+        c.chat.completions.create(model="x", messages=msgs, extra_body={"preset": "nope"})
+
+
+# --- the guard ----------------------------------------------------------------------------------------------
+
+
+def test_token_is_required_except_for_health(daemon):
+    assert get(daemon, "/health")[0] == 200
+    status, body = get(daemon, "/v1/models")
+    assert status == 401 and "Bearer" in body and TOKEN not in body
+    assert get(daemon, "/v1/models", {"Authorization": "Bearer wrong"})[0] == 401
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=daemon.url + "/v1", api_key="wrong", max_retries=0).models.list()
+    with pytest.raises(websockets.InvalidStatus):
+        ws_run(daemon, lambda ws: ws.recv(), headers={})
+
+
+def test_foreign_origins_are_refused(daemon):
+    hdr = {"Authorization": f"Bearer {TOKEN}", "Origin": "https://evil.example"}
+    assert get(daemon, "/v1/models", hdr)[0] == 403
+    with pytest.raises(websockets.InvalidStatus):
+        ws_run(daemon, lambda ws: ws.recv(), headers=hdr)
+
+
+# --- the WebSocket protocol ---------------------------------------------------------------------------------
+
+
+def test_hello_chat_sessions_and_concurrent_requests(daemon):
+    async def go(ws):
+        await ws.send(json.dumps({"type": "hello", "id": "h"}))
+        hello = json.loads(await ws.recv())
+        await ws.send(
+            json.dumps({"type": "chat", "id": "a", "session": "s1", "message": "hi", "params": {"max_tokens": 6}})
+        )
+        await ws.send(json.dumps({"type": "generate", "id": "b", "prompt": "import", "params": {"max_tokens": 5}}))
+        ends = {}
+        while len(ends) < 2:  # both stream at once; their events interleave on the one connection
+            ev = json.loads(await ws.recv())
+            if ev["type"] in ("done", "error"):
+                ends[ev["id"]] = ev
+        da, db = ends["a"], ends["b"]
+        await ws.send(
+            json.dumps({"type": "chat", "id": "c", "session": "s1", "message": "more", "params": {"max_tokens": 4}})
+        )
+        _, dc = await until_done(ws, "c")
+        await ws.send(json.dumps({"type": "sessions.list", "id": "l"}))
+        listing = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "sessions.fork", "id": "f", "session": "s1", "new": "s2"}))
+        fork = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "sessions.delete", "id": "d", "session": "s2"}))
+        deleted = json.loads(await ws.recv())
+        return hello, da, db, dc, listing, fork, deleted
+
+    hello, da, db, dc, listing, fork, deleted = ws_run(daemon, go)
+    assert hello["protocol"] == 1 and "chat" in hello["formats"] and "creative" in hello["presets"]
+    assert da["type"] == db["type"] == dc["type"] == "done"
+    assert db["usage"]["completion_tokens"] == 5
+    assert dc["usage"]["prompt_tokens"] == len("User: more\n\nAssistant:")  # the session fed only the new turn
+    assert {s["id"]: s["turns"] for s in listing["data"]}["s1"] == 2
+    assert fork["data"]["id"] == "s2" and fork["data"]["turns"] == 2 and deleted["data"] == {"deleted": "s2"}
+
+
+def test_garbage_gets_error_events_and_the_connection_stays_usable(daemon):
+    async def go(ws):
+        events = []
+        for raw in [
+            "{not json",
+            json.dumps([1, 2]),
+            json.dumps({"type": "explode", "id": "x"}),
+            json.dumps({"type": "chat", "id": "y", "message": 5}),
+            json.dumps({"type": "generate", "id": "z", "prompt": "x", "params": {"temprature": 1}}),
+            json.dumps({"type": "generate", "id": "w", "prompt": "x", "params": {"top_p": 9}}),
+            json.dumps({"type": "cancel", "id": "nothing-running"}),
+            "[" * 100 + "]" * 100,
+            json.dumps({"type": "generate", "id": "deep", "prompt": "x", "params": {"stop": [[[[[]]]]]}}),
+        ]:
+            await ws.send(raw)
+            events.append(json.loads(await ws.recv()))
+        await ws.send(b"\x00\x01")
+        events.append(json.loads(await ws.recv()))
+        await ws.send(json.dumps({"type": "generate", "id": "ok", "prompt": "still here", "params": {"max_tokens": 3}}))
+        _, done = await until_done(ws, "ok")
+        return events, done
+
+    events, done = ws_run(daemon, go)
+    assert all(e["type"] == "error" for e in events)
+    codes = [e["code"] for e in events]
+    assert codes[:7] == [
+        "bad_json",
+        "bad_request",
+        "unknown_type",
+        "bad_request",
+        "bad_request",
+        "bad_request",
+        "not_found",
+    ]
+    assert "temprature" in events[4]["message"] and "top_p" in events[5]["message"]
+    assert all("Traceback" not in e["message"] and TOKEN not in e["message"] for e in events)
+    assert done["type"] == "done" and done["usage"]["completion_tokens"] == 3
+
+
+def test_oversize_frames_close_the_connection_not_the_daemon(daemon):
+    async def go(ws):
+        await ws.send(json.dumps({"type": "generate", "id": "big", "prompt": "x" * 100_000}))
+        return await ws.recv()
+
+    with pytest.raises(websockets.ConnectionClosed):
+        ws_run(daemon, go)
+    assert get(daemon, "/health")[0] == 200
+
+
+def test_cancel_by_id_and_disconnect_free_the_slot(daemon):
+    async def cancel(ws):
+        await ws.send(json.dumps({"type": "generate", "id": "long", "prompt": "a", "params": {"max_tokens": 4000}}))
+        await ws.recv()
+        await ws.send(json.dumps({"type": "cancel", "id": "long"}))
+        return await until_done(ws, "long")
+
+    _, done = ws_run(daemon, cancel)
+    assert done["finish_reason"] == "cancelled"
+    before = metric(daemon, "rwkv_hub_cancelled_total")
+
+    async def vanish(ws):
+        await ws.send(json.dumps({"type": "generate", "id": "gone", "prompt": "a", "params": {"max_tokens": 4000}}))
+        await ws.recv()  # one delta, then the client disappears
+
+    ws_run(daemon, vanish)
+    deadline = time.time() + 20
+    while metric(daemon, "rwkv_hub_active_streams") > 0 and time.time() < deadline:
+        time.sleep(0.05)
+    assert metric(daemon, "rwkv_hub_active_streams") == 0
+    assert daemon.daemon.hub.engine.active == 0 and before >= 1
