@@ -246,3 +246,105 @@ def test_cancel_by_id_and_disconnect_free_the_slot(daemon):
         time.sleep(0.05)
     assert metric(daemon, "rwkv_hub_active_streams") == 0
     assert daemon.daemon.hub.engine.active == 0 and before >= 1
+
+
+# --- the project's own client ----------------------------------------------------------------------------------
+
+
+def test_client_operations_concurrency_and_early_exit(daemon):
+    from rwkv_hub.adapters.client import Client, ServerError
+
+    async def go():
+        async with Client(daemon.url.replace("http", "ws", 1) + "/ws", token=TOKEN) as c:
+            hello = await c.hello()
+            await c.create_session("cs")
+            a = c.chat("hi", session="cs", params={"max_tokens": 5})
+            b = c.generate("abc", params={"max_tokens": 7})
+            ta, tb = await asyncio.gather(a.text(), b.text())
+            async with c.generate("x", params={"max_tokens": 4000}) as long:
+                async for _ in long:
+                    break  # leaving early cancels it on the server
+            with pytest.raises(ServerError, match="bad_request"):
+                await c.generate("x", params={"top_p": 5}).text()
+            sessions = await c.sessions()
+            comp = c.complete("def add(a, b):\n", language="python")
+            await comp.text()
+            return hello, a.done, b.done, sessions, comp.done
+
+    hello, da, db, sessions, dc = asyncio.run(asyncio.wait_for(go(), 60))
+    assert hello["protocol"] == 1
+    assert da["usage"]["completion_tokens"] == 5 and db["usage"]["completion_tokens"] == 7
+    assert any(s["id"] == "cs" and s["turns"] == 1 for s in sessions)
+    assert dc["type"] == "done"
+    deadline = time.time() + 20
+    while daemon.daemon.hub.engine.active and time.time() < deadline:
+        time.sleep(0.05)
+    assert daemon.daemon.hub.engine.active == 0
+
+
+def test_client_reconnects_and_reports_a_missing_daemon(daemon):
+    from rwkv_hub.adapters.client import Client
+
+    async def go():
+        c = Client(daemon.url.replace("http", "ws", 1) + "/ws", token=TOKEN)
+        first = await c.generate("a", params={"max_tokens": 2, "temperature": 0}).text()
+        await c._ws.close()  # the connection drops
+        await asyncio.sleep(0.1)
+        second = await c.generate("a", params={"max_tokens": 2, "temperature": 0}).text()  # reconnects by itself
+        await c.close()
+        return first, second
+
+    first, second = asyncio.run(asyncio.wait_for(go(), 60))
+    assert first == second
+
+    async def missing():
+        return await Client("ws://127.0.0.1:9/ws", token=TOKEN, retries=2, backoff=0.01).hello()
+
+    with pytest.raises(ConnectionError, match="is `rwkv-hub serve` running"):
+        asyncio.run(missing())
+
+
+def test_serve_command_starts_prints_where_and_stops_cleanly(checkpoint_factory, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    ckpt = checkpoint_factory(**SHAPE)
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "RWKV_HUB_TOKEN": ""}
+    cmd = [sys.executable, "-m", "rwkv_hub", "serve", "--model", str(ckpt), "--strategy", "cpu fp32", "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("rwkv-hub: serving ") and " on http://127.0.0.1:" in line, line + proc.stderr.read()
+        url = line.rsplit(" ", 1)[-1].strip()
+        token = (tmp_path / "rwkv-hub" / "token").read_text().strip()
+        assert oct((tmp_path / "rwkv-hub" / "token").stat().st_mode & 0o777) == "0o600"
+        token_cmd = subprocess.run([sys.executable, "-m", "rwkv_hub", "token"], capture_output=True, text=True, env=env)
+        assert token_cmd.stdout.strip() == token
+        req = urllib.request.Request(url + "/v1/models", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "stopping" in out and "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_refuses_a_remote_host_without_the_flag(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}
+    r = subprocess.run(
+        [sys.executable, "-m", "rwkv_hub", "serve", "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "--allow-remote" in r.stderr

@@ -1,0 +1,248 @@
+"""An asyncio client for the daemon's WebSocket protocol (docs/protocol.md), on `websockets`.
+
+    async with Client() as c:                      # finds the token the daemon made
+        async with c.chat("hi", session="notes") as reply:
+            async for delta in reply:
+                print(delta, end="")
+        print(reply.done["usage"])
+
+Several requests may run at once on one connection; one reader task routes events to them by id.
+Leaving a request's `async with` before it is done cancels it on the server. If the connection drops,
+running requests fail with `ConnectionError` and the next request reconnects, backing off between tries.
+The TUI, the editor bridge and the bots use this client; it is also the model for clients in other
+languages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from typing import Any
+
+import websockets
+
+from ..core.errors import RWKVHubError
+from ..hub.config import DEFAULT_PORT
+from ..hub.token import get_token
+
+DEFAULT_URL = f"ws://127.0.0.1:{DEFAULT_PORT}/ws"
+
+
+class ServerError(RWKVHubError):
+    """The daemon answered a request with an error event."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class Request:
+    """One streaming request: iterate for text deltas; afterwards `done` holds the done event."""
+
+    def __init__(self, client: Client, rid: str, message: dict[str, Any]):
+        self.client = client
+        self.id = rid
+        self.message = message
+        self.done: dict[str, Any] | None = None
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self._sent = False
+
+    async def _ensure_sent(self) -> None:
+        if not self._sent:
+            self._sent = True
+            await self.client._send(self.message, self)
+
+    async def __aenter__(self) -> Request:
+        await self._ensure_sent()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.done is None:
+            await self.cancel()
+
+    def __aiter__(self) -> Request:
+        return self
+
+    async def __anext__(self) -> str:
+        await self._ensure_sent()
+        if self.done is not None:
+            raise StopAsyncIteration
+        ev = await self.queue.get()
+        if isinstance(ev, BaseException):
+            raise ev
+        if ev["type"] == "delta":
+            return ev["text"]
+        self.client._pending.pop(self.id, None)
+        if ev["type"] == "error":
+            self.done = ev
+            raise ServerError(ev.get("code", "error"), ev.get("message", ""))
+        self.done = ev
+        raise StopAsyncIteration
+
+    async def text(self) -> str:
+        return "".join([d async for d in self])
+
+    async def cancel(self) -> None:
+        """Ask the server to stop this request; the done event then says "cancelled"."""
+        if self.done is None and self._sent and self.client._ws is not None:
+            try:
+                await self.client._ws.send(json.dumps({"type": "cancel", "id": self.id}))
+            except websockets.ConnectionClosed:
+                pass
+
+
+class Client:
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        token: str | None = None,
+        retries: int = 5,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+    ):
+        self.url = url
+        self.token = token or get_token(create=False)
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._ws = None
+        self._reader: asyncio.Task | None = None
+        self._pending: dict[str, Request] = {}
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect (again), trying `retries` times with exponential backoff."""
+        async with self._lock:
+            if self._ws is not None:
+                return
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            delay = self.backoff
+            for attempt in range(self.retries + 1):
+                try:
+                    self._ws = await websockets.connect(self.url, additional_headers=headers, max_size=None)
+                    break
+                except websockets.InvalidStatus as e:  # a refusal (token, origin) does not get better by retrying
+                    raise ServerError(
+                        "refused", f"the daemon refused the connection ({e.response.status_code})"
+                    ) from None
+                except OSError:
+                    if attempt == self.retries:
+                        raise ConnectionError(
+                            f"no rwkv-hub daemon at {self.url} (is `rwkv-hub serve` running?)"
+                        ) from None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.max_backoff)
+            self._reader = asyncio.create_task(self._read())
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        if self._ws is not None:
+            await self._ws.close()
+        self._ws, self._reader = None, None
+
+    async def _read(self) -> None:
+        ws = self._ws
+        try:
+            async for raw in ws:
+                ev = json.loads(raw)
+                req = self._pending.get(ev.get("id"))
+                if req is not None:
+                    req.queue.put_nowait(ev)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            if self._ws is ws:
+                self._ws = None
+            for req in list(self._pending.values()):
+                req.queue.put_nowait(ConnectionError("the connection to the daemon was lost"))
+            self._pending.clear()
+
+    async def _send(self, message: dict[str, Any], req: Request) -> None:
+        await self.connect()
+        self._pending[req.id] = req
+        await self._ws.send(json.dumps(message))
+
+    def _request(self, kind: str, **fields: Any) -> Request:
+        rid = f"c{next(self._ids)}"
+        msg = {"type": kind, "id": rid, **{k: v for k, v in fields.items() if v is not None}}
+        return Request(self, rid, msg)
+
+    async def _call(self, kind: str, **fields: Any) -> Any:
+        req = self._request(kind, **fields)
+        await req._ensure_sent()
+        ev = await req.queue.get()
+        self._pending.pop(req.id, None)
+        if isinstance(ev, BaseException):
+            raise ev
+        if ev["type"] == "error":
+            raise ServerError(ev.get("code", "error"), ev.get("message", ""))
+        return ev.get("data", ev)
+
+    # --- the protocol's operations ----------------------------------------------------------------------------
+
+    async def hello(self) -> dict[str, Any]:
+        return await self._call("hello")
+
+    def generate(self, prompt: str, *, preset: str | None = None, params: dict | None = None) -> Request:
+        return self._request("generate", prompt=prompt, preset=preset, params=params)
+
+    def chat(
+        self,
+        message: str | None = None,
+        *,
+        messages: list[dict[str, str]] | None = None,
+        session: str | None = None,
+        system: str | None = None,
+        format: str | None = None,
+        preset: str | None = None,
+        params: dict | None = None,
+    ) -> Request:
+        return self._request(
+            "chat",
+            message=message,
+            messages=messages,
+            session=session,
+            system=system,
+            format=format,
+            preset=preset,
+            params=params,
+        )
+
+    def complete(
+        self,
+        prefix: str,
+        *,
+        suffix: str | None = None,
+        language: str | None = None,
+        path: str | None = None,
+        cursor: dict[str, int] | None = None,
+        params: dict | None = None,
+    ) -> Request:
+        return self._request(
+            "complete", prefix=prefix, suffix=suffix, language=language, path=path, cursor=cursor, params=params
+        )
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        return await self._call("sessions.list")
+
+    async def create_session(self, session: str | None = None, initial_state: str | None = None) -> dict[str, Any]:
+        return await self._call("sessions.create", session=session, initial_state=initial_state)
+
+    async def fork_session(self, session: str, new: str | None = None) -> dict[str, Any]:
+        return await self._call("sessions.fork", session=session, new=new)
+
+    async def reset_session(self, session: str) -> dict[str, Any]:
+        return await self._call("sessions.reset", session=session)
+
+    async def delete_session(self, session: str) -> dict[str, Any]:
+        return await self._call("sessions.delete", session=session)
