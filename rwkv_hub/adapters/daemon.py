@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
@@ -43,7 +44,8 @@ def build_hub(config: Config):
     from ..core.prefix_cache import PrefixCache, default_budget
     from ..core.sessions import SessionStore
 
-    model = rwkv_hub.load(config.model, config.strategy)  # no model configured: the demo model, with a notice
+    path = Path(config.model).expanduser() if config.model else None
+    model = rwkv_hub.load(path, config.strategy)  # no model configured: the demo model, with a notice
     host = PluginHost(config.plugins, disable=config.disable_plugins).load()
     for name, params in config.presets.items():
         host.override_preset(name, params)
