@@ -1,0 +1,236 @@
+"""Load test of the daemon on loopback, and the WebSocket path's per-token overhead over the engine alone.
+
+    python benchmarks/bench_daemon.py [--seconds 60] [--ws 32] [--http 8] [--model PATH] [--strategy S]
+
+A real daemon (in this process, on its own thread and event loop) serves the built-in demo model unless
+`--model` is given. For `--seconds`, `--ws` WebSocket clients and `--http` OpenAI-API clients (the
+official `openai` package, streaming) each send request after request. Every request must end with a
+done event or a clear error, exactly once; the script counts lost and duplicated ends and fails if there
+are any. It reports requests/s, tokens/s, p50/p99 time to first token, RSS before and after (memory
+should be flat), and the per-token overhead: the median gap between tokens seen by a WebSocket client
+minus the same gap inside the engine, for one stream. Results go to the "Daemon" section of
+benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import gc
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import openai  # noqa: E402
+import websockets  # noqa: E402
+
+from rwkv_hub.adapters.daemon import build_hub, start  # noqa: E402
+from rwkv_hub.bench import current_rss_bytes, machine_info, write_results_section  # noqa: E402
+from rwkv_hub.core.sampling import SamplingParams  # noqa: E402
+from rwkv_hub.hub.config import Config, Limits  # noqa: E402
+
+TOKEN = "bench-token"
+MAX_TOKENS = 32
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+class Tally:
+    def __init__(self):
+        self.sent = 0
+        self.ends: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+        self.tokens = 0
+        self.ttft: list[float] = []
+
+    def end(self, rid: str) -> None:
+        self.ends[rid] = self.ends.get(rid, 0) + 1
+
+
+async def ws_worker(url: str, n: int, stop_at: float, tally: Tally) -> None:
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+        i = 0
+        while time.perf_counter() < stop_at:
+            rid = f"w{n}-{i}"
+            i += 1
+            t0 = time.perf_counter()
+            first = None
+            tally.sent += 1
+            msg = {"type": "chat", "id": rid, "message": f"question {i}", "params": {"max_tokens": MAX_TOKENS}}
+            await ws.send(json.dumps(msg))
+            while True:
+                ev = json.loads(await ws.recv())
+                if ev["type"] == "delta" and first is None:
+                    first = time.perf_counter() - t0
+                if ev["type"] in ("done", "error"):
+                    tally.end(ev["id"])
+                    if ev["type"] == "done":
+                        tally.tokens += ev["usage"]["completion_tokens"]
+                        if first is not None:
+                            tally.ttft.append(first)
+                    else:
+                        tally.errors[ev["code"]] = tally.errors.get(ev["code"], 0) + 1
+                    break
+
+
+def http_worker(url: str, n: int, stop_at: float, tally: Tally, lock: threading.Lock) -> None:
+    client = openai.OpenAI(base_url=url + "/v1", api_key=TOKEN, max_retries=0, timeout=120)
+    i = 0
+    while time.perf_counter() < stop_at:
+        rid = f"h{n}-{i}"
+        i += 1
+        with lock:
+            tally.sent += 1
+        t0 = time.perf_counter()
+        first, count = None, 0
+        try:
+            for chunk in client.chat.completions.create(
+                model="x", messages=[{"role": "user", "content": f"q {i}"}], max_tokens=MAX_TOKENS, stream=True
+            ):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    count += 1
+                    if first is None:
+                        first = time.perf_counter() - t0
+            with lock:
+                tally.end(rid)
+                tally.tokens += count  # text chunks: a lower bound on tokens
+                if first is not None:
+                    tally.ttft.append(first)
+        except openai.APIError as e:
+            with lock:
+                tally.end(rid)
+                tally.errors[type(e).__name__] = tally.errors.get(type(e).__name__, 0) + 1
+
+
+async def overhead(url: str, model) -> dict:
+    """Median inter-token gap of one stream: through the WebSocket, and inside the engine alone."""
+    from rwkv_hub.core.engine import Engine
+
+    n = 200
+    async with Engine(model) as engine:
+        s = engine.submit("def main():\n", SamplingParams(temperature=0, max_tokens=n))
+        await s.text()
+        times = s.stats.token_times
+        engine_gap = statistics.median(b - a for a, b in zip(times, times[1:], strict=False))
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "generate",
+                    "id": "o",
+                    "prompt": "def main():\n",
+                    "params": {"max_tokens": n, "temperature": 0},
+                }
+            )
+        )
+        stamps = []
+        while True:
+            ev = json.loads(await ws.recv())
+            if ev["type"] == "delta":
+                stamps.append(time.perf_counter())
+            elif ev["type"] in ("done", "error"):
+                break
+    ws_gap = statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False))
+    return {"engine_gap_ms": 1e3 * engine_gap, "ws_gap_ms": 1e3 * ws_gap, "overhead_ms": 1e3 * (ws_gap - engine_gap)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--ws", type=int, default=32)
+    ap.add_argument("--http", type=int, default=8)
+    ap.add_argument("--model")
+    ap.add_argument("--strategy", default="cpu bf16")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    a = ap.parse_args()
+    config = Config(
+        model=a.model,
+        strategy=a.strategy,
+        port=0,
+        limits=Limits(max_active=a.ws + a.http, max_queue=64, max_requests_per_connection=4),
+    )
+    config.session_folder = str(ROOT / "bench-out" / "daemon-sessions")
+    hub = build_hub(config)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    running = asyncio.run_coroutine_threadsafe(start(config, TOKEN, hub), loop).result(120)
+    ws_url = running.url.replace("http", "ws", 1) + "/ws"
+    over = asyncio.run(overhead(ws_url, hub.engine.model))
+    print("per-token gap", over, flush=True)
+    gc.collect()
+    rss_before = current_rss_bytes()
+    tally, lock = Tally(), threading.Lock()
+    t0 = time.perf_counter()
+    stop_at = t0 + a.seconds
+    threads = [threading.Thread(target=http_worker, args=(running.url, i, stop_at, tally, lock)) for i in range(a.http)]
+    for t in threads:
+        t.start()
+
+    async def ws_all():
+        await asyncio.gather(*(ws_worker(ws_url, i, stop_at, tally) for i in range(a.ws)))
+
+    asyncio.run(ws_all())
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    gc.collect()
+    time.sleep(1)
+    rss_after = current_rss_bytes()
+    asyncio.run_coroutine_threadsafe(running.stop(), loop).result(60)
+    lost = tally.sent - len(tally.ends)
+    dup = sum(1 for v in tally.ends.values() if v > 1)
+    r = {
+        "requests": tally.sent,
+        "requests_s": len(tally.ends) / wall,
+        "tokens_s": tally.tokens / wall,
+        "ttft_p50_ms": 1e3 * pct(tally.ttft, 0.5),
+        "ttft_p99_ms": 1e3 * pct(tally.ttft, 0.99),
+        "errors": tally.errors,
+        "lost": lost,
+        "duplicated": dup,
+        "rss_before_mb": rss_before / 2**20,
+        "rss_after_mb": rss_after / 2**20,
+    } | over
+    print(r, flush=True)
+    m = machine_info()
+    name = Path(hub.engine.model.path).name
+    text = "\n".join(
+        [
+            "<!-- bench:daemon -->",
+            f"## Daemon load test ({name}, `{a.strategy}`)",
+            "",
+            f"`python benchmarks/bench_daemon.py`, {datetime.date.today().isoformat()}, {m['cpu']}, {m['cores']} cores."
+            f" {a.ws} WebSocket clients and {a.http} OpenAI-API clients (streaming), each sending chat requests of"
+            f" {MAX_TOKENS} tokens back to back for {a.seconds:.0f} s on loopback.",
+            "",
+            "| requests | req/s | tokens/s | first token p50 / p99 | errors | lost | duplicated | RSS before / after |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {r['requests']} | {r['requests_s']:.1f} | {r['tokens_s']:.0f} |"
+            f" {r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f} ms |"
+            f" {r['errors'] or 'none'} | {lost} | {dup} | {r['rss_before_mb']:.0f} / {r['rss_after_mb']:.0f} MiB |",
+            "",
+            "Per-token overhead of the WebSocket path, one stream, greedy, 200 tokens: median gap"
+            f" {over['ws_gap_ms']:.2f} ms"
+            f" through the WebSocket against {over['engine_gap_ms']:.2f} ms inside the engine:"
+            f" **{over['overhead_ms']:.2f} ms** (target under 1 ms).",
+            "<!-- /bench:daemon -->",
+        ]
+    )
+    if not a.no_write:
+        write_results_section(ROOT / "benchmarks" / "RESULTS.md", "daemon", text)
+    print(text)
+    return 1 if lost or dup else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
