@@ -1,10 +1,10 @@
-"""Load an RWKV-7 checkpoint, run a batched forward pass, and save and reload a state.
+"""rwkv-hub in one minute: chat, complete code, run streams in a batch, and resume from a saved state.
 
 Usage: python examples/quickstart.py [CHECKPOINT] [--strategy "cpu bf16"]
 
-Without a checkpoint it writes a small random-weight one to a temporary folder, so the whole path
-from file to logits can be tried on a fresh machine with nothing downloaded. Random weights give
-meaningless logits; the shapes, timings and state sizes are real.
+Without a checkpoint it uses the built-in demo model, a tiny byte-level RWKV-7 that rwkv-hub trained on
+Python's standard library (docs/default-model.md): it answers questions about Python functions in a
+sentence and writes plausible Python, nothing more. Point it at a real RWKV-7 checkpoint for real answers.
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ from pathlib import Path
 
 import rwkv_hub
 from rwkv_hub.core import inspect_checkpoint
-from rwkv_hub.core.synth import write_random_checkpoint
+from rwkv_hub.core.builtin import BUILTIN_MODEL
+
+CHAT = "User: What does `json.dumps` do?\n\nAssistant:"
+CODE = 'def read_lines(path):\n    """Return the lines of a text file, without their line endings."""\n'
 
 
 def main() -> int:
@@ -32,30 +35,41 @@ def main() -> int:
 
 
 def run(checkpoint: Path | None, strategy: str) -> None:
+    info = inspect_checkpoint(checkpoint or BUILTIN_MODEL)
+    start = time.perf_counter()
+    model = rwkv_hub.load(checkpoint, strategy=strategy)  # no path: the built-in demo model, with a notice
+    print(
+        f"{model.path.name}: {info.n_layer} layers, width {info.n_embd}, vocab {info.vocab_size}, "
+        f"{info.n_params:,} parameters; loaded as {strategy!r} in {time.perf_counter() - start:.2f} s"
+    )
+
+    print("\n--- chat (stops by itself at the blank line that ends a turn)")
+    chat = model.generate(CHAT, max_tokens=300, stop=("\n\n",), seed=0)
+    print(CHAT + "".join(chat))
+    r = chat.result
+    print(f"[{r.finish_reason}: {r.completion_tokens} tokens at {r.tokens_per_s:.0f} tokens/s]")
+
+    print("\n--- code completion (greedy)")
+    code = model.generate(CODE, temperature=0, max_tokens=120, stop=("\n\n",))
+    print(CODE + "".join(code))
+
+    print("--- four streams in one batch")
+    prompts = [model.tokenizer.encode(p) for p in ("import os", "def main():", "User: hi", "class Stack:")]
+    logits, states = model.forward_batch(prompts, [model.new_state() for _ in prompts])
+    print(f"forward_batch: {len(prompts)} streams -> logits of shape {tuple(logits.shape)}")
+
+    print("\n--- save a conversation's state and resume it")
+    state = chat.result.state
     with tempfile.TemporaryDirectory() as tmp:
-        path = checkpoint or write_random_checkpoint(Path(tmp) / "random.pth", n_layer=2, n_embd=256, vocab_size=1024)
-        info = inspect_checkpoint(path)
-        print(
-            f"{path.name}: {info.n_layer} layers, n_embd {info.n_embd}, vocab {info.vocab_size}, "
-            f"{info.n_params:,} parameters"
-        )
-
-        start = time.perf_counter()
-        model = rwkv_hub.load(path, strategy=strategy)
-        print(f"loaded with strategy {strategy!r} in {time.perf_counter() - start:.2f} s")
-
-        logits, state = model.forward([1, 2, 3], model.new_state())
-        print(f"forward: 3 tokens -> logits of shape {tuple(logits.shape)}; state is {state.nbytes:,} bytes")
-
-        logits, states = model.forward_batch([[1, 2, 3], [4]], [model.new_state(), model.new_state()])
-        print(f"forward_batch: 2 streams -> logits of shape {tuple(logits.shape)}")
-
         saved = Path(tmp) / "state.safetensors"
         state.save(saved)
         reloaded = model.load_state(saved)
-        same, _ = model.forward([4], reloaded)
-        again, _ = model.forward([4], state)
-        print(f"state saved and reloaded: next-token logits match = {bool((same == again).all())}")
+    nxt = model.tokenizer.encode("\n\nUser:")
+    same, _ = model.forward(nxt, reloaded)
+    again, _ = model.forward(nxt, state)
+    print(
+        f"state of {state.nbytes:,} bytes saved and reloaded: next-token logits match = {bool((same == again).all())}"
+    )
 
 
 if __name__ == "__main__":
