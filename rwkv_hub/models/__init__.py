@@ -1,0 +1,1 @@
+"""The built-in demo model (docs/default-model.md): checkpoint, tokenizer record and training record."""
