@@ -202,3 +202,31 @@ def test_defaults_are_chatrwkv_and_runner() -> None:
         0.5,
         0.996,
     )
+
+
+def test_nucleus_cutoff_equals_the_sorted_cutoff() -> None:
+    from rwkv_hub.core.sampling.sampler import nucleus_cutoff
+
+    g = torch.Generator().manual_seed(3)
+    for scale in (0.1, 1.0, 3.0, 10.0):
+        logits = torch.randn(6, 65536, generator=g) * scale
+        logits[1, :100] = 5.0  # ties at the top
+        probs = torch.softmax(logits, -1)
+        for top_p in (0.05, 0.3, 0.7, 0.95, 1.0):
+            vals, _ = torch.sort(probs, -1, descending=True)
+            cum = torch.cumsum(vals.double(), -1)
+            idx = (cum >= top_p).to(torch.int8).argmax(-1)
+            want = torch.where((cum[:, -1] >= top_p) & torch.tensor(top_p < 1), vals.gather(1, idx[:, None])[:, 0], 0.0)
+            got = nucleus_cutoff(probs, [top_p] * 6)
+            assert torch.equal(got, want), (scale, top_p)
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 0.3), (1.3, 0.6), (0.7, 0.95)])
+def test_flat_rows_of_a_large_vocabulary_draw_as_the_full_sort_does(temperature: float, top_p: float) -> None:
+    big = 65536
+    params = [SamplingParams(temperature=temperature, top_p=top_p, seed=s, **PLAIN) for s in range(6)]
+    fast, full = Sampler(big, params), Sampler(big, params, window=float("inf"))
+    g = torch.Generator().manual_seed(5)
+    for _ in range(4):
+        logits = torch.randn(6, big, generator=g) * torch.tensor([0.5, 1, 1, 2, 2, 4])[:, None]
+        assert fast.sample(logits) == full.sample(logits)

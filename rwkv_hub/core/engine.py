@@ -137,7 +137,7 @@ class Stream:
             self._cancelled.set()
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are compared by identity
 class _Job:
     stream: Stream
     ids: list[int]
@@ -157,6 +157,7 @@ class _Job:
     stops: StopMatcher | None = None
     session: Session | None = None
     processors: list[Callable] = field(default_factory=list)
+    row: int = -1  # while `state` is None, the job's state is this row of the engine's batched state
 
 
 class Engine:
@@ -186,6 +187,10 @@ class Engine:
         self._wake = threading.Condition()
         self._running = False
         self._thread: threading.Thread | None = None
+        # The last step's output state for all its jobs, kept batched: when the next step has the same
+        # jobs (the usual decode step) it goes straight back in, without gathering per-job states.
+        self._batch: State | None = None
+        self._batch_jobs: list[_Job] = []
         self.steps = 0
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -348,11 +353,17 @@ class Engine:
             jobs.append(job)
         if not jobs:
             return
-        logits, states = self.model.forward_batch(lists, [j.state for j in jobs])
+        if len(jobs) == len(self._batch_jobs) and all(a is b for a, b in zip(jobs, self._batch_jobs, strict=True)):
+            state_in = self._batch
+        else:
+            self._release_batch()
+            state_in = jobs[0].state if len(jobs) == 1 else State.stack([j.state for j in jobs])
+        logits, self._batch = self.model.forward_batch(lists, state_in)
+        self._batch_jobs = list(jobs)
         self.steps += 1
         rows = []
         for i, job in enumerate(jobs):
-            job.state = states[i]
+            job.state, job.row = None, i
             if job.pos < len(job.ids):
                 job.pos += len(lists[i])
                 self._cache_prompt_state(job)
@@ -373,6 +384,16 @@ class Engine:
         for i, token in zip(rows, picked, strict=True):
             self._take(jobs[i], token, now)
 
+    def _release_batch(self) -> None:
+        """Give every job of the last batch its own state again (row views: nothing is copied)."""
+        for job in self._batch_jobs:
+            if job.state is None:
+                job.state = self._batch.select(job.row)
+        self._batch, self._batch_jobs = None, []
+
+    def _state(self, job: _Job) -> State:
+        return job.state if job.state is not None else self._batch.select(job.row)
+
     def _processed(self, job: _Job, fn: Callable, row: torch.Tensor) -> torch.Tensor:
         """A logit processor's output, checked: a processor that fails or returns junk is dropped for
         this request (its fault is logged), and the logits go on unchanged."""
@@ -392,7 +413,7 @@ class Engine:
         if self.cache is None or not job.hashes:
             return
         if job.pos == len(job.ids) or job.pos % self.limits.cache_interval == 0:
-            self.cache.store(job.ids[: job.pos], job.state.to("cpu"), job.hashes)
+            self.cache.store(job.ids[: job.pos], self._state(job).to("cpu"), job.hashes)
 
     def _take(self, job: _Job, token: int, now: float) -> None:
         """Handle a sampled token: stop token, text delta, stop strings, max_tokens."""
@@ -416,6 +437,8 @@ class Engine:
             job.finishing = "length"
 
     def _finish(self, job: _Job, reason: str) -> None:
+        if job.state is None and job.row >= 0:
+            job.state = self._state(job)
         if job in self._active:
             self._active.remove(job)
             self._free_slots.append(job.slot)

@@ -18,6 +18,35 @@ from ..errors import RWKVHubError
 from .params import ParameterError, SamplingParams
 
 NO_PENALTY_TEXT = " \t0123456789"
+# Rows with more tokens than this near their top logit skip the sorted-candidate path (see nucleus_cutoff).
+MAX_CANDIDATES = 1024
+_BUCKETS = 1 << 15  # float32 bit patterns >> 16: sign, exponent and 7 mantissa bits, in value order
+
+
+def nucleus_cutoff(probs: torch.Tensor, top_p: list[float]) -> torch.Tensor:
+    """The official top_p cutoff of each row (the first sorted probability whose running sum reaches top_p;
+    0 where it never does) without sorting the row.
+
+    A histogram over the top bits of the float patterns (which order like the values) locates the bucket
+    where the running sum from the top crosses top_p; only that bucket's members are sorted. Sums run in
+    float64 (the official sums in float32: the two can differ only when a sum lands within float32
+    rounding of top_p).
+    """
+    m, _ = probs.shape
+    p = torch.tensor(top_p, dtype=torch.float64, device=probs.device)
+    keys = (probs.contiguous().view(torch.int32) >> 16).long()
+    hist = torch.zeros(m, _BUCKETS, dtype=torch.float64, device=probs.device).scatter_add_(1, keys, probs.double())
+    tail = hist.flip(-1).cumsum(-1).flip(-1)  # tail[b]: the mass of buckets b and above
+    crossing = (tail >= p[:, None]).sum(-1) - 1  # the highest bucket whose tail reaches top_p; -1: none does
+    reached = (crossing >= 0) & (p < 1)
+    b = crossing.clamp_min(0)
+    above = torch.where(b + 1 < _BUCKETS, tail.gather(1, (b + 1).clamp_max(_BUCKETS - 1)[:, None])[:, 0], 0.0)
+    members = keys == b[:, None]
+    width = max(1, int(members.sum(-1).max()))
+    vals = torch.where(members, probs, torch.full((), -1.0, dtype=probs.dtype)).topk(width, dim=-1).values
+    hit = ((above[:, None] + vals.double().cumsum(-1)) >= p[:, None]) & (vals >= 0)
+    cutoff = vals.gather(1, hit.to(torch.int8).argmax(-1, keepdim=True))[:, 0]
+    return torch.where(reached & hit.any(-1), cutoff, torch.zeros((), dtype=probs.dtype))
 
 
 def no_penalty_ids(tokenizer, vocab_size: int) -> frozenset[int]:
@@ -186,22 +215,35 @@ class Sampler:
             cut = [b for b in cut if not top_k[b]]
         if cut:
             tp, tk = [top_p[b] for b in cut], [top_k[b] for b in cut]
-            if self.window == float("inf"):
+            if self.window == float("inf"):  # the reference: a full sort of every row
                 vals, ids = torch.sort(_rows(probs, cut), dim=-1, descending=True)
-                keep, full = self._nucleus(vals, tp, tk, None)
-            else:
-                vals, ids, count = self._candidates(_rows(work, cut), _rows(probs, cut))
-                keep, full = self._nucleus(vals, tp, tk, count)
-            if full:  # the nucleus may reach past the candidates: sort those rows in full
-                rows = [cut[i] for i in full]
-                fvals, fids = torch.sort(probs[rows], dim=-1, descending=True)
-                fkeep, _ = self._nucleus(fvals, [tp[i] for i in full], [tk[i] for i in full], None)
-                for i, t in zip(full, self._pick(fvals, fids, fkeep, [slots[b] for b in rows], u[rows]), strict=True):
-                    out[cut[i]] = t
-            part = [i for i in range(len(cut)) if i not in full]
-            if part:
-                rows = [cut[i] for i in part]
-                picked = self._pick(vals[part], ids[part], keep[part], [slots[b] for b in rows], u[rows])
+                keep, _ = self._nucleus(vals, tp, tk, None)
+                for b, t in zip(cut, self._pick(vals, ids, keep, [slots[b] for b in cut], u[cut]), strict=True):
+                    out[b] = t
+                return out
+            w = _rows(work, cut)
+            width = (w >= w.amax(-1, keepdim=True) - self.window).sum(-1).tolist()
+            narrow = [i for i in range(len(cut)) if width[i] <= MAX_CANDIDATES]
+            wide = [i for i in range(len(cut)) if width[i] > MAX_CANDIDATES]
+            if narrow:
+                rows = [cut[i] for i in narrow]
+                vals, ids, count = self._candidates(_rows(work, rows), _rows(probs, rows))
+                keep, full = self._nucleus(vals, [tp[i] for i in narrow], [tk[i] for i in narrow], count)
+                part = [j for j in range(len(narrow)) if j not in full]
+                wide += [narrow[j] for j in full]  # the nucleus may reach past the candidates
+                if part:
+                    sub = [rows[j] for j in part]
+                    picked = self._pick(vals[part], ids[part], keep[part], [slots[b] for b in sub], u[sub])
+                    for b, t in zip(sub, picked, strict=True):
+                        out[b] = t
+            if wide:  # flat rows: find the cutoff without sorting the vocabulary, draw in id order
+                rows = [cut[i] for i in wide]
+                p = probs[rows]
+                cutoff = nucleus_cutoff(p, [tp[i] for i in wide])
+                kept = torch.where(p >= cutoff[:, None], p, torch.zeros((), dtype=p.dtype, device=p.device))
+                ids = torch.arange(vocab, device=self.device).expand(len(rows), vocab)
+                keep = torch.full((len(rows),), vocab, device=self.device)
+                picked = self._pick(kept, ids, keep, [slots[b] for b in rows], u[rows], in_id_order=True)
                 for b, t in zip(rows, picked, strict=True):
                     out[b] = t
         return out
@@ -254,11 +296,23 @@ class Sampler:
 
     @staticmethod
     def _pick(
-        vals: torch.Tensor, ids: torch.Tensor, keep: torch.Tensor, slots: list[_Slot], u: torch.Tensor
+        vals: torch.Tensor,
+        ids: torch.Tensor,
+        keep: torch.Tensor,
+        slots: list[_Slot],
+        u: torch.Tensor,
+        in_id_order: bool = False,
     ) -> list[int]:
-        """Inverse-CDF draw over the first `keep` entries of each row, weights (p / p_max) ** (1 / temperature)."""
+        """Inverse-CDF draw over the first `keep` entries of each row, weights (p / p_max) ** (1 / temperature).
+
+        The draw runs over the kept tokens in id order, as the official `np.random.choice` does, so every
+        path that keeps the same tokens draws the same one for the same random number.
+        """
         n, k = vals.shape
         inside = torch.arange(k, device=vals.device)[None, :] < keep[:, None]
+        if not in_id_order:
+            order = torch.where(inside, ids, ids.new_full((), 2**62)).argsort(dim=-1)
+            vals, ids, inside = vals.gather(1, order), ids.gather(1, order), inside.gather(1, order)
         weights = torch.where(inside, vals, torch.zeros((), dtype=vals.dtype, device=vals.device))
         inv_t = torch.tensor([1.0 / s.params.temperature for s in slots], dtype=torch.float32, device=vals.device)
         if (inv_t != 1).any():
@@ -266,8 +320,7 @@ class Sampler:
             weights = (weights / top) ** inv_t[:, None]
         cdf = torch.cumsum(weights.double(), dim=-1)
         target = u[:, None] * cdf[:, -1:]
-        pos = torch.searchsorted(cdf, target, right=True)[:, 0]
-        pos = pos.minimum(keep - 1).clamp_min(0)
+        pos = torch.searchsorted(cdf, target, right=True)[:, 0].minimum(keep - 1).clamp_min(0)
         return ids.gather(1, pos[:, None])[:, 0].tolist()
 
     def _record(self, slot_ids: list[int], slots: list[_Slot], tokens: list[int]) -> None:
