@@ -230,3 +230,18 @@ def test_flat_rows_of_a_large_vocabulary_draw_as_the_full_sort_does(temperature:
     for _ in range(4):
         logits = torch.randn(6, big, generator=g) * torch.tensor([0.5, 1, 1, 2, 2, 4])[:, None]
         assert fast.sample(logits) == full.sample(logits)
+
+
+def test_ids_without_text_are_never_drawn() -> None:
+    from rwkv_hub.core.sampling import unusable_ids
+    from rwkv_hub.core.tokenizer.choose import world_tokenizer
+
+    never = unusable_ids(world_tokenizer(), 65536)
+    assert never == frozenset(range(65530, 65536))
+    logits = torch.zeros(64, 65536)
+    logits[:, 65530:] = 20.0  # a head that favours the padding rows
+    params = [SamplingParams(top_p=1, seed=s, **PLAIN) for s in range(64)]
+    drawn = Sampler(65536, params, never=never).sample(logits)
+    assert max(drawn) < 65530
+    greedy = Sampler(65536, [SamplingParams(temperature=0)], never=never).sample(logits[:1])
+    assert greedy[0] < 65530

@@ -28,7 +28,7 @@ import torch
 from .errors import RWKVHubError
 from .generate import GenerationResult, StopMatcher
 from .prefix_cache import PrefixCache, prefix_hashes
-from .sampling import Sampler, SamplingParams, no_penalty_ids
+from .sampling import Sampler, SamplingParams, no_penalty_ids, unusable_ids
 from .sessions import Session, SessionStore
 from .state import State
 from .tokenizer import StreamDecoder
@@ -52,8 +52,8 @@ class EngineLimits:
     max_queue: int = 64  # requests waiting for a slot
     max_prompt_tokens: int = 32768
     max_new_tokens: int = 4096
-    prefill_chunk: int = 256  # prompt tokens one stream feeds per step
-    prefill_budget: int = 512  # prompt tokens all streams together feed per step
+    prefill_chunk: int = 128  # prompt tokens one stream feeds per step
+    prefill_budget: int = 256  # prompt tokens all streams together feed per step
     cache_interval: int = 1024  # store a state every this many prompt tokens
 
     def __post_init__(self) -> None:
@@ -179,7 +179,10 @@ class Engine:
         self.cache = cache
         self.sessions = sessions
         self._sampler = Sampler(
-            model.spec.vocab_size, [], no_penalty_ids=no_penalty_ids(model.tokenizer, model.spec.vocab_size)
+            model.spec.vocab_size,
+            [],
+            no_penalty_ids=no_penalty_ids(model.tokenizer, model.spec.vocab_size),
+            never=unusable_ids(model.tokenizer, model.spec.vocab_size),
         )
         self._free_slots: list[int] = []
         self._queue: deque[_Job] = deque()

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .errors import RWKVHubError
-from .sampling import Sampler, SamplingParams, no_penalty_ids
+from .sampling import Sampler, SamplingParams, no_penalty_ids, unusable_ids
 from .state import State
 from .tokenizer import StreamDecoder
 
@@ -81,7 +81,8 @@ class Generation:
     def __iter__(self) -> Iterator[str]:
         model, params = self.model, self.params
         tok = model.tokenizer
-        sampler = Sampler(model.spec.vocab_size, [params], no_penalty_ids=no_penalty_ids(tok, model.spec.vocab_size))
+        vocab = model.spec.vocab_size
+        sampler = Sampler(vocab, [params], no_penalty_ids=no_penalty_ids(tok, vocab), never=unusable_ids(tok, vocab))
         decoder, stops = StreamDecoder(tok), StopMatcher(params.stop)
         stop_tokens = set(params.stop_tokens)
         text: list[str] = []

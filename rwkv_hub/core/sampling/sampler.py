@@ -11,6 +11,7 @@ sorted in full, so the result is the same as a full sort.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 import torch
 
@@ -49,6 +50,7 @@ def nucleus_cutoff(probs: torch.Tensor, top_p: list[float]) -> torch.Tensor:
     return torch.where(reached & hit.any(-1), cutoff, torch.zeros((), dtype=probs.dtype))
 
 
+@lru_cache(maxsize=16)  # a scan of the whole vocabulary: once per tokenizer and size
 def no_penalty_ids(tokenizer, vocab_size: int) -> frozenset[int]:
     """Ids whose text is a substring of ' \\t0123456789' (space, tab, digits, or empty): the official
     PIPELINE lets them repeat freely (their occurrence grows by 0, though the presence penalty still applies)."""
@@ -61,6 +63,19 @@ def no_penalty_ids(tokenizer, vocab_size: int) -> frozenset[int]:
         if text in NO_PENALTY_TEXT:
             found.append(i)
     return frozenset(found)
+
+
+@lru_cache(maxsize=16)
+def unusable_ids(tokenizer, vocab_size: int) -> frozenset[int]:
+    """Ids the tokenizer has no text for (the World vocabulary's padding ids 65530-65535 of a 65536-row
+    head, say): a model may give them probability, but they must never be drawn."""
+    bad = []
+    for i in range(vocab_size):
+        try:
+            tokenizer.decode_bytes([i])
+        except (ValueError, KeyError, IndexError, RWKVHubError):
+            bad.append(i)
+    return frozenset(bad)
 
 
 def _rows(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
@@ -104,6 +119,7 @@ class Sampler:
         params: Iterable[SamplingParams] = (),
         *,
         no_penalty_ids: Iterable[int] = (),
+        never: Iterable[int] = (),
         window: float = 9.0,
         device: str | torch.device = "cpu",
     ):
@@ -111,6 +127,7 @@ class Sampler:
         self.window = window
         self.device = torch.device(device)
         self._free_growth = frozenset(no_penalty_ids)
+        self._never = torch.tensor(sorted(set(never)), dtype=torch.long, device=self.device)
         self._slots: list[_Slot] = []
         # Occurrence of each generated token: ids[s, c] with weight counts[s, c] for c < len(slot.columns).
         self._ids = torch.zeros(0, 64, dtype=torch.long, device=self.device)
@@ -149,6 +166,8 @@ class Sampler:
             raise ValueError(f"logits of shape {tuple(logits.shape)}; expected ({len(slot_ids)}, {self.vocab_size})")
         slots_ = [self._slots[s] for s in slot_ids]
         work = logits.detach().to(self.device, torch.float32, copy=True)
+        if self._never.numel():
+            work.index_fill_(1, self._never, float("-inf"))
         for b, s in enumerate(slots_):
             if s.bias_ids.numel():
                 work[b].index_add_(0, s.bias_ids, s.bias)
