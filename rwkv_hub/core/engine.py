@@ -52,8 +52,8 @@ class EngineLimits:
     max_queue: int = 64  # requests waiting for a slot
     max_prompt_tokens: int = 32768
     max_new_tokens: int = 4096
-    prefill_chunk: int = 128  # prompt tokens one stream feeds per step
-    prefill_budget: int = 256  # prompt tokens all streams together feed per step
+    prefill_chunk: int = 64  # prompt tokens one stream feeds per step
+    prefill_budget: int = 128  # prompt tokens all streams together feed per step
     cache_interval: int = 1024  # store a state every this many prompt tokens
 
     def __post_init__(self) -> None:

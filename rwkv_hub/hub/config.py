@@ -39,8 +39,8 @@ class Limits:
     max_queue: int = 64
     max_prompt_tokens: int = 32768
     max_new_tokens: int = 4096
-    prefill_chunk: int = 128
-    prefill_budget: int = 256
+    prefill_chunk: int = 64
+    prefill_budget: int = 128
     cache_interval: int = 1024
     max_message_bytes: int = 4 * 2**20
     max_json_depth: int = 32
