@@ -6,7 +6,7 @@ A real daemon (in this process, on its own thread and event loop) serves the bui
 `--model` is given. For `--seconds`, `--ws` WebSocket clients and `--http` OpenAI-API clients (the
 official `openai` package, streaming) each send request after request. Every request must end with a
 done event or a clear error, exactly once; the script counts lost and duplicated ends and fails if there
-are any. It reports requests/s, tokens/s, p50/p99 time to first token, RSS before and after (memory
+are any. It reports requests/s, tokens/s, p50/p99 time to first token, RSS at the start, halfway and at the end (memory
 should be flat), and the per-token overhead: the median gap between tokens seen by a WebSocket client
 minus the same gap inside the engine, for one stream. Results go to the "Daemon" section of
 benchmarks/RESULTS.md.
@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import datetime
 import gc
+import itertools
 import json
 import statistics
 import sys
@@ -48,6 +49,7 @@ def pct(xs: list[float], q: float) -> float:
 class Tally:
     def __init__(self):
         self.sent = 0
+        self.ids = itertools.count()  # request ids unique over the whole run
         self.ends: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.tokens = 0
@@ -61,7 +63,7 @@ async def ws_worker(url: str, n: int, stop_at: float, tally: Tally) -> None:
     async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
         i = 0
         while time.perf_counter() < stop_at:
-            rid = f"w{n}-{i}"
+            rid = f"w{n}-{next(tally.ids)}"
             i += 1
             t0 = time.perf_counter()
             first = None
@@ -87,7 +89,7 @@ def http_worker(url: str, n: int, stop_at: float, tally: Tally, lock: threading.
     client = openai.OpenAI(base_url=url + "/v1", api_key=TOKEN, max_retries=0, timeout=120)
     i = 0
     while time.perf_counter() < stop_at:
-        rid = f"h{n}-{i}"
+        rid = f"h{n}-{next(tally.ids)}"
         i += 1
         with lock:
             tally.sent += 1
@@ -112,36 +114,37 @@ def http_worker(url: str, n: int, stop_at: float, tally: Tally, lock: threading.
                 tally.errors[type(e).__name__] = tally.errors.get(type(e).__name__, 0) + 1
 
 
-async def overhead(url: str, model) -> dict:
-    """Median inter-token gap of one stream: through the WebSocket, and inside the engine alone."""
+async def overhead(url: str, model, rounds: int = 3) -> dict:
+    """Median inter-token gap of one stream through the WebSocket and inside the engine alone, alternating
+    `rounds` times (so warm-up and drift fall on both sides), medians of the per-round medians."""
     from rwkv_hub.core.engine import Engine
 
     n = 200
-    async with Engine(model) as engine:
-        s = engine.submit("def main():\n", SamplingParams(temperature=0, max_tokens=n))
-        await s.text()
-        times = s.stats.token_times
-        engine_gap = statistics.median(b - a for a, b in zip(times, times[1:], strict=False))
-    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
-        await ws.send(
-            json.dumps(
-                {
-                    "type": "generate",
-                    "id": "o",
-                    "prompt": "def main():\n",
-                    "params": {"max_tokens": n, "temperature": 0},
-                }
-            )
-        )
-        stamps = []
-        while True:
-            ev = json.loads(await ws.recv())
-            if ev["type"] == "delta":
-                stamps.append(time.perf_counter())
-            elif ev["type"] in ("done", "error"):
-                break
-    ws_gap = statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False))
-    return {"engine_gap_ms": 1e3 * engine_gap, "ws_gap_ms": 1e3 * ws_gap, "overhead_ms": 1e3 * (ws_gap - engine_gap)}
+    engine_gaps, ws_gaps = [], []
+    for _ in range(rounds):
+        async with Engine(model) as engine:
+            s = engine.submit("def main():\n", SamplingParams(temperature=0, max_tokens=n))
+            await s.text()
+            times = s.stats.token_times
+            engine_gaps.append(statistics.median(b - a for a, b in zip(times, times[1:], strict=False)))
+        async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+            msg = {
+                "type": "generate",
+                "id": "o",
+                "prompt": "def main():\n",
+                "params": {"max_tokens": n, "temperature": 0},
+            }
+            await ws.send(json.dumps(msg))
+            stamps = []
+            while True:
+                ev = json.loads(await ws.recv())
+                if ev["type"] == "delta":
+                    stamps.append(time.perf_counter())
+                elif ev["type"] in ("done", "error"):
+                    break
+        ws_gaps.append(statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False)))
+    e, w = statistics.median(engine_gaps), statistics.median(ws_gaps)
+    return {"engine_gap_ms": 1e3 * e, "ws_gap_ms": 1e3 * w, "overhead_ms": 1e3 * (w - e)}
 
 
 def main() -> int:
@@ -171,19 +174,24 @@ def main() -> int:
     rss_before = current_rss_bytes()
     tally, lock = Tally(), threading.Lock()
     t0 = time.perf_counter()
-    stop_at = t0 + a.seconds
-    threads = [threading.Thread(target=http_worker, args=(running.url, i, stop_at, tally, lock)) for i in range(a.http)]
-    for t in threads:
-        t.start()
+    rss_half = None
+    for half in range(2):  # two halves: memory after the first and after the second shows any growth
+        stop_at = t0 + a.seconds * (half + 1) / 2
+        threads = [
+            threading.Thread(target=http_worker, args=(running.url, i, stop_at, tally, lock)) for i in range(a.http)
+        ]
+        for t in threads:
+            t.start()
 
-    async def ws_all():
-        await asyncio.gather(*(ws_worker(ws_url, i, stop_at, tally) for i in range(a.ws)))
+        async def ws_all(stop_at=stop_at):
+            await asyncio.gather(*(ws_worker(ws_url, i, stop_at, tally) for i in range(a.ws)))
 
-    asyncio.run(ws_all())
-    for t in threads:
-        t.join()
+        asyncio.run(ws_all())
+        for t in threads:
+            t.join()
+        gc.collect()
+        rss_half = rss_half or current_rss_bytes()
     wall = time.perf_counter() - t0
-    gc.collect()
     time.sleep(1)
     rss_after = current_rss_bytes()
     asyncio.run_coroutine_threadsafe(running.stop(), loop).result(60)
@@ -199,6 +207,7 @@ def main() -> int:
         "lost": lost,
         "duplicated": dup,
         "rss_before_mb": rss_before / 2**20,
+        "rss_half_mb": rss_half / 2**20,
         "rss_after_mb": rss_after / 2**20,
     } | over
     print(r, flush=True)
@@ -213,11 +222,12 @@ def main() -> int:
             f" {a.ws} WebSocket clients and {a.http} OpenAI-API clients (streaming), each sending chat requests of"
             f" {MAX_TOKENS} tokens back to back for {a.seconds:.0f} s on loopback.",
             "",
-            "| requests | req/s | tokens/s | first token p50 / p99 | errors | lost | duplicated | RSS before / after |",
+            "| requests | req/s | tokens/s | first token p50 / p99 | errors | lost | dup. | RSS start / half / end |",
             "|---|---|---|---|---|---|---|---|",
             f"| {r['requests']} | {r['requests_s']:.1f} | {r['tokens_s']:.0f} |"
             f" {r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f} ms |"
-            f" {r['errors'] or 'none'} | {lost} | {dup} | {r['rss_before_mb']:.0f} / {r['rss_after_mb']:.0f} MiB |",
+            f" {r['errors'] or 'none'} | {lost} | {dup} | {r['rss_before_mb']:.0f} / {r['rss_half_mb']:.0f} /"
+            f" {r['rss_after_mb']:.0f} MiB |",
             "",
             "Per-token overhead of the WebSocket path, one stream, greedy, 200 tokens: median gap"
             f" {over['ws_gap_ms']:.2f} ms"

@@ -416,7 +416,7 @@ class Engine:
         if self.cache is None or not job.hashes:
             return
         if job.pos == len(job.ids) or job.pos % self.limits.cache_interval == 0:
-            self.cache.store(job.ids[: job.pos], self._state(job).to("cpu"), job.hashes)
+            self.cache.store(job.ids[: job.pos], _own(self._state(job)), job.hashes)
 
     def _take(self, job: _Job, token: int, now: float) -> None:
         """Handle a sampled token: stop token, text delta, stop strings, max_tokens."""
@@ -441,7 +441,7 @@ class Engine:
 
     def _finish(self, job: _Job, reason: str) -> None:
         if job.state is None and job.row >= 0:
-            job.state = self._state(job)
+            job.state = self._state(job).copy()  # its own tensors, not a view that keeps the whole batch alive
         if job in self._active:
             self._active.remove(job)
             self._free_slots.append(job.slot)
@@ -457,7 +457,7 @@ class Engine:
         stats.completion_tokens = len(job.generated)
         stats.decode_s = end - job.first_token if job.generated else 0.0
         if self.cache is not None and job.hashes and job.generated and reason != "cancelled":
-            self.cache.store(job.ids + job.generated, job.state.to("cpu"))
+            self.cache.store(job.ids + job.generated, _own(job.state))
         if job.session is not None:  # keep the turn only if the whole prompt was read
             whole = job.state is not None and job.pos == len(job.ids)
             self.sessions.release(job.session, job.state if whole else None, len(job.ids) + len(job.generated))
@@ -482,3 +482,8 @@ class Engine:
             self.sessions.release(job.session)
         err = exc if isinstance(exc, RWKVHubError) else RWKVHubError(f"the model failed on this request: {exc}")
         job.stream._push(err)
+
+
+def _own(state: State) -> State:
+    """A compact CPU copy: a row of a batched state is a view that would keep the whole batch alive."""
+    return state.to("cpu") if state.device.type != "cpu" else state.copy()
