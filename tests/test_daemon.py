@@ -348,3 +348,55 @@ def test_serve_refuses_a_remote_host_without_the_flag(tmp_path):
         timeout=60,
     )
     assert r.returncode == 2 and "--allow-remote" in r.stderr
+
+
+def test_bounded_load_every_request_ends_exactly_once(daemon):
+    """A short version of benchmarks/bench_daemon.py: WebSocket and OpenAI clients at once for a few seconds."""
+    import collections
+
+    ends: collections.Counter[str] = collections.Counter()
+    sent: list[str] = []
+    stop_at = time.perf_counter() + 6
+
+    async def ws_client(n: int):
+        async with websockets.connect(
+            daemon.url.replace("http", "ws", 1) + "/ws", additional_headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as ws:
+            i = 0
+            while time.perf_counter() < stop_at:
+                rid = f"w{n}-{i}"
+                i += 1
+                sent.append(rid)
+                await ws.send(json.dumps({"type": "chat", "id": rid, "message": "hi", "params": {"max_tokens": 8}}))
+                while True:
+                    ev = json.loads(await ws.recv())
+                    if ev["type"] in ("done", "error"):
+                        ends[ev["id"]] += 1
+                        break
+
+    def http_client(n: int):
+        c = client(daemon)
+        i = 0
+        while time.perf_counter() < stop_at:
+            rid = f"h{n}-{i}"
+            i += 1
+            sent.append(rid)
+            stream = c.chat.completions.create(
+                model="x", messages=[{"role": "user", "content": "hi"}], max_tokens=8, stream=True
+            )
+            finish = [ch.choices[0].finish_reason for ch in stream if ch.choices and ch.choices[0].finish_reason]
+            ends[rid] += len(finish)
+
+    threads = [threading.Thread(target=http_client, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+
+    async def all_ws():
+        await asyncio.gather(*(ws_client(n) for n in range(8)))
+
+    asyncio.run(asyncio.wait_for(all_ws(), 60))
+    for t in threads:
+        t.join(60)
+    assert len(sent) > 20
+    assert all(ends[r] == 1 for r in sent), [r for r in sent if ends[r] != 1][:5]
+    assert daemon.daemon.hub.engine.active == 0
