@@ -114,19 +114,16 @@ def http_worker(url: str, n: int, stop_at: float, tally: Tally, lock: threading.
                 tally.errors[type(e).__name__] = tally.errors.get(type(e).__name__, 0) + 1
 
 
-async def overhead(url: str, model, rounds: int = 3) -> dict:
-    """Median inter-token gap of one stream through the WebSocket and inside the engine alone, alternating
-    `rounds` times (so warm-up and drift fall on both sides), medians of the per-round medians."""
-    from rwkv_hub.core.engine import Engine
-
+async def overhead(url: str, engine, rounds: int = 3) -> dict:
+    """Median inter-token gap of one stream through the WebSocket and straight from the daemon's engine,
+    alternating `rounds` times (so warm-up and drift fall on both sides), medians of per-round medians."""
     n = 200
     engine_gaps, ws_gaps = [], []
     for _ in range(rounds):
-        async with Engine(model) as engine:
-            s = engine.submit("def main():\n", SamplingParams(temperature=0, max_tokens=n))
-            await s.text()
-            times = s.stats.token_times
-            engine_gaps.append(statistics.median(b - a for a, b in zip(times, times[1:], strict=False)))
+        s = engine.submit("def main():\n", SamplingParams(temperature=0, max_tokens=n))
+        await s.text()
+        times = s.stats.token_times
+        engine_gaps.append(statistics.median(b - a for a, b in zip(times, times[1:], strict=False)))
         async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
             msg = {
                 "type": "generate",
@@ -145,6 +142,48 @@ async def overhead(url: str, model, rounds: int = 3) -> dict:
         ws_gaps.append(statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False)))
     e, w = statistics.median(engine_gaps), statistics.median(ws_gaps)
     return {"engine_gap_ms": 1e3 * e, "ws_gap_ms": 1e3 * w, "overhead_ms": 1e3 * (w - e)}
+
+
+def load(running, hub, a, loop) -> dict:
+    """The client side, in its own thread; stops the engine (and so `main`'s wait) when done."""
+    try:
+        ws_url = running.url.replace("http", "ws", 1) + "/ws"
+        over = asyncio.run(overhead(ws_url, hub.engine))
+        print("per-token gap", over, flush=True)
+        gc.collect()
+        rss_before = current_rss_bytes()
+        tally, lock = Tally(), threading.Lock()
+        t0 = time.perf_counter()
+        rss_half = None
+        for half in range(2):  # two halves: memory after the first and after the second shows any growth
+            stop_at = t0 + a.seconds * (half + 1) / 2
+            threads = [
+                threading.Thread(target=http_worker, args=(running.url, i, stop_at, tally, lock)) for i in range(a.http)
+            ]
+            for t in threads:
+                t.start()
+
+            async def ws_all(stop_at=stop_at):
+                await asyncio.gather(*(ws_worker(ws_url, i, stop_at, tally) for i in range(a.ws)))
+
+            asyncio.run(ws_all())
+            for t in threads:
+                t.join()
+            gc.collect()
+            rss_half = rss_half or current_rss_bytes()
+        wall = time.perf_counter() - t0
+        time.sleep(1)
+        rss_after = current_rss_bytes()
+        return {
+            "over": over,
+            "tally": tally,
+            "wall": wall,
+            "rss_before": rss_before,
+            "rss_half": rss_half,
+            "rss_after": rss_after,
+        }
+    finally:
+        asyncio.run_coroutine_threadsafe(running.stop(), loop).result(60)
 
 
 def main() -> int:
@@ -166,35 +205,17 @@ def main() -> int:
     hub = build_hub(config)
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
-    running = asyncio.run_coroutine_threadsafe(start(config, TOKEN, hub), loop).result(120)
-    ws_url = running.url.replace("http", "ws", 1) + "/ws"
-    over = asyncio.run(overhead(ws_url, hub.engine.model))
-    print("per-token gap", over, flush=True)
-    gc.collect()
-    rss_before = current_rss_bytes()
-    tally, lock = Tally(), threading.Lock()
-    t0 = time.perf_counter()
-    rss_half = None
-    for half in range(2):  # two halves: memory after the first and after the second shows any growth
-        stop_at = t0 + a.seconds * (half + 1) / 2
-        threads = [
-            threading.Thread(target=http_worker, args=(running.url, i, stop_at, tally, lock)) for i in range(a.http)
-        ]
-        for t in threads:
-            t.start()
-
-        async def ws_all(stop_at=stop_at):
-            await asyncio.gather(*(ws_worker(ws_url, i, stop_at, tally) for i in range(a.ws)))
-
-        asyncio.run(ws_all())
-        for t in threads:
-            t.join()
-        gc.collect()
-        rss_half = rss_half or current_rss_bytes()
-    wall = time.perf_counter() - t0
-    time.sleep(1)
-    rss_after = current_rss_bytes()
-    asyncio.run_coroutine_threadsafe(running.stop(), loop).result(60)
+    # As `rwkv-hub serve`: the engine runs in this (main) thread, the server on its own loop; the clients
+    # run in a third thread.
+    running = asyncio.run_coroutine_threadsafe(start(config, TOKEN, hub, engine_thread=False), loop).result(120)
+    out: dict = {}
+    worker = threading.Thread(target=lambda: out.update(load(running, hub, a, loop)))
+    worker.start()
+    hub.engine.run()
+    worker.join()
+    over, tally, wall, rss_before, rss_half, rss_after = (
+        out[k] for k in ("over", "tally", "wall", "rss_before", "rss_half", "rss_after")
+    )
     lost = tally.sent - len(tally.ends)
     dup = sum(1 for v in tally.ends.values() if v > 1)
     r = {

@@ -18,6 +18,7 @@ import asyncio
 import datetime
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,58 +56,96 @@ def gaps(times: list[float], start: float = 0.0) -> list[float]:
     return [b - a for a, b in zip(times, times[1:], strict=False) if a >= start]
 
 
-async def concurrent(model, n: int, tokens: int) -> dict:
-    limits = EngineLimits(max_active=max(n, 1), max_new_tokens=tokens)
-    async with Engine(model, limits) as engine:
-        prompts = [random_tokens(16, model.spec.vocab_size, seed=s) for s in range(n)]
-        t0 = time.perf_counter()
-        # Sampled the way a chat is (the default parameters), with a fixed seed per stream.
-        streams = [engine.submit(p, SamplingParams(seed=i, max_tokens=tokens)) for i, p in enumerate(prompts)]
-        await asyncio.gather(*(s.text() for s in streams))
-        wall = time.perf_counter() - t0
+def with_engine(model, body, **engine_args):
+    """Run `body(engine)` (a coroutine function) on an event loop in a helper thread while this thread, the
+    one that loaded the model, runs the engine, as `rwkv-hub serve` does."""
+    engine = Engine(model, **engine_args)
+    engine.start(thread=False)
+    out: dict = {}
+
+    def client() -> None:
+        try:
+            out["value"] = asyncio.run(body(engine))
+        except BaseException as e:  # handed to the main thread below
+            out["error"] = e
+        finally:
+            engine.request_stop()
+
+    t = threading.Thread(target=client)
+    t.start()
+    engine.run()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def concurrent(model, n: int, tokens: int) -> dict:
+    return with_engine(
+        model, lambda e: _concurrent(e, n, tokens), limits=EngineLimits(max_active=n, max_new_tokens=tokens)
+    )
+
+
+async def _concurrent(engine, n: int, tokens: int) -> dict:
+    model = engine.model
+    prompts = [random_tokens(16, model.spec.vocab_size, seed=s) for s in range(n)]
+    t0 = time.perf_counter()
+    # Sampled the way a chat is (the default parameters), with a fixed seed per stream.
+    streams = [engine.submit(p, SamplingParams(seed=i, max_tokens=tokens)) for i, p in enumerate(prompts)]
+    await asyncio.gather(*(s.text() for s in streams))
+    wall = time.perf_counter() - t0
     total = sum(s.result.completion_tokens for s in streams)
     itl = [g for s in streams for g in gaps(s.stats.token_times)]
     return {"streams": n, "tok_s": total / wall, "itl_p50_ms": 1e3 * pct(itl, 0.5), "itl_p99_ms": 1e3 * pct(itl, 0.99)}
 
 
-async def chat(model, turns: int, per_turn: int, with_sessions: bool) -> list[float]:
+def chat(model, turns: int, per_turn: int, with_sessions: bool) -> list[float]:
     """Time to first token of each turn."""
     store = SessionStore(model.state_shape)
     store.create("c")
+    limits = EngineLimits(max_prompt_tokens=65536)
+    return with_engine(model, lambda e: _chat(e, turns, per_turn, with_sessions), limits=limits, sessions=store)
+
+
+async def _chat(engine, turns: int, per_turn: int, with_sessions: bool) -> list[float]:
+    model = engine.model
     out = []
     history: list[int] = []
-    async with Engine(model, EngineLimits(max_prompt_tokens=65536), sessions=store) as engine:
-        for t in range(turns):
-            new = random_tokens(per_turn, model.spec.vocab_size, seed=100 + t)
-            params = SamplingParams(seed=t, max_tokens=8)
-            if with_sessions:
-                stream = engine.submit(new, params, session="c")
-            else:
-                stream = engine.submit(history + new, params)
-            await stream.text()
-            history += new + stream.result.tokens
-            out.append(stream.stats.first_token_s)
+    for t in range(turns):
+        new = random_tokens(per_turn, model.spec.vocab_size, seed=100 + t)
+        params = SamplingParams(seed=t, max_tokens=8)
+        if with_sessions:
+            stream = engine.submit(new, params, session="c")
+        else:
+            stream = engine.submit(history + new, params)
+        await stream.text()
+        history += new + stream.result.tokens
+        out.append(stream.stats.first_token_s)
     return out
 
 
-async def fairness(model, long_tokens: int) -> dict:
-    async with Engine(model, EngineLimits(max_new_tokens=4096)) as engine:
-        runs = [
-            engine.submit(random_tokens(8, model.spec.vocab_size, s), SamplingParams(seed=s, max_tokens=4096))
-            for s in range(8)
-        ]
-        for s in runs:
-            await s.__anext__()
-        await asyncio.sleep(3.0)
-        t_long = time.perf_counter()
-        long = engine.submit(random_tokens(long_tokens, model.spec.vocab_size, 99), SamplingParams(max_tokens=1))
-        await long.text()
-        t_done = time.perf_counter()
-        await asyncio.sleep(0.5)
-        for s in runs:
-            s.cancel()
-        for s in runs:
-            await s.text()
+def fairness(model, long_tokens: int) -> dict:
+    return with_engine(model, lambda e: _fairness(e, long_tokens), limits=EngineLimits(max_new_tokens=4096))
+
+
+async def _fairness(engine, long_tokens: int) -> dict:
+    model = engine.model
+    runs = [
+        engine.submit(random_tokens(8, model.spec.vocab_size, s), SamplingParams(seed=s, max_tokens=4096))
+        for s in range(8)
+    ]
+    for s in runs:
+        await s.__anext__()
+    await asyncio.sleep(3.0)
+    t_long = time.perf_counter()
+    long = engine.submit(random_tokens(long_tokens, model.spec.vocab_size, 99), SamplingParams(max_tokens=1))
+    await long.text()
+    t_done = time.perf_counter()
+    await asyncio.sleep(0.5)
+    for s in runs:
+        s.cancel()
+    for s in runs:
+        await s.text()
     before = [g for s in runs for g in gaps([t for t in s.stats.token_times if t < t_long])]
     during = [
         b - a
@@ -144,14 +183,14 @@ def main() -> int:
     print(f"official {a.strategy} single stream: {official:.1f} tok/s", flush=True)
     rows = []
     for n in STREAMS:
-        r = asyncio.run(concurrent(model, n, a.tokens))
+        r = concurrent(model, n, a.tokens)
         rows.append(r)
         print(r, flush=True)
     turns = 5 if a.quick else 20
-    with_s = asyncio.run(chat(model, turns, 100, True))
-    without = asyncio.run(chat(model, turns, 100, False))
+    with_s = chat(model, turns, 100, True)
+    without = chat(model, turns, 100, False)
     print("ttft with sessions", with_s[0], with_s[-1], "without", without[0], without[-1], flush=True)
-    fair = asyncio.run(fairness(model, 500 if a.quick else 4000))
+    fair = fairness(model, 500 if a.quick else 4000)
     print(fair, flush=True)
     if a.quick:
         return 0

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,10 +66,13 @@ def build_hub(config: Config):
     return Hub(Engine(model, limits, cache, sessions), host)
 
 
-async def start(config: Config, token: str, hub: Hub | None = None) -> Running:
-    """Start serving on config.host:config.port (port 0: any free port); returns what `stop()` ends."""
+async def start(config: Config, token: str, hub: Hub | None = None, engine_thread: bool = True) -> Running:
+    """Start serving on config.host:config.port (port 0: any free port); returns what `stop()` ends.
+
+    With `engine_thread=False` the caller runs the engine's loop itself (`hub.engine.run()`).
+    """
     hub = hub or build_hub(config)
-    hub.engine.start()
+    hub.engine.start(thread=engine_thread)
     daemon = Daemon(hub, config, token)
     runner = web.AppRunner(daemon.app(), handle_signals=False, access_log=None)
     await runner.setup()
@@ -95,23 +99,25 @@ def serve(config: Config, token: str | None = None, allow_remote: bool = False) 
     if config.host not in LOCAL_HOSTS:
         log.warning("listening on %s: other machines can reach this daemon; keep the token secret", config.host)
     token = get_token(token)
-    return asyncio.run(_serve(config, token))
-
-
-async def _serve(config: Config, token: str) -> int:
-    running = await start(config, token)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    model = running.daemon.hub.engine.model
+    hub = build_hub(config)
+    # The event loop (HTTP, WebSocket) gets a thread of its own; the model runs in this, the main thread,
+    # which loaded it: torch's CPU threads serve it fastest there (docs/engine.md).
+    loop = asyncio.new_event_loop()
+    server = threading.Thread(target=loop.run_forever, name="rwkv-hub-server", daemon=True)
+    server.start()
+    running = asyncio.run_coroutine_threadsafe(start(config, token, hub, engine_thread=False), loop).result()
+    model = hub.engine.model
     print(f"rwkv-hub: serving {model.path.name} ({model.strategy.name}) on {running.url}", flush=True)
     print(f"  WebSocket: {running.url.replace('http', 'ws', 1)}/ws   OpenAI API: {running.url}/v1", flush=True)
     print(
         "  every request needs the header 'Authorization: Bearer <token>'; `rwkv-hub token` prints the token",
         flush=True,
     )
-    await stop.wait()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: hub.engine.request_stop())
+    hub.engine.run()  # until a signal
     print("rwkv-hub: stopping: cancelling streams, saving sessions", flush=True)
-    await running.stop()
+    asyncio.run_coroutine_threadsafe(running.stop(), loop).result(60)
+    loop.call_soon_threadsafe(loop.stop)
+    server.join(10)
     return 0

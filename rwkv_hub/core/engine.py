@@ -198,20 +198,36 @@ class Engine:
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, thread: bool = True) -> None:
+        """Start taking requests; the model work runs in a new worker thread, or (thread=False) in whichever
+        thread then calls `run()`.
+
+        Run it in the thread that loaded the model where you can (the daemon does): on CPUs, torch's
+        OpenMP threads serve the first thread that used them best, and a decode step from another
+        thread was measured 1.3-1.5x slower on this machine (docs/engine.md).
+        """
         if self._running:
             return
         self._running = True
-        self._thread = threading.Thread(target=self._run, name="rwkv-hub-engine", daemon=True)
-        self._thread.start()
+        if thread:
+            self._thread = threading.Thread(target=self._run, name="rwkv-hub-engine", daemon=True)
+            self._thread.start()
 
-    async def stop(self) -> None:
-        """Cancel everything and wait for the worker to end."""
+    def run(self) -> None:
+        """The worker loop, in the calling thread, until `request_stop()` (after `start(thread=False)`)."""
+        self._run()
+
+    def request_stop(self) -> None:
+        """Cancel everything and make the worker loop end (safe from any thread or a signal handler)."""
         with self._wake:
             self._running = False
             for job in [*self._queue, *self._active]:
                 job.stream.cancel()
             self._wake.notify()
+
+    async def stop(self) -> None:
+        """Cancel everything and wait for the worker thread to end."""
+        self.request_stop()
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
             self._thread = None
@@ -296,7 +312,7 @@ class Engine:
         while True:
             with self._wake:
                 while self._running and not self._queue and not self._active:
-                    self._wake.wait()
+                    self._wake.wait(0.5)  # a timeout, so that signal handlers run when this is the main thread
                 if not self._running:
                     break
                 while self._queue and len(self._active) < self.limits.max_active:
