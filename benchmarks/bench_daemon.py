@@ -1,15 +1,15 @@
 """Load test of the daemon on loopback, and the WebSocket path's per-token overhead over the engine alone.
 
-    python benchmarks/bench_daemon.py [--seconds 60] [--ws 32] [--http 8] [--model PATH] [--strategy S]
+    python benchmarks/bench_daemon.py [--seconds 120] [--ws 32] [--http 8] [--model PATH] [--strategy S]
 
-A real daemon (in this process, on its own thread and event loop) serves the built-in demo model unless
-`--model` is given. For `--seconds`, `--ws` WebSocket clients and `--http` OpenAI-API clients (the
-official `openai` package, streaming) each send request after request. Every request must end with a
-done event or a clear error, exactly once; the script counts lost and duplicated ends and fails if there
-are any. It reports requests/s, tokens/s, p50/p99 time to first token, RSS at the start, halfway and at the end (memory
-should be flat), and the per-token overhead: the median gap between tokens seen by a WebSocket client
-minus the same gap inside the engine, for one stream. Results go to the "Daemon" section of
-benchmarks/RESULTS.md.
+`rwkv-hub serve` runs in a process of its own (the built-in demo model unless `--model` is given). For
+`--seconds`, `--ws` WebSocket clients and `--http` OpenAI-API clients (the official `openai` package,
+streaming) each send request after request. Every request must end with a done event or a clear error,
+exactly once; the script counts lost and duplicated ends and fails if there are any. It reports
+requests/s, tokens/s, p50/p99 time to first token, and the daemon's RSS after start-up and after each
+quarter of the run (memory should level off). Before that, with a daemon in this process, it measures
+the per-token overhead: the median gap between tokens seen by a WebSocket client minus the same gap
+straight from the engine, for one stream. Results go to the "Daemon" section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import gc
 import itertools
 import json
+import os
+import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -33,9 +35,9 @@ import openai  # noqa: E402
 import websockets  # noqa: E402
 
 from rwkv_hub.adapters.daemon import build_hub, start  # noqa: E402
-from rwkv_hub.bench import current_rss_bytes, machine_info, write_results_section  # noqa: E402
+from rwkv_hub.bench import machine_info, write_results_section  # noqa: E402
 from rwkv_hub.core.sampling import SamplingParams  # noqa: E402
-from rwkv_hub.hub.config import Config, Limits  # noqa: E402
+from rwkv_hub.hub.config import Config  # noqa: E402
 
 TOKEN = "bench-token"
 MAX_TOKENS = 32
@@ -144,78 +146,94 @@ async def overhead(url: str, engine, rounds: int = 3) -> dict:
     return {"engine_gap_ms": 1e3 * e, "ws_gap_ms": 1e3 * w, "overhead_ms": 1e3 * (w - e)}
 
 
-def load(running, hub, a, loop) -> dict:
-    """The client side, in its own thread; stops the engine (and so `main`'s wait) when done."""
-    try:
-        ws_url = running.url.replace("http", "ws", 1) + "/ws"
-        over = asyncio.run(overhead(ws_url, hub.engine))
-        print("per-token gap", over, flush=True)
-        gc.collect()
-        rss_before = current_rss_bytes()
-        tally, lock = Tally(), threading.Lock()
-        t0 = time.perf_counter()
-        rss_half = None
-        for half in range(2):  # two halves: memory after the first and after the second shows any growth
-            stop_at = t0 + a.seconds * (half + 1) / 2
-            threads = [
-                threading.Thread(target=http_worker, args=(running.url, i, stop_at, tally, lock)) for i in range(a.http)
-            ]
-            for t in threads:
-                t.start()
+def overhead_in_process(a) -> dict:
+    """The per-token overhead, with a daemon in this process (engine in the main thread, as `serve`)."""
+    config = Config(model=a.model, strategy=a.strategy, port=0)
+    config.session_folder = str(ROOT / "bench-out" / "daemon-sessions")
+    hub = build_hub(config)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    running = asyncio.run_coroutine_threadsafe(start(config, TOKEN, hub, engine_thread=False), loop).result(120)
+    out: dict = {}
 
-            async def ws_all(stop_at=stop_at):
-                await asyncio.gather(*(ws_worker(ws_url, i, stop_at, tally) for i in range(a.ws)))
+    def measure() -> None:
+        try:
+            out.update(asyncio.run(overhead(running.url.replace("http", "ws", 1) + "/ws", hub.engine)))
+        finally:
+            asyncio.run_coroutine_threadsafe(running.stop(), loop).result(60)
 
-            asyncio.run(ws_all())
-            for t in threads:
-                t.join()
-            gc.collect()
-            rss_half = rss_half or current_rss_bytes()
-        wall = time.perf_counter() - t0
-        time.sleep(1)
-        rss_after = current_rss_bytes()
-        return {
-            "over": over,
-            "tally": tally,
-            "wall": wall,
-            "rss_before": rss_before,
-            "rss_half": rss_half,
-            "rss_after": rss_after,
-        }
-    finally:
-        asyncio.run_coroutine_threadsafe(running.stop(), loop).result(60)
+    worker = threading.Thread(target=measure)
+    worker.start()
+    hub.engine.run()
+    worker.join()
+    out["model"] = Path(hub.engine.model.path).name
+    return out
+
+
+def spawn_daemon(a) -> tuple[subprocess.Popen, str]:
+    """`rwkv-hub serve` in a process of its own, as users run it; returns it and its URL."""
+    home = ROOT / "bench-out" / "daemon-home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "rwkv-hub").mkdir(exist_ok=True)
+    (home / "rwkv-hub" / "config.toml").write_text(
+        f"[limits]\nmax_active = {a.ws + a.http}\nmax_queue = 64\nmax_requests_per_connection = 4\n"
+    )
+    env = {**os.environ, "XDG_CONFIG_HOME": str(home), "RWKV_HUB_TOKEN": TOKEN}
+    cmd = [sys.executable, "-m", "rwkv_hub", "serve", "--port", "0", "--strategy", a.strategy]
+    cmd += ["--model", a.model] if a.model else []
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    line = proc.stdout.readline()
+    if " on http" not in line:
+        proc.kill()
+        raise SystemExit(f"the daemon did not start: {line!r}")
+    return proc, line.rsplit(" ", 1)[-1].strip()
+
+
+def rss_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(x.split()[1]) * 1024 for x in f if x.startswith("VmRSS:"))
+
+
+def load(url: str, a, pid: int, phases: int = 4) -> dict:
+    """The clients, in phases; the daemon's RSS after each phase shows whether its memory grows."""
+    ws_url = url.replace("http", "ws", 1) + "/ws"
+    tally, lock = Tally(), threading.Lock()
+    rss = [rss_of(pid)]
+    t0 = time.perf_counter()
+    for phase in range(phases):
+        stop_at = t0 + a.seconds * (phase + 1) / phases
+        threads = [threading.Thread(target=http_worker, args=(url, i, stop_at, tally, lock)) for i in range(a.http)]
+        for t in threads:
+            t.start()
+
+        async def ws_all(stop_at=stop_at):
+            await asyncio.gather(*(ws_worker(ws_url, i, stop_at, tally) for i in range(a.ws)))
+
+        asyncio.run(ws_all())
+        for t in threads:
+            t.join()
+        rss.append(rss_of(pid))
+    return {"tally": tally, "wall": time.perf_counter() - t0, "rss": rss}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--seconds", type=float, default=120)
     ap.add_argument("--ws", type=int, default=32)
     ap.add_argument("--http", type=int, default=8)
     ap.add_argument("--model")
     ap.add_argument("--strategy", default="cpu bf16")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     a = ap.parse_args()
-    config = Config(
-        model=a.model,
-        strategy=a.strategy,
-        port=0,
-        limits=Limits(max_active=a.ws + a.http, max_queue=64, max_requests_per_connection=4),
-    )
-    config.session_folder = str(ROOT / "bench-out" / "daemon-sessions")
-    hub = build_hub(config)
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    # As `rwkv-hub serve`: the engine runs in this (main) thread, the server on its own loop; the clients
-    # run in a third thread.
-    running = asyncio.run_coroutine_threadsafe(start(config, TOKEN, hub, engine_thread=False), loop).result(120)
-    out: dict = {}
-    worker = threading.Thread(target=lambda: out.update(load(running, hub, a, loop)))
-    worker.start()
-    hub.engine.run()
-    worker.join()
-    over, tally, wall, rss_before, rss_half, rss_after = (
-        out[k] for k in ("over", "tally", "wall", "rss_before", "rss_half", "rss_after")
-    )
+    over = overhead_in_process(a)
+    print("per-token gap", over, flush=True)
+    proc, url = spawn_daemon(a)
+    try:
+        result = load(url, a, proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    tally, wall, rss = result["tally"], result["wall"], result["rss"]
     lost = tally.sent - len(tally.ends)
     dup = sum(1 for v in tally.ends.values() if v > 1)
     r = {
@@ -227,13 +245,11 @@ def main() -> int:
         "errors": tally.errors,
         "lost": lost,
         "duplicated": dup,
-        "rss_before_mb": rss_before / 2**20,
-        "rss_half_mb": rss_half / 2**20,
-        "rss_after_mb": rss_after / 2**20,
+        "daemon_rss_mib": [round(x / 2**20) for x in rss],
     } | over
     print(r, flush=True)
     m = machine_info()
-    name = Path(hub.engine.model.path).name
+    name = over["model"]
     text = "\n".join(
         [
             "<!-- bench:daemon -->",
@@ -241,14 +257,14 @@ def main() -> int:
             "",
             f"`python benchmarks/bench_daemon.py`, {datetime.date.today().isoformat()}, {m['cpu']}, {m['cores']} cores."
             f" {a.ws} WebSocket clients and {a.http} OpenAI-API clients (streaming), each sending chat requests of"
-            f" {MAX_TOKENS} tokens back to back for {a.seconds:.0f} s on loopback.",
+            f" {MAX_TOKENS} tokens back to back for {a.seconds:.0f} s on loopback, against `rwkv-hub serve` in its own"
+            " process (its RSS is read from /proc after start-up and after each quarter of the run).",
             "",
-            "| requests | req/s | tokens/s | first token p50 / p99 | errors | lost | dup. | RSS start / half / end |",
+            "| requests | req/s | tokens/s | first token p50 / p99 | errors | lost | dup. | daemon RSS per quarter |",
             "|---|---|---|---|---|---|---|---|",
             f"| {r['requests']} | {r['requests_s']:.1f} | {r['tokens_s']:.0f} |"
             f" {r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f} ms |"
-            f" {r['errors'] or 'none'} | {lost} | {dup} | {r['rss_before_mb']:.0f} / {r['rss_half_mb']:.0f} /"
-            f" {r['rss_after_mb']:.0f} MiB |",
+            f" {r['errors'] or 'none'} | {lost} | {dup} | {' / '.join(map(str, r['daemon_rss_mib']))} MiB |",
             "",
             "Per-token overhead of the WebSocket path, one stream, greedy, 200 tokens: median gap"
             f" {over['ws_gap_ms']:.2f} ms"
