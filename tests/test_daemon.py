@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import openai
 import pytest
@@ -264,6 +265,13 @@ def test_client_operations_concurrency_and_early_exit(daemon):
             async with c.generate("x", params={"max_tokens": 4000}) as long:
                 async for _ in long:
                     break  # leaving early cancels it on the server
+            async for _ in c.generate("y", params={"max_tokens": 4000}):
+                break  # so does dropping it
+            for _ in range(200):
+                if daemon.daemon.hub.engine.active == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert daemon.daemon.hub.engine.active == 0
             with pytest.raises(ServerError, match="bad_request"):
                 await c.generate("x", params={"top_p": 5}).text()
             sessions = await c.sessions()
@@ -400,3 +408,23 @@ def test_bounded_load_every_request_ends_exactly_once(daemon):
     assert len(sent) > 20
     assert all(ends[r] == 1 for r in sent), [r for r in sent if ends[r] != 1][:5]
     assert daemon.daemon.hub.engine.active == 0
+
+
+def test_config_file_wires_model_plugins_presets_limits_and_sessions(checkpoint_factory, tmp_path, monkeypatch):
+    from rwkv_hub.adapters.daemon import build_hub
+    from rwkv_hub.hub.config import load_config
+
+    ckpt = checkpoint_factory(**SHAPE)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f'model = "{ckpt}"\nstrategy = "cpu fp32"\nsession_folder = "{tmp_path / "s"}"\ncache_mb = 8\n'
+        '[limits]\nmax_active = 3\n[plugins]\nmodules = ["plugins.good_plugin", "plugins.clashing"]\n'
+        'disable = ["plugins.clashing"]\n[presets.chat]\ntemperature = 0.7\n[presets.mine]\ntop_p = 0.1\n'
+    )
+    hub = build_hub(load_config(cfg))
+    assert hub.engine.model.path == ckpt and hub.engine.limits.max_active == 3
+    assert hub.engine.cache.budget_bytes == 8 * 2**20 and hub.engine.sessions.folder == tmp_path / "s"
+    assert "shout" in hub.host.formats and hub.host.formats["chat"].description != "my chat"  # disabled
+    assert hub.host.presets["chat"].params["temperature"] == 0.7 and hub.host.presets["chat"].params["top_p"] == 0.3
+    assert hub.host.presets["mine"].params == {"top_p": 0.1}

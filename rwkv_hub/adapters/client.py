@@ -7,7 +7,8 @@
         print(reply.done["usage"])
 
 Several requests may run at once on one connection; one reader task routes events to them by id.
-Leaving a request's `async with` before it is done cancels it on the server. If the connection drops,
+Leaving a request's `async with` before it is done cancels it on the server, and so does dropping a
+request that is not done (`async for delta in c.generate(...): break`). If the connection drops,
 running requests fail with `ConnectionError` and the next request reconnects, backing off between tries.
 The TUI, the editor bridge and the bots use this client; it is also the model for clients in other
 languages.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import weakref
 from typing import Any
 
 import websockets
@@ -51,7 +53,17 @@ class Request:
     async def _ensure_sent(self) -> None:
         if not self._sent:
             self._sent = True
+            self._loop = asyncio.get_running_loop()
             await self.client._send(self.message, self)
+
+    def __del__(self) -> None:
+        """A request dropped before its end (`async for ... in client.generate(...): break`) is cancelled."""
+        if self.done is None and self._sent and self.client._ws is not None:
+            client, rid = self.client, self.id
+            try:
+                self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(client._cancel(rid)))
+            except RuntimeError:  # the loop is closed: the connection is gone too
+                pass
 
     async def __aenter__(self) -> Request:
         await self._ensure_sent()
@@ -108,7 +120,8 @@ class Client:
         self.max_backoff = max_backoff
         self._ws = None
         self._reader: asyncio.Task | None = None
-        self._pending: dict[str, Request] = {}
+        # Weak: a request nobody holds any more is dropped here too, and its __del__ cancels it.
+        self._pending: weakref.WeakValueDictionary[str, Request] = weakref.WeakValueDictionary()
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
 
@@ -158,6 +171,7 @@ class Client:
                 req = self._pending.get(ev.get("id"))
                 if req is not None:
                     req.queue.put_nowait(ev)
+                req = None  # hold no request while waiting: one nobody else holds must be able to go
         except websockets.ConnectionClosed:
             pass
         finally:
@@ -166,6 +180,14 @@ class Client:
             for req in list(self._pending.values()):
                 req.queue.put_nowait(ConnectionError("the connection to the daemon was lost"))
             self._pending.clear()
+
+    async def _cancel(self, rid: str) -> None:
+        self._pending.pop(rid, None)
+        if self._ws is not None:
+            try:
+                await self._ws.send(json.dumps({"type": "cancel", "id": rid}))
+            except websockets.ConnectionClosed:
+                pass
 
     async def _send(self, message: dict[str, Any], req: Request) -> None:
         await self.connect()
