@@ -166,10 +166,17 @@ def test_hello_chat_sessions_and_concurrent_requests(daemon):
         fork = json.loads(await ws.recv())
         await ws.send(json.dumps({"type": "sessions.delete", "id": "d", "session": "s2"}))
         deleted = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "sessions.get", "id": "g", "session": "s1"}))
+        got = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "sessions.rewind", "id": "r", "session": "s1"}))
+        rewound = json.loads(await ws.recv())
+        assert [m["content"] for m in got["data"]["transcript"] if m["role"] == "user"] == ["hi", "more"]
+        assert rewound["data"]["turns"] == 1 and len(rewound["data"]["transcript"]) == 2
         return hello, da, db, dc, listing, fork, deleted
 
     hello, da, db, dc, listing, fork, deleted = ws_run(daemon, go)
     assert hello["protocol"] == 1 and "chat" in hello["formats"] and "creative" in hello["presets"]
+    assert {p["name"]: p for p in hello["preset_details"]}["creative"]["params"]["top_p"] == 0.5
     assert da["type"] == db["type"] == dc["type"] == "done"
     assert db["usage"]["completion_tokens"] == 5
     assert dc["usage"]["prompt_tokens"] == len("User: more\n\nAssistant:")  # the session fed only the new turn

@@ -175,3 +175,34 @@ def test_state_tuned_initial_state(model, tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(StateError, match="not a readable state-tuning file"):
         load_tuned_state(tmp_path / "junk.pth", shape)
+
+
+def test_transcript_rewind_and_rename(model, tmp_path):
+    store = SessionStore(model.state_shape, tmp_path)
+    store.create("t")
+
+    async def go():
+        async with Engine(model, sessions=store) as engine:
+            one = engine.submit("hi", GREEDY, session="t", session_messages=[{"role": "user", "content": "hi"}])
+            await one.text()
+            after_one = state_snapshot(store.get("t").state)
+            two = engine.submit(" more", GREEDY, session="t", session_messages=[{"role": "user", "content": "more"}])
+            first_reply = await two.text()
+            store.rewind("t")  # back to after turn one
+            assert_same_tensors(after_one, state_snapshot(store.get("t").state), "state after rewind")
+            again = engine.submit(" more", GREEDY, session="t", session_messages=[{"role": "user", "content": "more"}])
+            return one, first_reply, await again.text()
+
+    one, first_reply, regenerated = run(go())
+    assert regenerated == first_reply  # greedy: the same reply from the same state
+    s = store.get("t")
+    assert [m["role"] for m in s.transcript] == ["user", "assistant", "user", "assistant"]
+    assert s.transcript[1]["content"] == one.result.text and s.turns == 2
+    store.rewind("t")  # one level of undo: the regenerated turn goes...
+    with pytest.raises(SessionError, match="no turn to take back"):
+        store.rewind("t")  # ...but not the one before it
+    assert store.get("t").transcript == s.transcript[:2] and store.get("t").turns == 1
+    store.rename("t", "renamed")
+    assert not (tmp_path / "t.json").exists()
+    again = SessionStore(model.state_shape, tmp_path)
+    assert again.get("renamed").transcript == s.transcript[:2] and again.get("renamed").turns == 1

@@ -266,5 +266,16 @@ class Client:
     async def reset_session(self, session: str) -> dict[str, Any]:
         return await self._call("sessions.reset", session=session)
 
+    async def get_session(self, session: str) -> dict[str, Any]:
+        """The session's counters and transcript."""
+        return await self._call("sessions.get", session=session)
+
+    async def rewind_session(self, session: str) -> dict[str, Any]:
+        """Take back the last turn (to regenerate a reply without re-reading the conversation)."""
+        return await self._call("sessions.rewind", session=session)
+
+    async def rename_session(self, session: str, new: str) -> dict[str, Any]:
+        return await self._call("sessions.rename", session=session, new=new)
+
     async def delete_session(self, session: str) -> dict[str, Any]:
         return await self._call("sessions.delete", session=session)

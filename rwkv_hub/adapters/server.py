@@ -154,6 +154,8 @@ class Daemon:
             },
             "formats": sorted(host.formats),
             "presets": sorted(host.presets),
+            "format_details": [{"name": n, "description": f.description} for n, f in sorted(host.formats.items())],
+            "preset_details": [p.to_dict() for _, p in sorted(host.presets.items())],
             "limits": dict(self.config.limits.__dict__),
         }
 
@@ -288,6 +290,16 @@ class _Connection:
             raise ProtocolError("bad_request", f"{kind} needs a session", msg.get("id"))
         if kind == "sessions.fork":
             return sessions.fork(sid, msg.get("new")).info()
+        if kind == "sessions.get":
+            s = sessions.get(sid)
+            return s.info() | {"transcript": s.transcript}
+        if kind == "sessions.rewind":
+            s = sessions.rewind(sid)
+            return s.info() | {"transcript": s.transcript}
+        if kind == "sessions.rename":
+            if not msg.get("new"):
+                raise ProtocolError("bad_request", "sessions.rename needs 'new'", msg.get("id"))
+            return sessions.rename(sid, msg["new"]).info()
         if kind == "sessions.reset":
             return sessions.reset(sid).info()
         sessions.delete(sid)

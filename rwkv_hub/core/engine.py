@@ -158,6 +158,7 @@ class _Job:
     session: Session | None = None
     processors: list[Callable] = field(default_factory=list)
     row: int = -1  # while `state` is None, the job's state is this row of the engine's batched state
+    messages: list[dict] = field(default_factory=list)  # for the session's transcript
 
 
 class Engine:
@@ -257,6 +258,7 @@ class Engine:
         session: str | None = None,
         logit_processors: Sequence[Callable[[list[int], torch.Tensor], torch.Tensor]] = (),
         on_finish: Callable[[Stream], None] | None = None,
+        session_messages: Sequence[dict] = (),
     ) -> Stream:
         """Queue a request; raises EngineBusy, RequestTooLong or SessionError at once when it cannot be taken.
 
@@ -265,7 +267,8 @@ class Engine:
         state then holds the text that was shown). Without either, the prompt starts from the longest
         cached prefix. `logit_processors` (each `fn(generated_tokens, logits) -> logits`) run in order on
         this stream's logits before each sample; `on_finish(stream)` is called in the event loop's thread
-        once the stream has ended (result set).
+        once the stream has ended (result set). `session_messages` (the turn's new messages) go into the
+        session's transcript, followed by the reply.
         """
         if not self._running:
             raise RWKVHubError("the engine is not running")
@@ -293,6 +296,7 @@ class Engine:
         stream = Stream(asyncio.get_running_loop())
         job = _Job(stream, ids, params, state, time.perf_counter())
         job.processors, stream._on_finish = list(logit_processors), on_finish
+        job.messages = [dict(m) for m in session_messages]
         with self._wake:
             if len(self._queue) + len(self._active) >= lim.max_active + lim.max_queue:
                 raise EngineBusy(
@@ -476,7 +480,8 @@ class Engine:
             self.cache.store(job.ids + job.generated, _own(job.state))
         if job.session is not None:  # keep the turn only if the whole prompt was read
             whole = job.state is not None and job.pos == len(job.ids)
-            self.sessions.release(job.session, job.state if whole else None, len(job.ids) + len(job.generated))
+            turn = [*job.messages, {"role": "assistant", "content": "".join(job.text)}]
+            self.sessions.release(job.session, job.state if whole else None, len(job.ids) + len(job.generated), turn)
         job.stream.result = GenerationResult(
             "".join(job.text),
             reason,

@@ -26,6 +26,7 @@ from .state import State, StateShape
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 META_FORMAT = "rwkv-hub-session/1"
+MAX_TRANSCRIPT = 2000  # messages kept per session for display; the state holds everything regardless
 log = logging.getLogger("rwkv_hub")
 
 
@@ -42,7 +43,9 @@ class Session:
     updated: float = field(default_factory=time.time)
     turns: int = 0
     tokens: int = 0  # tokens the state has read
+    transcript: list[dict] = field(default_factory=list)  # the turns' messages, {"role", "content"}, for display
     busy: bool = False  # a request is running on it
+    previous: tuple | None = None  # (state, tokens, transcript length) before the last turn, for `rewind`
 
     def info(self) -> dict:
         keys = ("id", "created", "updated", "turns", "tokens")
@@ -131,13 +134,14 @@ class SessionStore:
         src = self.get(sid)
         s = self.create(new_id, src.initial)
         s.state, s.turns, s.tokens = src.state, src.turns, src.tokens  # states are never changed in place
+        s.transcript = list(src.transcript)
         self._persist(s)
         return s
 
     def reset(self, sid: str) -> Session:
         s = self.get(sid)
         s.state = s.initial if s.initial is not None else State.zeros(self.shape)
-        s.turns, s.tokens, s.updated = 0, 0, time.time()
+        s.turns, s.tokens, s.transcript, s.previous, s.updated = 0, 0, [], None, time.time()
         self._persist(s)
         return s
 
@@ -159,12 +163,50 @@ class SessionStore:
             s.busy = True
         return s
 
-    def release(self, s: Session, state: State | None = None, tokens: int = 0) -> None:
-        """End a request on a session; with a state, the turn is kept and saved."""
+    def release(self, s: Session, state: State | None = None, tokens: int = 0, messages: list[dict] = ()) -> None:
+        """End a request on a session; with a state, the turn (and its messages) is kept and saved."""
         if state is not None:
+            s.previous = (s.state, s.tokens, len(s.transcript))
             s.state, s.turns, s.tokens, s.updated = state.to("cpu"), s.turns + 1, s.tokens + tokens, time.time()
+            s.transcript = (s.transcript + [dict(m) for m in messages])[-MAX_TRANSCRIPT:]
             self._persist(s)
         s.busy = False
+
+    def rewind(self, sid: str) -> Session:
+        """Undo the last turn: back to the state before it (kept in memory for one turn, not across restarts),
+        so a reply can be regenerated without re-reading the conversation."""
+        s = self.get(sid)
+        with self._lock:
+            if s.busy:
+                raise SessionError(f"session {sid!r} is busy with another request")
+            if s.previous is None:
+                raise SessionError(f"session {sid!r} has no turn to take back")
+            state, tokens, keep = s.previous
+            s.state, s.tokens, s.transcript = state, tokens, s.transcript[:keep]
+            s.turns, s.previous, s.updated = max(0, s.turns - 1), None, time.time()
+        self._persist(s)
+        return s
+
+    def rename(self, sid: str, new_id: str) -> Session:
+        """Give a session a new id (its files move with it)."""
+        _check_id(new_id)
+        with self._lock:
+            if new_id in self._sessions:
+                raise SessionError(f"session {new_id!r} already exists")
+            s = self.get(sid)
+            if s.busy:
+                raise SessionError(f"session {sid!r} is busy with another request")
+            del self._sessions[sid]
+            s.id = new_id
+            self._sessions[new_id] = s
+        if self.folder is not None:
+            init = self.folder / f"{sid}.initial.safetensors"
+            if init.exists():
+                os.replace(init, self.folder / f"{new_id}.initial.safetensors")
+            self._persist(s)
+            for suffix in (".json", ".safetensors"):
+                (self.folder / f"{sid}{suffix}").unlink(missing_ok=True)
+        return s
 
     # --- files -------------------------------------------------------------------------------------------
 
@@ -172,7 +214,7 @@ class SessionStore:
         if self.folder is None or s.id not in self._sessions:
             return
         s.state.save(self.folder / f"{s.id}.safetensors")
-        meta = {"format": META_FORMAT, **s.info(), "shape": asdict(self.shape)}
+        meta = {"format": META_FORMAT, **s.info(), "transcript": s.transcript, "shape": asdict(self.shape)}
         tmp = self.folder / f".{s.id}.json.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, self.folder / f"{s.id}.json")
@@ -191,6 +233,7 @@ class SessionStore:
                 initial = State.load(init_path, self.shape) if init_path.exists() else None
                 _check_id(sid)
                 s = Session(sid, state, initial, meta["created"], meta["updated"], meta["turns"], meta["tokens"])
+                s.transcript = [m for m in meta.get("transcript", []) if isinstance(m, dict)]
             except (RWKVHubError, OSError, ValueError, KeyError, TypeError) as e:
                 msg = f"session file {meta_path.name} skipped: {e}"
                 self.problems.append(msg)

@@ -122,6 +122,7 @@ class Hub:
             session=req["session"],
             logit_processors=processors,
             on_finish=lambda s: self._done(req, s),
+            session_messages=_new_messages(req["input"]) if req["session"] is not None else (),
         )
         return HubStream(stream, filters, req)
 
@@ -151,3 +152,11 @@ class Hub:
             "timings": {"queue_s": stream.stats.queue_s, "prefill_s": r.prefill_s, "decode_s": r.decode_s},
         }
         self.host.call("generation_finished", request=req, result=result)
+
+
+def _new_messages(inp: Mapping[str, Any]) -> list[dict[str, str]]:
+    """What a turn adds to a session's transcript, for display: its messages, or its text as a user message."""
+    if inp.get("messages"):
+        return [{"role": m["role"], "content": m["content"]} for m in inp["messages"]]
+    text = "\n\n".join(str(inp[k]) for k in ("instruction", "input", "text") if inp.get(k))
+    return [{"role": "user", "content": text}] if text else []
