@@ -127,6 +127,16 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--token", help="the bearer token to require (default: $RWKV_HUB_TOKEN, else the token file)")
     serve.add_argument("--allow-remote", action="store_true", help="allow listening on a non-local address")
     serve.set_defaults(run=_run_serve)
+    tui = commands.add_parser(
+        "tui",
+        help="chat and write in the terminal (starts a local daemon when none is running)",
+        description="The terminal app. F1 inside lists every key.",
+    )
+    tui.add_argument("--url", help="the daemon (default http://127.0.0.1:8765)")
+    tui.add_argument("--token", help="the daemon's token (default: $RWKV_HUB_TOKEN, else the token file)")
+    tui.add_argument("--model", help="the model for a daemon the TUI starts itself")
+    tui.add_argument("--no-start", action="store_true", help="do not start a daemon when none is running")
+    tui.set_defaults(run=_run_tui)
     token = commands.add_parser("token", help="print the daemon's bearer token (made on first use)")
     token.set_defaults(run=_run_token)
 
@@ -140,6 +150,12 @@ def _run_serve(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             setattr(config, key, getattr(args, key))
     return serve(config, args.token, args.allow_remote)
+
+
+def _run_tui(args: argparse.Namespace) -> int:
+    from rwkv_hub.adapters.tui.app import run
+
+    return run(args.url, args.token, not args.no_start, args.model)
 
 
 def _run_token(args: argparse.Namespace) -> int:

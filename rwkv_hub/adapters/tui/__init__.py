@@ -1,0 +1,1 @@
+"""The Textual terminal UI (`rwkv-hub tui`), a client of the daemon."""

@@ -1,0 +1,402 @@
+"""`rwkv-hub tui`: chat and write with the daemon's model in the terminal (Textual).
+
+The app is a client of the daemon like any other adapter: it speaks the WebSocket protocol through
+`rwkv_hub.adapters.client.Client`, and starts a local daemon itself when none is running.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Footer, Input, Label, ListItem, ListView, Markdown, Select, Static
+
+from ...core.errors import RWKVHubError
+from ..client import Client, ServerError
+from .connection import LocalDaemon, connect
+
+# The parameters the panel edits: field, label, type, range, and the RWKV guide's advice.
+PARAMS = (
+    ("temperature", "temperature", float, (0, 5), "higher: more random; keep 1 when accuracy matters"),
+    ("top_p", "top_p", float, (0, 1), "creative 0.5-0.7; Q&A, summaries 0-0.5; yes/no 0"),
+    ("top_k", "top_k", int, (0, 100000), "0 = off"),
+    ("presence_penalty", "presence", float, (-2, 2), "start at 0.2-0.4; too high breaks punctuation"),
+    ("frequency_penalty", "frequency", float, (-2, 2), "less verbatim repetition"),
+    ("penalty_decay", "decay", float, (0, 1), "how fast penalties are forgiven (0.996)"),
+    ("max_tokens", "max tokens", int, (1, 100000), "the longest reply"),
+)
+HELP = """\
+# Keys
+
+| key | does |
+|---|---|
+| Enter | send the message (in continuation mode: continue the text) |
+| Escape | stop the reply at once |
+| Ctrl+R | regenerate the last reply (from the state before it; nothing is re-read) |
+| Ctrl+E | edit the last message and send it again |
+| Ctrl+N | new conversation |
+| Ctrl+F | fork this conversation |
+| Ctrl+T | rename this conversation |
+| Ctrl+D | delete this conversation |
+| Ctrl+P | show or hide the parameter panel |
+| F1 | this help |
+| Ctrl+Q | quit (a daemon the TUI started is stopped) |
+
+Conversations are the daemon's sessions: they survive restarts of the TUI and of the daemon.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,f1,q", "app.pop_screen", "close")]
+
+    def compose(self) -> ComposeResult:
+        yield VerticalScroll(Markdown(HELP), id="help")
+
+
+class RenameScreen(ModalScreen[str | None]):
+    BINDINGS = [Binding("escape", "cancel", "cancel")]
+
+    def __init__(self, current: str):
+        super().__init__()
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="rename"):
+            yield Label(f"Rename {self.current!r} to (letters, digits, '_', '-', '.'):")
+            yield Input(value=self.current, id="rename-input")
+
+    @on(Input.Submitted)
+    def done(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class RwkvApp(App):
+    """The chat and writing app."""
+
+    TITLE = "rwkv-hub"
+    CSS = """
+    #sidebar { width: 24; border-right: solid $primary-darken-2; }
+    #sidebar ListView { height: 1fr; }
+    #main { width: 1fr; }
+    #messages { height: 1fr; padding: 0 1; }
+    #messages Markdown { margin: 0 0 1 0; }
+    .user { border-left: thick $accent; padding-left: 1; }
+    .assistant { border-left: thick $success; padding-left: 1; }
+    #instruction { display: none; }
+    #instruction.shown { display: block; }
+    #params { width: 34; border-left: solid $primary-darken-2; padding: 0 1; }
+    #params.hidden { display: none; }
+    #params Input { height: 3; }
+    #params .advice { color: $text-muted; height: auto; }
+    Input.-invalid { border: tall $error; }
+    #status { height: 1; background: $primary-darken-2; padding: 0 1; }
+    #help, #rename { width: 70; height: auto; max-height: 90%; border: thick $primary; background: $surface; }
+    HelpScreen, RenameScreen { align: center middle; }
+    """
+    BINDINGS = [
+        Binding("escape", "stop", "stop"),
+        Binding("ctrl+r", "regenerate", "regenerate"),
+        Binding("ctrl+e", "edit_last", "edit last"),
+        Binding("ctrl+n", "new_session", "new"),
+        Binding("ctrl+f", "fork_session", "fork"),
+        Binding("ctrl+t", "rename_session", "rename"),
+        Binding("ctrl+d", "delete_session", "delete"),
+        Binding("ctrl+p", "toggle_params", "params"),
+        Binding("f1", "help", "help"),
+        Binding("ctrl+q", "quit", "quit"),
+    ]
+
+    def __init__(self, url: str | None = None, token: str | None = None, autostart: bool = True, model=None):
+        super().__init__()
+        self.url, self.token, self.autostart, self.model_path = url, token, autostart, model
+        self.client: Client | None = None
+        self.local: LocalDaemon | None = None
+        self.hello: dict[str, Any] = {}
+        self.session: str | None = None
+        self.request = None  # the running request, for Escape
+        self.last_user: str | None = None
+        self.stats = {"tok_s": 0.0, "tokens": 0, "cached": 0}
+        self.connection = "connecting"
+
+    # --- layout -------------------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            with Vertical(id="sidebar"):
+                yield Label("Conversations")
+                yield ListView(id="sessions")
+            with Vertical(id="main"):
+                yield VerticalScroll(id="messages")
+                yield Select([("chat", "chat")], value="chat", allow_blank=False, id="mode")
+                yield Input(placeholder="instruction (what to do with the input below)", id="instruction")
+                yield Input(placeholder="type a message, Enter to send (F1: keys)", id="prompt")
+            with VerticalScroll(id="params"):
+                yield Label("Preset")
+                yield Select([], prompt="preset", id="preset")
+                yield Static("", id="preset-info", classes="advice")
+                for name, label, _, _, advice in PARAMS:
+                    yield Label(label)
+                    yield Input(id=f"p-{name}", placeholder="default")
+                    yield Static(advice, classes="advice")
+        yield Static("", id="status")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        self.query_one("#prompt", Input).focus()
+        self.refresh_status()
+        self.open_connection()
+
+    @work(exclusive=True, group="connect")
+    async def open_connection(self) -> None:
+        self.connection = "connecting"
+        self.refresh_status()
+        try:
+            self.client, self.local = await connect(self.url, self.token, self.autostart, self.model_path)
+            self.hello = await self.client.hello()
+        except (ConnectionError, ServerError, OSError) as e:
+            self.connection = f"not connected: {e} (Ctrl+Q to quit; retrying in 5 s)"
+            self.refresh_status()
+            self.set_timer(5, self.open_connection)
+            return
+        self.connection = "connected"
+        formats = [f["name"] for f in self.hello.get("format_details", [])] or ["chat"]
+        self.query_one("#mode", Select).set_options([(f, f) for f in formats])
+        self.query_one("#mode", Select).value = "chat" if "chat" in formats else formats[0]
+        presets = self.hello.get("preset_details", [])
+        self.query_one("#preset", Select).set_options([(p["name"], p["name"]) for p in presets])
+        await self.load_sessions()
+        self.refresh_status()
+
+    async def on_unmount(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+        if self.local is not None:
+            self.local.stop()
+
+    def refresh_status(self) -> None:
+        m = self.hello.get("model", {})
+        text = (
+            f"{m.get('name', '?')} ({m.get('strategy', '?')}) | {self.stats['tok_s']:.1f} tok/s | "
+            f"reply {self.stats['tokens']} tokens | cached {self.stats['cached']} | {self.connection}"
+        )
+        self.query_one("#status", Static).update(text)
+
+    # --- sessions -------------------------------------------------------------------------------------------
+
+    async def load_sessions(self, select: str | None = None) -> None:
+        sessions = await self.client.sessions()
+        lv = self.query_one("#sessions", ListView)
+        await lv.clear()
+        for s in sessions:
+            await lv.append(ListItem(Label(s["id"]), name=s["id"]))
+        if not sessions:
+            created = await self.client.create_session()
+            await lv.append(ListItem(Label(created["id"]), name=created["id"]))
+            sessions = [created]
+        names = [s["id"] for s in sessions]
+        target = select if select in names else (self.session if self.session in names else names[-1])
+        lv.index = names.index(target)
+        await self.show_session(target)
+
+    @on(ListView.Selected, "#sessions")
+    async def session_chosen(self, event: ListView.Selected) -> None:
+        if event.item.name and event.item.name != self.session:
+            await self.show_session(event.item.name)
+
+    async def show_session(self, sid: str) -> None:
+        self.session = sid
+        data = await self.client.get_session(sid)
+        box = self.query_one("#messages", VerticalScroll)
+        await box.remove_children()
+        for m in data.get("transcript", []):
+            await box.mount(Markdown(m["content"], classes=m["role"]))
+            if m["role"] == "user":
+                self.last_user = m["content"]
+        box.scroll_end(animate=False)
+
+    async def action_new_session(self) -> None:
+        created = await self.client.create_session()
+        await self.load_sessions(created["id"])
+
+    async def action_fork_session(self) -> None:
+        if self.session:
+            forked = await self.client.fork_session(self.session)
+            await self.load_sessions(forked["id"])
+
+    async def action_delete_session(self) -> None:
+        if self.session:
+            await self.client.delete_session(self.session)
+            self.session = None
+            await self.load_sessions()
+
+    @work
+    async def action_rename_session(self) -> None:
+        if not self.session:
+            return
+        new = await self.push_screen_wait(RenameScreen(self.session))
+        if new and new != self.session:
+            try:
+                await self.client.rename_session(self.session, new)
+            except ServerError as e:
+                self.notify(str(e), severity="error")
+                return
+            self.session = new
+            await self.load_sessions(new)
+
+    # --- parameters -------------------------------------------------------------------------------------------
+
+    @on(Select.Changed, "#preset")
+    def preset_chosen(self, event: Select.Changed) -> None:
+        preset = next((p for p in self.hello.get("preset_details", []) if p["name"] == event.value), None)
+        if preset is None:
+            return
+        info = f"{preset['description']} / {preset.get('description_zh', '')}"
+        self.query_one("#preset-info", Static).update(info)
+        for name, *_ in PARAMS:
+            value = preset["params"].get(name)
+            self.query_one(f"#p-{name}", Input).value = "" if value is None else str(value)
+        if preset.get("format") and preset["format"] in [f["name"] for f in self.hello.get("format_details", [])]:
+            self.query_one("#mode", Select).value = preset["format"]
+
+    @on(Input.Changed)
+    def validate_param(self, event: Input.Changed) -> None:
+        if event.input.id and event.input.id.startswith("p-"):
+            event.input.set_class(self.param_value(event.input.id[2:]) is False, "-invalid")
+
+    def param_value(self, name: str):
+        """The field's value, None when empty, False when it does not parse or is out of range."""
+        _, _, kind, (lo, hi), _ = next(p for p in PARAMS if p[0] == name)
+        text = self.query_one(f"#p-{name}", Input).value.strip()
+        if not text:
+            return None
+        try:
+            value = kind(text)
+        except ValueError:
+            return False
+        return value if lo <= value <= hi else False
+
+    def params(self) -> dict[str, Any] | None:
+        out = {}
+        for name, label, *_ in PARAMS:
+            value = self.param_value(name)
+            if value is False:
+                self.notify(f"{label} is not valid", severity="error")
+                return None
+            if value is not None:
+                out[name] = value
+        return out
+
+    @on(Select.Changed, "#mode")
+    def mode_chosen(self, event: Select.Changed) -> None:
+        self.query_one("#instruction", Input).set_class(event.value == "instruction", "shown")
+
+    def action_toggle_params(self) -> None:
+        self.query_one("#params").toggle_class("hidden")
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    # --- talking ------------------------------------------------------------------------------------------------
+
+    @on(Input.Submitted, "#prompt")
+    def submitted(self, event: Input.Submitted) -> None:
+        text = event.value
+        if not text.strip() or self.client is None or self.request is not None:
+            return
+        event.input.value = ""
+        self.send(text)
+
+    @work(group="send")
+    async def send(self, text: str, show_user: bool = True) -> None:
+        params = self.params()
+        if params is None:
+            return
+        mode = self.query_one("#mode", Select).value
+        preset = self.query_one("#preset", Select).value
+        box = self.query_one("#messages", VerticalScroll)
+        if show_user:
+            await box.mount(Markdown(text, classes="user"))
+        self.last_user = text
+        reply = Markdown("", classes="assistant")
+        await box.mount(reply)
+        stream = Markdown.get_stream(reply)
+        inp: dict[str, Any] = {"text": text} if mode == "raw" else {"input": text}
+        if mode == "instruction":
+            inp["instruction"] = self.query_one("#instruction", Input).value
+        req = self.client.chat(
+            input=inp,
+            session=self.session,
+            format=str(mode),
+            preset=preset if isinstance(preset, str) else None,
+            params=params or None,
+        )
+        self.request = req
+        self.stats["tokens"] = 0
+        try:
+            async with req:
+                async for delta in req:
+                    await stream.write(delta)
+                    self.stats["tokens"] += 1
+                    box.scroll_end(animate=False)
+            done = req.done or {}
+            t = done.get("timings", {})
+            usage = done.get("usage", {})
+            self.stats["tokens"] = usage.get("completion_tokens", self.stats["tokens"])
+            self.stats["tok_s"] = usage.get("completion_tokens", 0) / t["decode_s"] if t.get("decode_s") else 0.0
+            self.stats["cached"] = t.get("cached_tokens", 0)
+        except (ServerError, RWKVHubError) as e:
+            self.notify(str(e), severity="error")
+        except ConnectionError as e:
+            self.connection = f"disconnected: {e}"
+            self.open_connection()
+        finally:
+            await stream.stop()
+            self.request = None
+            self.refresh_status()
+
+    async def action_stop(self) -> None:
+        if self.request is not None:
+            await self.request.cancel()
+
+    async def action_regenerate(self) -> None:
+        """A new reply from the state before the last one: the daemon rewinds; nothing is re-read."""
+        if self.request is not None or not self.session or self.last_user is None:
+            return
+        try:
+            await self.client.rewind_session(self.session)
+        except ServerError as e:
+            self.notify(str(e), severity="warning")
+            return
+        replies = self.query_one("#messages").query(".assistant")
+        if replies:
+            await replies.last().remove()
+        self.send(self.last_user, show_user=False)
+
+    async def action_edit_last(self) -> None:
+        if self.request is not None or not self.session or self.last_user is None:
+            return
+        try:
+            await self.client.rewind_session(self.session)
+        except ServerError as e:
+            self.notify(str(e), severity="warning")
+            return
+        box = self.query_one("#messages")
+        for cls in (".assistant", ".user"):
+            found = box.query(cls)
+            if found:
+                await found.last().remove()
+        prompt = self.query_one("#prompt", Input)
+        prompt.value = self.last_user
+        prompt.focus()
+
+
+def run(url: str | None = None, token: str | None = None, autostart: bool = True, model: str | None = None) -> int:
+    RwkvApp(url, token, autostart, model).run()
+    return 0

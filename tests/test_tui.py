@@ -1,0 +1,175 @@
+"""The terminal UI, piloted by Textual's `run_test()` against a real daemon serving the built-in model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from textual.widgets import Input, ListView, Markdown, Select, Static
+
+from rwkv_hub.adapters.daemon import start
+from rwkv_hub.adapters.tui.app import RwkvApp
+from rwkv_hub.core.builtin import BUILTIN_MODEL
+from rwkv_hub.core.engine import Engine
+from rwkv_hub.core.prefix_cache import PrefixCache
+from rwkv_hub.core.sessions import SessionStore
+from rwkv_hub.hub.config import Config
+from rwkv_hub.hub.hub import Hub
+from rwkv_hub.hub.plugins import PluginHost
+
+TOKEN = "tui-test-token"
+
+
+@pytest.fixture(scope="module")
+def daemon(model_factory, tmp_path_factory):
+    model = model_factory(BUILTIN_MODEL)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    sessions = SessionStore(model.state_shape, tmp_path_factory.mktemp("tui-sessions"))
+    hub = Hub(Engine(model, cache=PrefixCache(2**26), sessions=sessions), PluginHost(entry_points=False).load())
+    running = asyncio.run_coroutine_threadsafe(start(Config(port=0), TOKEN, hub), loop).result(60)
+    yield running
+    asyncio.run_coroutine_threadsafe(running.stop(), loop).result(60)
+    loop.call_soon_threadsafe(loop.stop)
+
+
+def app_for(daemon) -> RwkvApp:
+    return RwkvApp(daemon.url, TOKEN, autostart=False)
+
+
+async def connected(pilot) -> None:
+    for _ in range(200):
+        if pilot.app.connection == "connected" and pilot.app.session:
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"never connected: {pilot.app.connection}")
+
+
+async def wait_idle(pilot) -> None:
+    for _ in range(600):
+        await pilot.pause(0.05)
+        if pilot.app.request is None:
+            return
+    raise AssertionError("the reply never finished")
+
+
+async def type_and_send(pilot, text: str) -> None:
+    pilot.app.query_one("#prompt", Input).value = text
+    pilot.app.query_one("#prompt", Input).focus()
+    await pilot.press("enter")
+    await pilot.pause(0.1)
+
+
+def replies(app) -> list[str]:
+    return [m.source for m in app.query_one("#messages").query(Markdown) if m.has_class("assistant")]
+
+
+def test_send_streams_a_reply_and_the_status_shows_it(daemon):
+    async def go():
+        async with app_for(daemon).run_test(size=(120, 40)) as pilot:
+            await connected(pilot)
+            pilot.app.query_one("#p-max_tokens", Input).value = "20"
+            await type_and_send(pilot, "What does `os.path.join` do?")
+            await wait_idle(pilot)
+            status = str(pilot.app.query_one("#status", Static).render())
+            return replies(pilot.app), status, pilot.app.session
+
+    got, status, sid = asyncio.run(go())
+    assert got and got[-1].strip()
+    assert "tok/s" in status and "connected" in status and "rwkv7-stdlib-demo" in status
+
+
+def test_stop_cancels_at_once(daemon):
+    async def go():
+        async with app_for(daemon).run_test(size=(120, 40)) as pilot:
+            await connected(pilot)
+            pilot.app.query_one("#p-max_tokens", Input).value = "4000"
+            pilot.app.query_one("#p-temperature", Input).value = "2"
+            await type_and_send(pilot, "Write a long story.")
+            await pilot.pause(0.3)
+            await pilot.press("escape")
+            await wait_idle(pilot)
+            return pilot.app.stats["tokens"]
+
+    assert asyncio.run(go()) < 4000
+
+
+def test_regenerate_rewinds_and_replaces_the_last_reply(daemon):
+    async def go():
+        async with app_for(daemon).run_test(size=(120, 40)) as pilot:
+            await connected(pilot)
+            await pilot.press("ctrl+n")
+            await pilot.pause(0.3)
+            pilot.app.query_one("#p-max_tokens", Input).value = "12"
+            pilot.app.query_one("#p-top_p", Input).value = "0"  # greedy: the same reply again
+            await type_and_send(pilot, "hi")
+            await wait_idle(pilot)
+            first = replies(pilot.app)
+            await pilot.press("ctrl+r")
+            await pilot.pause(0.2)
+            await wait_idle(pilot)
+            second = replies(pilot.app)
+            transcript = await pilot.app.client.get_session(pilot.app.session)
+            return first, second, transcript
+
+    first, second, transcript = asyncio.run(go())
+    assert len(first) == len(second) == 1 and first == second
+    assert [m["role"] for m in transcript["transcript"]] == ["user", "assistant"] and transcript["turns"] == 1
+
+
+def test_preset_fills_the_panel_and_mode_follows(daemon):
+    async def go():
+        async with app_for(daemon).run_test(size=(120, 40)) as pilot:
+            await connected(pilot)
+            pilot.app.query_one("#preset", Select).value = "keywords"
+            await pilot.pause(0.2)
+            values = {n: pilot.app.query_one(f"#p-{n}", Input).value for n in ("temperature", "top_p")}
+            mode = pilot.app.query_one("#mode", Select).value
+            shown = pilot.app.query_one("#instruction", Input).has_class("shown")
+            pilot.app.query_one("#p-top_p", Input).value = "7"
+            await pilot.pause(0.1)
+            invalid = pilot.app.query_one("#p-top_p", Input).has_class("-invalid")
+            return values, mode, shown, invalid
+
+    values, mode, shown, invalid = asyncio.run(go())
+    assert values == {"temperature": "1.0", "top_p": "0.0"} and mode == "instruction" and shown and invalid
+
+
+def test_conversations_persist_across_a_restart_of_the_tui(daemon):
+    async def first():
+        async with app_for(daemon).run_test(size=(120, 40)) as pilot:
+            await connected(pilot)
+            await pilot.press("ctrl+n")
+            await pilot.pause(0.3)
+            pilot.app.query_one("#p-max_tokens", Input).value = "5"
+            await type_and_send(pilot, "remember me")
+            await wait_idle(pilot)
+            return pilot.app.session
+
+    async def second(sid):
+        async with app_for(daemon).run_test(size=(120, 40)) as pilot:
+            await connected(pilot)
+            names = [item.name for item in pilot.app.query_one("#sessions", ListView).children]
+            await pilot.app.show_session(sid)
+            await pilot.pause(0.1)
+            texts = [m.source for m in pilot.app.query_one("#messages").query(Markdown)]
+            return names, texts
+
+    sid = asyncio.run(first())
+    names, texts = asyncio.run(second(sid))
+    assert sid in names and texts[0] == "remember me"
+
+
+def test_an_unreachable_daemon_is_reported_not_a_crash():
+    async def go():
+        async with RwkvApp("http://127.0.0.1:9", TOKEN, autostart=False).run_test(size=(100, 30)) as pilot:
+            for _ in range(100):
+                await pilot.pause(0.05)
+                if "not connected" in pilot.app.connection:
+                    break
+            return str(pilot.app.query_one("#status", Static).render())
+
+    status = asyncio.run(go())
+    assert "not connected" in status and "rwkv-hub serve" in status
