@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
+import socket
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 from textual.widgets import Input, ListView, Markdown, Select, Static
@@ -173,3 +179,48 @@ def test_an_unreachable_daemon_is_reported_not_a_crash():
 
     status = asyncio.run(go())
     assert "not connected" in status and "rwkv-hub serve" in status
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
+def test_in_a_real_terminal(tmp_path):
+    """tmux runs `rwkv-hub tui`, which starts its own daemon; keys go in, the pane shows the streamed reply,
+    and quitting stops the daemon it started."""
+    port = _free_port()
+    session = f"rwkv-hub-test-{port}"
+    cmd = f"XDG_CONFIG_HOME={tmp_path} {sys.executable} -m rwkv_hub tui --url http://127.0.0.1:{port}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "40", cmd], check=True)
+    try:
+        pane = _wait_for_pane(session, "connected")
+        subprocess.run(["tmux", "send-keys", "-t", session, "What does json.dumps do?", "Enter"], check=True)
+        pane = _wait_for_pane(session, "tok/s", lambda p: " 0.0 tok/s" not in p)
+        assert "json.dumps do?" in pane  # the message may wrap in a narrow pane
+        assert re.search(r"reply [1-9]\d* tokens", pane), pane
+        subprocess.run(["tmux", "send-keys", "-t", session, "C-q"], check=True)
+        deadline = time.time() + 30
+        while time.time() < deadline and _serving(port):
+            time.sleep(0.2)
+        assert not _serving(port), "the daemon the TUI started is still running"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serving(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_for_pane(session: str, text: str, also=lambda pane: True, timeout: float = 90) -> str:
+    deadline = time.time() + timeout
+    pane = ""
+    while time.time() < deadline:
+        pane = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+        if text in pane and also(pane):
+            return pane
+        time.sleep(0.3)
+    raise AssertionError(f"{text!r} never appeared:\n{pane}")

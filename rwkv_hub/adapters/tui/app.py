@@ -149,6 +149,7 @@ class RwkvApp(App):
         yield Footer()
 
     async def on_mount(self) -> None:
+        self.fit_width()
         self.query_one("#prompt", Input).focus()
         self.refresh_status()
         self.open_connection()
@@ -180,11 +181,18 @@ class RwkvApp(App):
         if self.local is not None:
             self.local.stop()
 
+    def on_resize(self) -> None:
+        self.fit_width()
+
+    def fit_width(self) -> None:
+        """In a narrow terminal (80 columns) the parameter panel starts hidden; Ctrl+P shows it."""
+        self.query_one("#params").set_class(self.size.width < 100, "hidden")
+
     def refresh_status(self) -> None:
         m = self.hello.get("model", {})
         text = (
-            f"{m.get('name', '?')} ({m.get('strategy', '?')}) | {self.stats['tok_s']:.1f} tok/s | "
-            f"reply {self.stats['tokens']} tokens | cached {self.stats['cached']} | {self.connection}"
+            f"{self.connection} | {self.stats['tok_s']:.1f} tok/s | reply {self.stats['tokens']} tokens | "
+            f"cached {self.stats['cached']} | {m.get('name', '?')} ({m.get('strategy', '?')})"
         )
         self.query_one("#status", Static).update(text)
 
