@@ -1,0 +1,69 @@
+"""SVG snapshots of the TUI's main screens (checked in under tests/__snapshots__), so layout changes are seen.
+
+Update them deliberately with `pytest tests/test_tui_snapshots.py --snapshot-update` and review the SVGs.
+The daemon here serves the built-in model with a fresh session folder holding one conversation, so the
+screens are the same on every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from rwkv_hub.adapters.daemon import start
+from rwkv_hub.adapters.tui.app import RwkvApp
+from rwkv_hub.core.builtin import BUILTIN_MODEL
+from rwkv_hub.core.engine import Engine
+from rwkv_hub.core.sessions import SessionStore
+from rwkv_hub.hub.config import Config
+from rwkv_hub.hub.hub import Hub
+from rwkv_hub.hub.plugins import PluginHost
+
+TOKEN = "snapshot-token"
+
+
+@pytest.fixture(scope="module")
+def daemon(model_factory, tmp_path_factory):
+    model = model_factory(BUILTIN_MODEL)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    sessions = SessionStore(model.state_shape, tmp_path_factory.mktemp("snap-sessions"))
+    sessions.create("notes")
+    hub = Hub(Engine(model, sessions=sessions), PluginHost(entry_points=False).load())
+    running = asyncio.run_coroutine_threadsafe(start(Config(port=0), TOKEN, hub), loop).result(60)
+    yield running
+    asyncio.run_coroutine_threadsafe(running.stop(), loop).result(60)
+    loop.call_soon_threadsafe(loop.stop)
+
+
+async def ready(pilot) -> None:
+    for _ in range(200):
+        if pilot.app.connection == "connected" and pilot.app.session:
+            break
+        await pilot.pause(0.05)
+    await pilot.pause(0.2)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (130, 40)], ids=["80x24", "130x40"])
+def test_main_screen(daemon, snap_compare, size):
+    assert snap_compare(RwkvApp(daemon.url, TOKEN, autostart=False), terminal_size=size, run_before=ready)
+
+
+def test_help_screen(daemon, snap_compare):
+    async def help_open(pilot):
+        await ready(pilot)
+        await pilot.press("f1")
+        await pilot.pause(0.2)
+
+    assert snap_compare(RwkvApp(daemon.url, TOKEN, autostart=False), terminal_size=(80, 24), run_before=help_open)
+
+
+def test_light_theme(daemon, snap_compare):
+    async def light(pilot):
+        await ready(pilot)
+        pilot.app.theme = "textual-light"
+        await pilot.pause(0.2)
+
+    assert snap_compare(RwkvApp(daemon.url, TOKEN, autostart=False), terminal_size=(130, 40), run_before=light)
