@@ -224,3 +224,36 @@ def _wait_for_pane(session: str, text: str, also=lambda pane: True, timeout: flo
             return pane
         time.sleep(0.3)
     raise AssertionError(f"{text!r} never appeared:\n{pane}")
+
+
+def test_the_daemon_going_away_and_coming_back(model_factory, tmp_path):
+    model = model_factory(BUILTIN_MODEL)
+    port = _free_port()
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def launch():
+        hub = Hub(
+            Engine(model, sessions=SessionStore(model.state_shape, tmp_path)), PluginHost(entry_points=False).load()
+        )
+        return asyncio.run_coroutine_threadsafe(start(Config(port=port), TOKEN, hub), loop).result(60)
+
+    async def go():
+        async with RwkvApp(f"http://127.0.0.1:{port}", TOKEN, autostart=False).run_test(size=(100, 30)) as pilot:
+            for _ in range(100):
+                await pilot.pause(0.05)
+                if "not connected" in pilot.app.connection:
+                    break
+            away = pilot.app.connection
+            running = launch()  # the daemon comes (back)
+            for _ in range(300):
+                await pilot.pause(0.05)
+                if pilot.app.connection == "connected":
+                    break
+            back = pilot.app.connection
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(running.stop(), loop))
+            return away, back
+
+    away, back = asyncio.run(go())
+    loop.call_soon_threadsafe(loop.stop)
+    assert "not connected" in away and back == "connected"

@@ -32,6 +32,7 @@ class Running:
     url: str
 
     async def stop(self) -> None:
+        await self.daemon.close_connections()
         await self.runner.cleanup()
         await self.daemon.hub.engine.stop()
         self.daemon.hub.host.call("daemon_stopping", hub=self.daemon.hub)
@@ -74,7 +75,7 @@ async def start(config: Config, token: str, hub: Hub | None = None, engine_threa
     hub = hub or build_hub(config)
     hub.engine.start(thread=engine_thread)
     daemon = Daemon(hub, config, token)
-    runner = web.AppRunner(daemon.app(), handle_signals=False, access_log=None)
+    runner = web.AppRunner(daemon.app(), handle_signals=False, access_log=None, shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

@@ -59,6 +59,12 @@ class Daemon:
         self.token = token
         self.counters: Counter[str] = Counter()
         self.started = time.time()
+        self.sockets: set[web.WebSocketResponse] = set()
+
+    async def close_connections(self) -> None:
+        """Say goodbye to every WebSocket client (code 1001, going away), so a shutdown need not wait."""
+        for ws in list(self.sockets):
+            await ws.close(code=1001, message=b"the daemon is stopping")
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=self.config.limits.max_message_bytes)
@@ -165,6 +171,7 @@ class Daemon:
         ws = web.WebSocketResponse(max_msg_size=self.config.limits.max_message_bytes, heartbeat=30)
         await ws.prepare(request)
         self.counters["ws_open"] += 1
+        self.sockets.add(ws)
         conn = _Connection(self, ws)
         try:
             async for msg in ws:
@@ -178,6 +185,7 @@ class Daemon:
                     break
         finally:
             self.counters["ws_open"] -= 1
+            self.sockets.discard(ws)
             conn.close()  # a client that goes away cancels its generations
         return ws
 

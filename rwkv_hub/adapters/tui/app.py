@@ -6,6 +6,7 @@ The app is a client of the daemon like any other adapter: it speaks the WebSocke
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from textual import on, work
@@ -48,6 +49,22 @@ HELP = """\
 
 Conversations are the daemon's sessions: they survive restarts of the TUI and of the daemon.
 """
+
+
+def guarded(method):
+    """A key action or handler that talks to the daemon: a lost connection or an error reply becomes a
+    message and a reconnect, never a crash of the app."""
+
+    @functools.wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        try:
+            return await method(self, *args, **kwargs)
+        except ServerError as e:
+            self.notify(str(e), severity="error")
+        except (ConnectionError, OSError) as e:
+            self.lost(e)
+
+    return wrapper
 
 
 class HelpScreen(ModalScreen[None]):
@@ -159,21 +176,29 @@ class RwkvApp(App):
         self.connection = "connecting"
         self.refresh_status()
         try:
-            self.client, self.local = await connect(self.url, self.token, self.autostart, self.model_path)
+            if self.client is not None:
+                await self.client.close()
+            self.client, started = await connect(self.url, self.token, self.autostart, self.model_path)
+            self.local = self.local or started
             self.hello = await self.client.hello()
+            self.connection = "connected"
+            formats = [f["name"] for f in self.hello.get("format_details", [])] or ["chat"]
+            self.query_one("#mode", Select).set_options([(f, f) for f in formats])
+            self.query_one("#mode", Select).value = "chat" if "chat" in formats else formats[0]
+            presets = self.hello.get("preset_details", [])
+            self.query_one("#preset", Select).set_options([(p["name"], p["name"]) for p in presets])
+            await self.load_sessions()
         except (ConnectionError, ServerError, OSError) as e:
+            self.client = None
             self.connection = f"not connected: {e} (Ctrl+Q to quit; retrying in 5 s)"
-            self.refresh_status()
             self.set_timer(5, self.open_connection)
-            return
-        self.connection = "connected"
-        formats = [f["name"] for f in self.hello.get("format_details", [])] or ["chat"]
-        self.query_one("#mode", Select).set_options([(f, f) for f in formats])
-        self.query_one("#mode", Select).value = "chat" if "chat" in formats else formats[0]
-        presets = self.hello.get("preset_details", [])
-        self.query_one("#preset", Select).set_options([(p["name"], p["name"]) for p in presets])
-        await self.load_sessions()
         self.refresh_status()
+
+    def lost(self, error: BaseException) -> None:
+        """The daemon went away: say so and reconnect."""
+        self.connection = f"disconnected: {error}"
+        self.refresh_status()
+        self.open_connection()
 
     async def on_unmount(self) -> None:
         if self.client is not None:
@@ -214,6 +239,7 @@ class RwkvApp(App):
         await self.show_session(target)
 
     @on(ListView.Selected, "#sessions")
+    @guarded
     async def session_chosen(self, event: ListView.Selected) -> None:
         if event.item.name and event.item.name != self.session:
             await self.show_session(event.item.name)
@@ -229,15 +255,18 @@ class RwkvApp(App):
                 self.last_user = m["content"]
         box.scroll_end(animate=False)
 
+    @guarded
     async def action_new_session(self) -> None:
         created = await self.client.create_session()
         await self.load_sessions(created["id"])
 
+    @guarded
     async def action_fork_session(self) -> None:
         if self.session:
             forked = await self.client.fork_session(self.session)
             await self.load_sessions(forked["id"])
 
+    @guarded
     async def action_delete_session(self) -> None:
         if self.session:
             await self.client.delete_session(self.session)
@@ -245,16 +274,13 @@ class RwkvApp(App):
             await self.load_sessions()
 
     @work
+    @guarded
     async def action_rename_session(self) -> None:
         if not self.session:
             return
         new = await self.push_screen_wait(RenameScreen(self.session))
         if new and new != self.session:
-            try:
-                await self.client.rename_session(self.session, new)
-            except ServerError as e:
-                self.notify(str(e), severity="error")
-                return
+            await self.client.rename_session(self.session, new)
             self.session = new
             await self.load_sessions(new)
 
@@ -361,18 +387,19 @@ class RwkvApp(App):
             self.stats["cached"] = t.get("cached_tokens", 0)
         except (ServerError, RWKVHubError) as e:
             self.notify(str(e), severity="error")
-        except ConnectionError as e:
-            self.connection = f"disconnected: {e}"
-            self.open_connection()
+        except (ConnectionError, OSError) as e:
+            self.lost(e)
         finally:
             await stream.stop()
             self.request = None
             self.refresh_status()
 
+    @guarded
     async def action_stop(self) -> None:
         if self.request is not None:
             await self.request.cancel()
 
+    @guarded
     async def action_regenerate(self) -> None:
         """A new reply from the state before the last one: the daemon rewinds; nothing is re-read."""
         if self.request is not None or not self.session or self.last_user is None:
@@ -387,6 +414,7 @@ class RwkvApp(App):
             await replies.last().remove()
         self.send(self.last_user, show_user=False)
 
+    @guarded
     async def action_edit_last(self) -> None:
         if self.request is not None or not self.session or self.last_user is None:
             return
