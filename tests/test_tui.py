@@ -257,3 +257,72 @@ def test_the_daemon_going_away_and_coming_back(model_factory, tmp_path):
     away, back = asyncio.run(go())
     loop.call_soon_threadsafe(loop.stop)
     assert "not connected" in away and back == "connected"
+
+
+def test_continuation_writes_in_place_and_few_shot_takes_examples(daemon):
+    from rwkv_hub.adapters.tui.app import parse_examples
+
+    assert parse_examples("hi => bonjour ;; thanks => merci ;; junk") == [["hi", "bonjour"], ["thanks", "merci"]]
+
+    async def go():
+        async with app_for(daemon).run_test(size=(120, 40)) as pilot:
+            await connected(pilot)
+            await pilot.press("ctrl+n")
+            await pilot.pause(0.3)
+            pilot.app.query_one("#p-max_tokens", Input).value = "8"
+            pilot.app.query_one("#mode", Select).value = "raw"
+            await pilot.pause(0.1)
+            await type_and_send(pilot, "def main():")
+            await wait_idle(pilot)
+            await type_and_send(pilot, "    return")
+            await wait_idle(pilot)
+            box = pilot.app.query_one("#messages")
+            pads = [m.source for m in box.query(".pad")]
+            others = len(box.query(".user")) + len(box.query(".assistant"))
+            pilot.app.query_one("#mode", Select).value = "few-shot"
+            await pilot.pause(0.1)
+            shown = pilot.app.query_one("#examples", Input).has_class("shown")
+            pilot.app.query_one("#examples", Input).value = "1+1 => 2 ;; 2+2 => 4"
+            await type_and_send(pilot, "3+3")
+            await wait_idle(pilot)
+            sent = await pilot.app.client.get_session(pilot.app.session)
+            return pads, others, shown, sent
+
+    pads, others, shown, sent = asyncio.run(go())
+    assert len(pads) == 1 and pads[0].startswith("def main():") and "    return" in pads[0] and others == 0
+    assert shown and sent["turns"] == 3
+
+
+def test_conversations_survive_a_daemon_restart(model_factory, tmp_path):
+    model = model_factory(BUILTIN_MODEL)
+    port = _free_port()
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def launch():
+        store = SessionStore(model.state_shape, tmp_path)  # the same folder each time
+        hub = Hub(Engine(model, sessions=store), PluginHost(entry_points=False).load())
+        return asyncio.run_coroutine_threadsafe(start(Config(port=port), TOKEN, hub), loop).result(60)
+
+    async def talk():
+        async with RwkvApp(f"http://127.0.0.1:{port}", TOKEN, autostart=False).run_test(size=(120, 40)) as pilot:
+            await connected(pilot)
+            pilot.app.query_one("#p-max_tokens", Input).value = "6"
+            await type_and_send(pilot, "keep this")
+            await wait_idle(pilot)
+            return pilot.app.session
+
+    async def look(sid):
+        async with RwkvApp(f"http://127.0.0.1:{port}", TOKEN, autostart=False).run_test(size=(120, 40)) as pilot:
+            await connected(pilot)
+            await pilot.app.show_session(sid)
+            return [m.source for m in pilot.app.query_one("#messages").query(Markdown)]
+
+    first = launch()
+    sid = asyncio.run(talk())
+    asyncio.run_coroutine_threadsafe(first.stop(), loop).result(60)
+    second = launch()
+    texts = asyncio.run(look(sid))
+    asyncio.run_coroutine_threadsafe(second.stop(), loop).result(60)
+    loop.call_soon_threadsafe(loop.stop)
+    assert texts[0] == "keep this" and len(texts) == 2

@@ -67,6 +67,16 @@ def guarded(method):
     return wrapper
 
 
+def parse_examples(text: str) -> list[list[str]]:
+    """`question => answer ;; question => answer` as [question, answer] pairs."""
+    pairs = []
+    for part in text.split(";;"):
+        if "=>" in part:
+            q, a = part.split("=>", 1)
+            pairs.append([q.strip(), a.strip()])
+    return pairs
+
+
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,f1,q", "app.pop_screen", "close")]
 
@@ -106,8 +116,9 @@ class RwkvApp(App):
     #messages Markdown { margin: 0 0 1 0; }
     .user { border-left: thick $accent; padding-left: 1; }
     .assistant { border-left: thick $success; padding-left: 1; }
-    #instruction { display: none; }
-    #instruction.shown { display: block; }
+    #instruction, #examples { display: none; }
+    #instruction.shown, #examples.shown { display: block; }
+    .pad { border-left: thick $warning; padding-left: 1; }
     #params { width: 34; border-left: solid $primary-darken-2; padding: 0 1; }
     #params.hidden { display: none; }
     #params Input { height: 3; }
@@ -153,6 +164,7 @@ class RwkvApp(App):
                 yield VerticalScroll(id="messages")
                 yield Select([("chat", "chat")], value="chat", allow_blank=False, id="mode")
                 yield Input(placeholder="instruction (what to do with the input below)", id="instruction")
+                yield Input(placeholder="examples: question => answer ;; question => answer", id="examples")
                 yield Input(placeholder="type a message, Enter to send (F1: keys)", id="prompt")
             with VerticalScroll(id="params"):
                 yield Label("Preset")
@@ -330,6 +342,7 @@ class RwkvApp(App):
     @on(Select.Changed, "#mode")
     def mode_chosen(self, event: Select.Changed) -> None:
         self.query_one("#instruction", Input).set_class(event.value == "instruction", "shown")
+        self.query_one("#examples", Input).set_class(event.value == "few-shot", "shown")
 
     def action_toggle_params(self) -> None:
         self.query_one("#params").toggle_class("hidden")
@@ -355,15 +368,26 @@ class RwkvApp(App):
         mode = self.query_one("#mode", Select).value
         preset = self.query_one("#preset", Select).value
         box = self.query_one("#messages", VerticalScroll)
-        if show_user:
-            await box.mount(Markdown(text, classes="user"))
         self.last_user = text
-        reply = Markdown("", classes="assistant")
-        await box.mount(reply)
-        stream = Markdown.get_stream(reply)
+        if mode == "raw":  # continuation: one writing pad, the model continues the text in place
+            pads = box.query(".pad")
+            reply = pads.last() if pads else None
+            if reply is None:
+                reply = Markdown("", classes="pad")
+                await box.mount(reply)
+            stream = Markdown.get_stream(reply)
+            await stream.write(("\n" if reply.source else "") + text if show_user else "")
+        else:
+            if show_user:
+                await box.mount(Markdown(text, classes="user"))
+            reply = Markdown("", classes="assistant")
+            await box.mount(reply)
+            stream = Markdown.get_stream(reply)
         inp: dict[str, Any] = {"text": text} if mode == "raw" else {"input": text}
         if mode == "instruction":
             inp["instruction"] = self.query_one("#instruction", Input).value
+        if mode == "few-shot":
+            inp["examples"] = parse_examples(self.query_one("#examples", Input).value)
         req = self.client.chat(
             input=inp,
             session=self.session,
