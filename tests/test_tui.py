@@ -53,15 +53,29 @@ async def connected(pilot) -> None:
     raise AssertionError(f"never connected: {pilot.app.connection}")
 
 
-async def wait_idle(pilot) -> None:
-    for _ in range(600):
+async def new_conversation(pilot) -> None:
+    """Ctrl+N, then wait until the new conversation is the one shown."""
+    old = pilot.app.session
+    await pilot.press("ctrl+n")
+    for _ in range(200):
         await pilot.pause(0.05)
-        if pilot.app.request is None:
+        if pilot.app.session != old:
+            break
+    await pilot.pause(0.2)
+
+
+async def wait_idle(pilot, done: int | None = None) -> None:
+    """Until `done` replies have finished (by default: one more than when the last message was sent)."""
+    target = pilot.app.sent_at + 1 if done is None else done
+    for _ in range(1200):
+        await pilot.pause(0.05)
+        if pilot.app.replies >= target and pilot.app.request is None:
             return
     raise AssertionError("the reply never finished")
 
 
 async def type_and_send(pilot, text: str) -> None:
+    pilot.app.sent_at = pilot.app.replies
     pilot.app.query_one("#prompt", Input).value = text
     pilot.app.query_one("#prompt", Input).focus()
     await pilot.press("enter")
@@ -106,13 +120,13 @@ def test_regenerate_rewinds_and_replaces_the_last_reply(daemon):
     async def go():
         async with app_for(daemon).run_test(size=(120, 40)) as pilot:
             await connected(pilot)
-            await pilot.press("ctrl+n")
-            await pilot.pause(0.3)
+            await new_conversation(pilot)
             pilot.app.query_one("#p-max_tokens", Input).value = "12"
             pilot.app.query_one("#p-top_p", Input).value = "0"  # greedy: the same reply again
             await type_and_send(pilot, "hi")
             await wait_idle(pilot)
             first = replies(pilot.app)
+            pilot.app.sent_at = pilot.app.replies
             await pilot.press("ctrl+r")
             await pilot.pause(0.2)
             await wait_idle(pilot)
@@ -147,8 +161,7 @@ def test_conversations_persist_across_a_restart_of_the_tui(daemon):
     async def first():
         async with app_for(daemon).run_test(size=(120, 40)) as pilot:
             await connected(pilot)
-            await pilot.press("ctrl+n")
-            await pilot.pause(0.3)
+            await new_conversation(pilot)
             pilot.app.query_one("#p-max_tokens", Input).value = "5"
             await type_and_send(pilot, "remember me")
             await wait_idle(pilot)
@@ -267,8 +280,7 @@ def test_continuation_writes_in_place_and_few_shot_takes_examples(daemon):
     async def go():
         async with app_for(daemon).run_test(size=(120, 40)) as pilot:
             await connected(pilot)
-            await pilot.press("ctrl+n")
-            await pilot.pause(0.3)
+            await new_conversation(pilot)
             pilot.app.query_one("#p-max_tokens", Input).value = "8"
             pilot.app.query_one("#mode", Select).value = "raw"
             await pilot.pause(0.1)
@@ -326,3 +338,21 @@ def test_conversations_survive_a_daemon_restart(model_factory, tmp_path):
     asyncio.run_coroutine_threadsafe(second.stop(), loop).result(60)
     loop.call_soon_threadsafe(loop.stop)
     assert texts[0] == "keep this" and len(texts) == 2
+
+
+def test_edit_last_takes_the_message_back_into_the_input(daemon):
+    async def go():
+        async with app_for(daemon).run_test(size=(120, 40)) as pilot:
+            await connected(pilot)
+            await new_conversation(pilot)
+            pilot.app.query_one("#p-max_tokens", Input).value = "5"
+            await type_and_send(pilot, "first try")
+            await wait_idle(pilot)
+            await pilot.press("f2")
+            await pilot.pause(0.2)
+            shown = [(sorted(m.classes), m.source[:30]) for m in pilot.app.query_one("#messages").query(Markdown)]
+            session = await pilot.app.client.get_session(pilot.app.session)
+            return pilot.app.query_one("#prompt", Input).value, shown, session
+
+    value, shown, session = asyncio.run(go())
+    assert value == "first try" and shown == [] and session["turns"] == 0 and session["transcript"] == []

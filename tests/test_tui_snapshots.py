@@ -11,6 +11,7 @@ import asyncio
 import threading
 
 import pytest
+from textual.widgets import Input
 
 from rwkv_hub.adapters.daemon import start
 from rwkv_hub.adapters.tui.app import RwkvApp
@@ -39,11 +40,15 @@ def daemon(model_factory, tmp_path_factory):
 
 
 async def ready(pilot) -> None:
+    """Connected, the conversation shown, and every worker (connecting, loading) finished."""
     for _ in range(200):
         if pilot.app.connection == "connected" and pilot.app.session:
             break
         await pilot.pause(0.05)
-    await pilot.pause(0.2)
+    await pilot.app.workers.wait_for_complete()
+    for field in pilot.app.query(Input):
+        field.cursor_blink = False  # a blinking cursor would make the picture depend on the moment
+    await pilot.pause(0.3)
 
 
 @pytest.mark.parametrize("size", [(80, 24), (130, 40)], ids=["80x24", "130x40"])

@@ -6,6 +6,7 @@ The app is a client of the daemon like any other adapter: it speaks the WebSocke
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from typing import Any
 
@@ -38,11 +39,11 @@ HELP = """\
 | Enter | send the message (in continuation mode: continue the text) |
 | Escape | stop the reply at once |
 | Ctrl+R | regenerate the last reply (from the state before it; nothing is re-read) |
-| Ctrl+E | edit the last message and send it again |
+| F2 | edit the last message and send it again |
 | Ctrl+N | new conversation |
 | Ctrl+F | fork this conversation |
 | Ctrl+T | rename this conversation |
-| Ctrl+D | delete this conversation |
+| F8 | delete this conversation |
 | Ctrl+P | show or hide the parameter panel |
 | F1 | this help |
 | Ctrl+Q | quit (a daemon the TUI started is stopped) |
@@ -131,11 +132,11 @@ class RwkvApp(App):
     BINDINGS = [
         Binding("escape", "stop", "stop"),
         Binding("ctrl+r", "regenerate", "regenerate"),
-        Binding("ctrl+e", "edit_last", "edit last"),
+        Binding("f2", "edit_last", "edit last"),
         Binding("ctrl+n", "new_session", "new"),
         Binding("ctrl+f", "fork_session", "fork"),
         Binding("ctrl+t", "rename_session", "rename"),
-        Binding("ctrl+d", "delete_session", "delete"),
+        Binding("f8", "delete_session", "delete"),
         Binding("ctrl+p", "toggle_params", "params"),
         Binding("f1", "help", "help"),
         Binding("ctrl+q", "quit", "quit"),
@@ -151,6 +152,8 @@ class RwkvApp(App):
         self.request = None  # the running request, for Escape
         self.last_user: str | None = None
         self.stats = {"tok_s": 0.0, "tokens": 0, "cached": 0}
+        self.replies = 0  # replies finished (or failed) so far
+        self._show_lock = asyncio.Lock()
         self.connection = "connecting"
 
     # --- layout -------------------------------------------------------------------------------------------
@@ -257,15 +260,21 @@ class RwkvApp(App):
             await self.show_session(event.item.name)
 
     async def show_session(self, sid: str) -> None:
+        """Show a conversation's transcript; of several quick switches, only the last one is drawn."""
         self.session = sid
-        data = await self.client.get_session(sid)
-        box = self.query_one("#messages", VerticalScroll)
-        await box.remove_children()
-        for m in data.get("transcript", []):
-            await box.mount(Markdown(m["content"], classes=m["role"]))
-            if m["role"] == "user":
-                self.last_user = m["content"]
-        box.scroll_end(animate=False)
+        async with self._show_lock:
+            if self.session != sid:
+                return
+            data = await self.client.get_session(sid)
+            if self.session != sid:
+                return
+            box = self.query_one("#messages", VerticalScroll)
+            await box.remove_children()
+            for m in data.get("transcript", []):
+                await box.mount(Markdown(m["content"], classes=m["role"]))
+                if m["role"] == "user":
+                    self.last_user = m["content"]
+            box.scroll_end(animate=False)
 
     @guarded
     async def action_new_session(self) -> None:
@@ -416,6 +425,7 @@ class RwkvApp(App):
         finally:
             await stream.stop()
             self.request = None
+            self.replies += 1
             self.refresh_status()
 
     @guarded
@@ -423,38 +433,34 @@ class RwkvApp(App):
         if self.request is not None:
             await self.request.cancel()
 
+    async def take_back(self, *kinds: str) -> bool:
+        """Rewind the session by one turn and remove the last message of each kind from the screen."""
+        if self.request is not None or not self.session or self.last_user is None:
+            return False
+        try:
+            await self.client.rewind_session(self.session)
+        except ServerError as e:
+            self.notify(str(e), severity="warning")
+            return False
+        box = self.query_one("#messages")
+        for kind in kinds:
+            found = box.query(kind)
+            if found:
+                await found.last().remove()
+        return True
+
     @guarded
     async def action_regenerate(self) -> None:
         """A new reply from the state before the last one: the daemon rewinds; nothing is re-read."""
-        if self.request is not None or not self.session or self.last_user is None:
-            return
-        try:
-            await self.client.rewind_session(self.session)
-        except ServerError as e:
-            self.notify(str(e), severity="warning")
-            return
-        replies = self.query_one("#messages").query(".assistant")
-        if replies:
-            await replies.last().remove()
-        self.send(self.last_user, show_user=False)
+        if await self.take_back(".assistant"):
+            self.send(self.last_user, show_user=False)
 
     @guarded
     async def action_edit_last(self) -> None:
-        if self.request is not None or not self.session or self.last_user is None:
-            return
-        try:
-            await self.client.rewind_session(self.session)
-        except ServerError as e:
-            self.notify(str(e), severity="warning")
-            return
-        box = self.query_one("#messages")
-        for cls in (".assistant", ".user"):
-            found = box.query(cls)
-            if found:
-                await found.last().remove()
-        prompt = self.query_one("#prompt", Input)
-        prompt.value = self.last_user
-        prompt.focus()
+        if await self.take_back(".assistant", ".user"):
+            prompt = self.query_one("#prompt", Input)
+            prompt.value = self.last_user
+            prompt.focus()
 
 
 def run(url: str | None = None, token: str | None = None, autostart: bool = True, model: str | None = None) -> int:
