@@ -435,3 +435,21 @@ def test_config_file_wires_model_plugins_presets_limits_and_sessions(checkpoint_
     assert "shout" in hub.host.formats and hub.host.formats["chat"].description != "my chat"  # disabled
     assert hub.host.presets["chat"].params["temperature"] == 0.7 and hub.host.presets["chat"].params["top_p"] == 0.3
     assert hub.host.presets["mine"].params == {"top_p": 0.1}
+
+
+def test_a_new_completion_for_a_document_cancels_the_previous_one(daemon):
+    async def go(ws):
+        slow = {"max_tokens": 400, "stop": [], "temperature": 1.0}
+        for rid, path in (("c1", "a.py"), ("c2", "b.py"), ("c3", "a.py")):
+            msg = {"type": "complete", "id": rid, "prefix": "x = 1\n", "path": path, "params": slow}
+            await ws.send(json.dumps(msg))
+        ends = {}
+        while len(ends) < 3:
+            ev = json.loads(await ws.recv())
+            if ev["type"] in ("done", "error"):
+                ends[ev["id"]] = ev
+        return ends
+
+    ends = ws_run(daemon, go)
+    assert ends["c1"]["finish_reason"] == "cancelled"  # superseded by c3, same document
+    assert ends["c2"]["finish_reason"] == "length" and ends["c3"]["finish_reason"] == "length"

@@ -211,3 +211,19 @@ def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(model, monkeyp
 
     _, fine = run(go())
     assert fine.result.completion_tokens == 3
+
+
+def test_interactive_requests_go_ahead_of_queued_chat_work(model):
+    async def go():
+        async with Engine(model, EngineLimits(max_active=1, max_queue=8)) as engine:
+            running = engine.submit("a", SamplingParams(temperature=0, max_tokens=4000))
+            await running.__anext__()
+            chat = engine.submit("b", SamplingParams(temperature=0, max_tokens=3))
+            first_completion = engine.submit("c", SamplingParams(temperature=0, max_tokens=3), interactive=True)
+            second_completion = engine.submit("d", SamplingParams(temperature=0, max_tokens=3), interactive=True)
+            running.cancel()
+            await asyncio.gather(running.text(), chat.text(), first_completion.text(), second_completion.text())
+            return [s.stats.queue_s for s in (first_completion, second_completion, chat)]
+
+    first, second, chat = run(go())
+    assert first < second < chat  # interactive ones in their own order, both before the chat request

@@ -197,6 +197,7 @@ class _Connection:
         self.daemon = daemon
         self.ws = ws
         self.running: dict[str, tuple[asyncio.Task, HubStream | None]] = {}
+        self.completing: dict[str, str] = {}  # document path -> its running completion's id
 
     async def send(self, event: dict[str, Any]) -> None:
         if not self.ws.closed:
@@ -241,14 +242,25 @@ class _Connection:
                     raise ProtocolError(
                         "busy", f"at most {limits.max_requests_per_connection} requests per connection", rid
                     )
+                if kind == "complete":
+                    self._supersede(msg)
                 stream = self.daemon.hub.submit(self._hub_request(kind, msg))
                 self.daemon.counters[f"req_{kind}"] += 1
                 task = asyncio.create_task(self._pump(rid, stream))
                 self.running[rid] = (task, stream)
+                if kind == "complete":
+                    self.completing[msg.get("path") or ""] = rid
         except Exception as e:  # every failure becomes an error event; the connection stays usable
             if not isinstance(e, RWKVHubError):
                 log.exception("unexpected error on a %s request", kind)
             await self.send_error(rid, error_code(e), error_text(e))
+
+    def _supersede(self, msg: dict[str, Any]) -> None:
+        """A new completion for a document cancels the one still running for it (the user typed on)."""
+        old = self.completing.pop(msg.get("path") or "", None)
+        entry = self.running.get(old) if old else None
+        if entry is not None and entry[1] is not None:
+            entry[1].cancel()
 
     def _hub_request(self, kind: str, msg: dict[str, Any]) -> dict[str, Any]:
         req: dict[str, Any] = {
@@ -281,7 +293,7 @@ class _Connection:
             if len(msg["prefix"]) > COMPLETE_PREFIX_CHARS and "\n" in prefix:
                 prefix = prefix[prefix.index("\n") + 1 :]
             params = {"max_tokens": COMPLETE_MAX_TOKENS, "stop": ["\n\n"]} | dict(msg.get("params") or {})
-            req |= {"format": "raw", "input": {"text": prefix}, "params": params}
+            req |= {"format": "raw", "input": {"text": prefix}, "params": params, "interactive": True}
         return req
 
     def _session_op(self, kind: str, msg: dict[str, Any]) -> Any:

@@ -159,6 +159,7 @@ class _Job:
     processors: list[Callable] = field(default_factory=list)
     row: int = -1  # while `state` is None, the job's state is this row of the engine's batched state
     messages: list[dict] = field(default_factory=list)  # for the session's transcript
+    interactive: bool = False
 
 
 class Engine:
@@ -259,6 +260,7 @@ class Engine:
         logit_processors: Sequence[Callable[[list[int], torch.Tensor], torch.Tensor]] = (),
         on_finish: Callable[[Stream], None] | None = None,
         session_messages: Sequence[dict] = (),
+        interactive: bool = False,
     ) -> Stream:
         """Queue a request; raises EngineBusy, RequestTooLong or SessionError at once when it cannot be taken.
 
@@ -268,7 +270,8 @@ class Engine:
         cached prefix. `logit_processors` (each `fn(generated_tokens, logits) -> logits`) run in order on
         this stream's logits before each sample; `on_finish(stream)` is called in the event loop's thread
         once the stream has ended (result set). `session_messages` (the turn's new messages) go into the
-        session's transcript, followed by the reply.
+        session's transcript, followed by the reply. `interactive` requests (editor completions, typed
+        as the user waits) are queued ahead of the others when all slots are taken.
         """
         if not self._running:
             raise RWKVHubError("the engine is not running")
@@ -297,6 +300,7 @@ class Engine:
         job = _Job(stream, ids, params, state, time.perf_counter())
         job.processors, stream._on_finish = list(logit_processors), on_finish
         job.messages = [dict(m) for m in session_messages]
+        job.interactive = interactive
         with self._wake:
             if len(self._queue) + len(self._active) >= lim.max_active + lim.max_queue:
                 raise EngineBusy(
@@ -306,7 +310,11 @@ class Engine:
             if session is not None:
                 job.session = self.sessions.acquire(session)
                 job.state = job.session.state
-            self._queue.append(job)
+            if interactive:  # after other interactive ones, ahead of chat and bot work
+                ahead = sum(1 for j in self._queue if j.interactive)
+                self._queue.insert(ahead, job)
+            else:
+                self._queue.append(job)
             self._wake.notify()
         return stream
 

@@ -19,6 +19,7 @@ from .plugins import PluginHost
 from .presets import check_params, resolve_params
 
 REQUEST_FIELDS = (
+    "interactive",
     "format",
     "preset",
     "params",
@@ -123,6 +124,7 @@ class Hub:
             logit_processors=processors,
             on_finish=lambda s: self._done(req, s),
             session_messages=_new_messages(req["input"]) if req["session"] is not None else (),
+            interactive=bool(request.get("interactive")),
         )
         return HubStream(stream, filters, req)
 
