@@ -453,3 +453,34 @@ def test_a_new_completion_for_a_document_cancels_the_previous_one(daemon):
     ends = ws_run(daemon, go)
     assert ends["c1"]["finish_reason"] == "cancelled"  # superseded by c3, same document
     assert ends["c2"]["finish_reason"] == "length" and ends["c3"]["finish_reason"] == "length"
+
+
+def test_completions_end_at_the_block_boundary(daemon):
+    from rwkv_hub.hub.completion import cut, rules_for
+
+    model = daemon.daemon.hub.engine.model
+    cases = []
+    for prefix in ("def add(a, b):\n    ", "x = 1\nif x:\n    ", "class A:\n    def f(self):\n        "):
+        gen = model.generate(prefix, temperature=0, max_tokens=64, stop=("\n\n",))
+        full = "".join(gen)
+        cases.append((prefix, cut(prefix, full, rules_for("python"))))
+
+    async def go(ws):
+        out = []
+        for n, (prefix, _) in enumerate(cases):
+            msg = {
+                "type": "complete",
+                "id": f"k{n}",
+                "prefix": prefix,
+                "language": "python",
+                "params": {"temperature": 0},
+            }
+            await ws.send(json.dumps(msg))
+            out.append(await until_done(ws, f"k{n}"))
+        return out
+
+    results = ws_run(daemon, go)
+    for (prefix, (kept, ended)), (text, done) in zip(cases, results, strict=True):
+        assert text == kept, prefix
+        if ended:
+            assert done["finish_reason"] == "stop"

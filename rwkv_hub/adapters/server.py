@@ -20,6 +20,7 @@ from aiohttp import WSMsgType, web
 from ..core.engine import EngineBusy, RequestTooLong
 from ..core.errors import RWKVHubError
 from ..core.sessions import SessionError
+from ..hub.completion import CompletionRules, cut, rules_for
 from ..hub.config import Config
 from ..hub.hub import Hub, HubStream
 from . import openai_api
@@ -246,7 +247,8 @@ class _Connection:
                     self._supersede(msg)
                 stream = self.daemon.hub.submit(self._hub_request(kind, msg))
                 self.daemon.counters[f"req_{kind}"] += 1
-                task = asyncio.create_task(self._pump(rid, stream))
+                boundary = (self._prefix_of(msg), rules_for(msg.get("language"))) if kind == "complete" else None
+                task = asyncio.create_task(self._pump(rid, stream, boundary))
                 self.running[rid] = (task, stream)
                 if kind == "complete":
                     self.completing[msg.get("path") or ""] = rid
@@ -254,6 +256,14 @@ class _Connection:
             if not isinstance(e, RWKVHubError):
                 log.exception("unexpected error on a %s request", kind)
             await self.send_error(rid, error_code(e), error_text(e))
+
+    @staticmethod
+    def _prefix_of(msg: dict[str, Any]) -> str:
+        """The prefix as the model sees it (its last COMPLETE_PREFIX_CHARS characters, from a line start)."""
+        prefix = msg["prefix"][-COMPLETE_PREFIX_CHARS:]
+        if len(msg["prefix"]) > COMPLETE_PREFIX_CHARS and "\n" in prefix:
+            prefix = prefix[prefix.index("\n") + 1 :]
+        return prefix
 
     def _supersede(self, msg: dict[str, Any]) -> None:
         """A new completion for a document cancels the one still running for it (the user typed on)."""
@@ -289,9 +299,7 @@ class _Connection:
                     sessions.create(sid)
                 req["session"] = sid
         else:  # complete: the prefix, cut at a line start within the budget, continued as raw text
-            prefix = msg["prefix"][-COMPLETE_PREFIX_CHARS:]
-            if len(msg["prefix"]) > COMPLETE_PREFIX_CHARS and "\n" in prefix:
-                prefix = prefix[prefix.index("\n") + 1 :]
+            prefix = self._prefix_of(msg)
             params = {"max_tokens": COMPLETE_MAX_TOKENS, "stop": ["\n\n"]} | dict(msg.get("params") or {})
             req |= {"format": "raw", "input": {"text": prefix}, "params": params, "interactive": True}
         return req
@@ -325,17 +333,31 @@ class _Connection:
         sessions.delete(sid)
         return {"deleted": sid}
 
-    async def _pump(self, rid: str, stream: HubStream) -> None:
+    async def _pump(self, rid: str, stream: HubStream, boundary: tuple[str, CompletionRules] | None = None) -> None:
+        """Forward a request's deltas and its end. For a completion, `boundary` (prefix, rules) cuts the text
+        at the end of the block: what lies past it is never sent, and the generation is stopped there."""
+        text, sent, cut_here = "", 0, False
         try:
             async for delta in stream:
-                await self.send({"type": "delta", "id": rid, "text": delta})
+                if boundary is None:
+                    await self.send({"type": "delta", "id": rid, "text": delta})
+                    continue
+                if cut_here:
+                    continue  # draining what the engine made before it saw the cancel
+                text += delta
+                kept, cut_here = cut(boundary[0], text, boundary[1])
+                if len(kept) > sent:
+                    await self.send({"type": "delta", "id": rid, "text": kept[sent:]})
+                    sent = len(kept)
+                if cut_here:
+                    stream.cancel()
             r = stream.result
             self.daemon.count_finished(stream)
             await self.send(
                 {
                     "type": "done",
                     "id": rid,
-                    "finish_reason": r.finish_reason,
+                    "finish_reason": "stop" if cut_here else r.finish_reason,
                     "usage": {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens},
                     "timings": {
                         "queue_s": stream.stats.queue_s,
