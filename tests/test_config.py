@@ -58,6 +58,7 @@ def test_every_key_is_read(tmp_path):
         ("[limits]\nmax_active = true\n", "line 2: limits.max_active must be a whole number, not bool"),
         ("[limits]\nmax_queue = 0\n", "limits.max_queue must be at least 1"),
         ("[plugins]\nenable = []\n", "unknown key plugins.enable"),
+        ("\n[limits]\nprefill_budget = 32\n", "line 2: \\[limits\\]: prefill_budget must be at least prefill_chunk"),
         ("[presets.chat]\ntemprature = 1\n", "line 1: presets.chat: unknown parameter 'temprature'"),
         ("model = \n", "not valid TOML"),
     ],

@@ -42,7 +42,7 @@ def build_hub(config: Config):
     """Model, plugins (with the config's preset overrides), engine with cache and sessions."""
     import rwkv_hub
 
-    from ..core.engine import Engine, EngineLimits
+    from ..core.engine import Engine
     from ..core.prefix_cache import PrefixCache, default_budget
     from ..core.sessions import SessionStore
 
@@ -51,16 +51,7 @@ def build_hub(config: Config):
     host = PluginHost(config.plugins, disable=config.disable_plugins).load()
     for name, params in config.presets.items():
         host.override_preset(name, params)
-    lim = config.limits
-    limits = EngineLimits(
-        lim.max_active,
-        lim.max_queue,
-        lim.max_prompt_tokens,
-        lim.max_new_tokens,
-        lim.prefill_chunk,
-        lim.prefill_budget,
-        lim.cache_interval,
-    )
+    limits = config.limits.engine()
     state_bytes = model.new_state().nbytes
     cache = PrefixCache(config.cache_mb * 2**20 if config.cache_mb is not None else default_budget(state_bytes))
     sessions = SessionStore(model.state_shape, config.sessions_path())

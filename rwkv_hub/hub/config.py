@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import RWKVHubError
+from ..core.limits import EngineLimits
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,16 +36,23 @@ def config_dir() -> Path:
 
 @dataclass
 class Limits:
-    max_active: int = 16
-    max_queue: int = 64
-    max_prompt_tokens: int = 32768
-    max_new_tokens: int = 4096
-    prefill_chunk: int = 64
-    prefill_budget: int = 128
-    cache_interval: int = 1024
+    """`[limits]`: the engine's bounds (defaults from `EngineLimits`, the one place they are set) and the
+    server's."""
+
+    max_active: int = EngineLimits.max_active
+    max_queue: int = EngineLimits.max_queue
+    max_prompt_tokens: int = EngineLimits.max_prompt_tokens
+    max_new_tokens: int = EngineLimits.max_new_tokens
+    prefill_chunk: int = EngineLimits.prefill_chunk
+    prefill_budget: int = EngineLimits.prefill_budget
+    cache_interval: int = EngineLimits.cache_interval
     max_message_bytes: int = 4 * 2**20
     max_json_depth: int = 32
     max_requests_per_connection: int = 16
+
+    def engine(self) -> EngineLimits:
+        """The engine's part; raises ValueError when the values do not fit together."""
+        return EngineLimits(**{f.name: getattr(self, f.name) for f in fields(EngineLimits)})
 
 
 @dataclass
@@ -149,6 +157,10 @@ def _build(data: dict[str, Any], text: str, p: Path) -> Config:
         if value < 1:
             raise ConfigError(f"{_where(p, text, key, 'limits')}: limits.{key} must be at least 1")
         setattr(cfg.limits, key, value)
+    try:
+        cfg.limits.engine()
+    except ValueError as e:  # e.g. a prefill budget smaller than a prefill chunk
+        raise ConfigError(f"{_where(p, text, 'limits')}: [limits]: {e}") from None
     plugins = data.get("plugins", {})
     _check(p, text, "plugins", plugins, (dict,), "a table")
     for key, value in plugins.items():
