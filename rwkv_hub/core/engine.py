@@ -464,7 +464,9 @@ class Engine:
         stats.completion_tokens = len(job.generated)
         stats.decode_s = end - job.first_token if job.generated else 0.0
         if self.cache is not None and job.hashes and job.generated and reason != "cancelled":
-            self.cache.store(job.ids + job.generated, _own(job.state))
+            # A job that generated and was not cancelled finishes right after a step, so its state is the
+            # compact copy made above; on a GPU it still has to come to the CPU.
+            self.cache.store(job.ids + job.generated, job.state.to("cpu"))
         if job.session is not None:  # keep the turn only if the whole prompt was read
             whole = job.state is not None and job.pos == len(job.ids)
             turn = [*job.messages, {"role": "assistant", "content": "".join(job.text)}]
