@@ -165,3 +165,45 @@ def model_factory() -> Callable[..., rwkv_hub.Model]:
 def pytest_configure(config) -> None:
     # The official package is written with TorchScript, which this torch deprecates; that is not our concern.
     config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script.*` is deprecated:DeprecationWarning")
+
+
+class DaemonThread:
+    """Real daemons on loopback, served from an event loop on a thread of its own, so a test can drive them
+    with clients (or a Textual pilot) from its own thread and loop."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+    @staticmethod
+    def hub(model: rwkv_hub.Model, sessions: Path, cache_bytes: int | None = None, limits=None):
+        """Model, built-in plugins only (no entry points), sessions in `sessions`, an optional cache."""
+        from rwkv_hub.core.engine import Engine
+        from rwkv_hub.core.prefix_cache import PrefixCache
+        from rwkv_hub.core.sessions import SessionStore
+        from rwkv_hub.hub.hub import Hub
+        from rwkv_hub.hub.plugins import PluginHost
+
+        cache = PrefixCache(cache_bytes) if cache_bytes else None
+        engine = Engine(model, limits, cache=cache, sessions=SessionStore(model.state_shape, sessions))
+        return Hub(engine, PluginHost(entry_points=False).load())
+
+    def start(self, hub, config, token: str):
+        """Serve `hub` as `config` says (port 0: any free port); returns the running daemon (`.url`)."""
+        import asyncio
+
+        from rwkv_hub.adapters.daemon import start
+
+        return asyncio.run_coroutine_threadsafe(start(config, token, hub), self.loop).result(60)
+
+    def stop(self, running):
+        """Stop a daemon; returns a concurrent future (`.result()` to wait, `asyncio.wrap_future` to await)."""
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(running.stop(), self.loop)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)

@@ -14,14 +14,9 @@ from pathlib import Path
 import openai
 import pytest
 import websockets
+from conftest import DaemonThread
 
-from rwkv_hub.adapters.daemon import start
-from rwkv_hub.core.engine import Engine, EngineLimits
-from rwkv_hub.core.prefix_cache import PrefixCache
-from rwkv_hub.core.sessions import SessionStore
 from rwkv_hub.hub.config import Config, Limits
-from rwkv_hub.hub.hub import Hub
-from rwkv_hub.hub.plugins import PluginHost
 
 TOKEN = "test-token-0123456789"
 SHAPE = dict(n_layer=2, n_embd=128, vocab_size=256, head_size=64)
@@ -30,18 +25,13 @@ SHAPE = dict(n_layer=2, n_embd=128, vocab_size=256, head_size=64)
 @pytest.fixture(scope="module")
 def daemon(checkpoint_factory, model_factory, tmp_path_factory):
     model = model_factory(checkpoint_factory(**SHAPE))
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
+    server = DaemonThread()
     config = Config(port=0, limits=Limits(max_active=8, max_message_bytes=64 * 1024, max_requests_per_connection=4))
-    sessions = SessionStore(model.state_shape, tmp_path_factory.mktemp("sessions"))
-    engine = Engine(model, EngineLimits(max_active=8), PrefixCache(2**26), sessions)
-    hub = Hub(engine, PluginHost(entry_points=False).load())
-    running = asyncio.run_coroutine_threadsafe(start(config, TOKEN, hub), loop).result(60)
+    hub = server.hub(model, tmp_path_factory.mktemp("sessions"), cache_bytes=2**26, limits=config.limits.engine())
+    running = server.start(hub, config, TOKEN)
     yield running
-    asyncio.run_coroutine_threadsafe(running.stop(), loop).result(60)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    server.stop(running).result(60)
+    server.close()
 
 
 def client(daemon) -> openai.OpenAI:

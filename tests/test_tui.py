@@ -8,37 +8,27 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
+from conftest import DaemonThread
 from textual.widgets import Input, ListView, Markdown, Select, Static
 
-from rwkv_hub.adapters.daemon import start
 from rwkv_hub.adapters.tui.app import RwkvApp
 from rwkv_hub.core.builtin import BUILTIN_MODEL
-from rwkv_hub.core.engine import Engine
-from rwkv_hub.core.prefix_cache import PrefixCache
-from rwkv_hub.core.sessions import SessionStore
 from rwkv_hub.hub.config import Config
-from rwkv_hub.hub.hub import Hub
-from rwkv_hub.hub.plugins import PluginHost
 
 TOKEN = "tui-test-token"
 
 
 @pytest.fixture(scope="module")
 def daemon(model_factory, tmp_path_factory):
-    model = model_factory(BUILTIN_MODEL)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    sessions = SessionStore(model.state_shape, tmp_path_factory.mktemp("tui-sessions"))
-    hub = Hub(Engine(model, cache=PrefixCache(2**26), sessions=sessions), PluginHost(entry_points=False).load())
-    running = asyncio.run_coroutine_threadsafe(start(Config(port=0), TOKEN, hub), loop).result(60)
+    server = DaemonThread()
+    hub = server.hub(model_factory(BUILTIN_MODEL), tmp_path_factory.mktemp("tui-sessions"), cache_bytes=2**26)
+    running = server.start(hub, Config(port=0), TOKEN)
     yield running
-    asyncio.run_coroutine_threadsafe(running.stop(), loop).result(60)
-    loop.call_soon_threadsafe(loop.stop)
+    server.stop(running).result(60)
+    server.close()
 
 
 def app_for(daemon) -> RwkvApp:
@@ -242,14 +232,10 @@ def _wait_for_pane(session: str, text: str, also=lambda pane: True, timeout: flo
 def test_the_daemon_going_away_and_coming_back(model_factory, tmp_path):
     model = model_factory(BUILTIN_MODEL)
     port = _free_port()
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
+    server = DaemonThread()
 
     def launch():
-        hub = Hub(
-            Engine(model, sessions=SessionStore(model.state_shape, tmp_path)), PluginHost(entry_points=False).load()
-        )
-        return asyncio.run_coroutine_threadsafe(start(Config(port=port), TOKEN, hub), loop).result(60)
+        return server.start(server.hub(model, tmp_path), Config(port=port), TOKEN)
 
     async def go():
         async with RwkvApp(f"http://127.0.0.1:{port}", TOKEN, autostart=False).run_test(size=(100, 30)) as pilot:
@@ -264,11 +250,11 @@ def test_the_daemon_going_away_and_coming_back(model_factory, tmp_path):
                 if pilot.app.connection == "connected":
                     break
             back = pilot.app.connection
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(running.stop(), loop))
+            await asyncio.wrap_future(server.stop(running))
             return away, back
 
     away, back = asyncio.run(go())
-    loop.call_soon_threadsafe(loop.stop)
+    server.close()
     assert "not connected" in away and back == "connected"
 
 
@@ -308,13 +294,10 @@ def test_continuation_writes_in_place_and_few_shot_takes_examples(daemon):
 def test_conversations_survive_a_daemon_restart(model_factory, tmp_path):
     model = model_factory(BUILTIN_MODEL)
     port = _free_port()
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
+    server = DaemonThread()
 
     def launch():
-        store = SessionStore(model.state_shape, tmp_path)  # the same folder each time
-        hub = Hub(Engine(model, sessions=store), PluginHost(entry_points=False).load())
-        return asyncio.run_coroutine_threadsafe(start(Config(port=port), TOKEN, hub), loop).result(60)
+        return server.start(server.hub(model, tmp_path), Config(port=port), TOKEN)  # the same folder each time
 
     async def talk():
         async with RwkvApp(f"http://127.0.0.1:{port}", TOKEN, autostart=False).run_test(size=(120, 40)) as pilot:
@@ -332,11 +315,11 @@ def test_conversations_survive_a_daemon_restart(model_factory, tmp_path):
 
     first = launch()
     sid = asyncio.run(talk())
-    asyncio.run_coroutine_threadsafe(first.stop(), loop).result(60)
+    server.stop(first).result(60)
     second = launch()
     texts = asyncio.run(look(sid))
-    asyncio.run_coroutine_threadsafe(second.stop(), loop).result(60)
-    loop.call_soon_threadsafe(loop.stop)
+    server.stop(second).result(60)
+    server.close()
     assert texts[0] == "keep this" and len(texts) == 2
 
 

@@ -7,36 +7,26 @@ screens are the same on every run.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-
 import pytest
+from conftest import DaemonThread
 from textual.widgets import Input
 
-from rwkv_hub.adapters.daemon import start
 from rwkv_hub.adapters.tui.app import RwkvApp
 from rwkv_hub.core.builtin import BUILTIN_MODEL
-from rwkv_hub.core.engine import Engine
-from rwkv_hub.core.sessions import SessionStore
 from rwkv_hub.hub.config import Config
-from rwkv_hub.hub.hub import Hub
-from rwkv_hub.hub.plugins import PluginHost
 
 TOKEN = "snapshot-token"
 
 
 @pytest.fixture(scope="module")
 def daemon(model_factory, tmp_path_factory):
-    model = model_factory(BUILTIN_MODEL)
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    sessions = SessionStore(model.state_shape, tmp_path_factory.mktemp("snap-sessions"))
-    sessions.create("notes")
-    hub = Hub(Engine(model, sessions=sessions), PluginHost(entry_points=False).load())
-    running = asyncio.run_coroutine_threadsafe(start(Config(port=0), TOKEN, hub), loop).result(60)
+    server = DaemonThread()
+    hub = server.hub(model_factory(BUILTIN_MODEL), tmp_path_factory.mktemp("snap-sessions"))
+    hub.engine.sessions.create("notes")
+    running = server.start(hub, Config(port=0), TOKEN)
     yield running
-    asyncio.run_coroutine_threadsafe(running.stop(), loop).result(60)
-    loop.call_soon_threadsafe(loop.stop)
+    server.stop(running).result(60)
+    server.close()
 
 
 async def ready(pilot) -> None:
