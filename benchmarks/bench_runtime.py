@@ -66,14 +66,9 @@ def checkpoint(cache: Path, shape: str, env: dict[str, str]) -> Path:
     return path
 
 
-def _cli_has_bench() -> bool:
-    r = subprocess.run([sys.executable, "-m", "rwkv_hub", "bench", "--help"], capture_output=True, text=True)
-    return r.returncode == 0
-
-
-def ours_command(model: Path, strategy: str, args: argparse.Namespace, use_cli: bool) -> list[str]:
-    opts = [
-        "--json",
+def _shared_options(model: Path, strategy: str, args: argparse.Namespace) -> list[str]:
+    """The options both runtimes' children take, so that both measure the same thing."""
+    return [
         "--model",
         str(model),
         "--strategy",
@@ -82,36 +77,18 @@ def ours_command(model: Path, strategy: str, args: argparse.Namespace, use_cli: 
         str(args.prompt_tokens),
         "--decode-tokens",
         str(args.decode_tokens),
-        "--batch",
-        ",".join(map(str, args.batch)),
         "--repeats",
         str(args.repeats),
     ]
-    if use_cli:
-        return [sys.executable, "-m", "rwkv_hub", "bench", *opts]
-    code = (
-        "import argparse, sys; from rwkv_hub import bench; p = argparse.ArgumentParser(); "
-        "bench.add_arguments(p); sys.exit(bench.run(p.parse_args(sys.argv[1:])))"
-    )
-    return [sys.executable, "-c", code, *opts]
+
+
+def ours_command(model: Path, strategy: str, args: argparse.Namespace) -> list[str]:
+    opts = ["--json", *_shared_options(model, strategy, args), "--batch", ",".join(map(str, args.batch))]
+    return [sys.executable, "-m", "rwkv_hub", "bench", *opts]
 
 
 def official_command(model: Path, strategy: str, args: argparse.Namespace) -> list[str]:
-    return [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--child-official",
-        "--model",
-        str(model),
-        "--strategy",
-        strategy,
-        "--prompt-tokens",
-        str(args.prompt_tokens),
-        "--decode-tokens",
-        str(args.decode_tokens),
-        "--repeats",
-        str(args.repeats),
-    ]
+    return [sys.executable, str(Path(__file__).resolve()), "--child-official", *_shared_options(model, strategy, args)]
 
 
 def run_child(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
@@ -400,7 +377,6 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or (args.cache / "RESULTS-quick.md" if args.quick else ROOT / "benchmarks" / "RESULTS.md")
     command = "python benchmarks/bench_runtime.py" + "".join(f" {shlex.quote(a)}" for a in argv)
 
-    use_cli = _cli_has_bench()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     if args.threads:
@@ -417,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     sections: dict[str, str] = {}
     for shape in args.shapes:
         model = checkpoint(args.cache, shape, env)
-        runs = [("rwkv-hub", s, ours_command(model, s, args, use_cli), env) for s in args.strategies]
+        runs = [("rwkv-hub", s, ours_command(model, s, args), env) for s in args.strategies]
         runs += [("official", s, official_command(model, s, args), off_env) for s in args.official_strategies]
         results: dict[tuple[str, str], dict[str, Any]] = {}
         for runtime, strategy, cmd, child_env in runs:

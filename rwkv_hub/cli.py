@@ -2,13 +2,12 @@
 
 Each subcommand imports the runtime only when it runs, and every user error (an `RWKVHubError`) ends
 as one line on stderr with exit status 2, the same status argparse uses for bad arguments.
-`bench` lives in its own module, `rwkv_hub.bench`, and is listed once that module exists.
+`bench` lives in its own module, `rwkv_hub.bench`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
@@ -166,13 +165,9 @@ def _run_token(args: argparse.Namespace) -> int:
 
 
 def _add_bench(commands: argparse._SubParsersAction) -> None:
-    """Register `bench` when rwkv_hub.bench is installed; it ships separately from the CLI."""
-    try:
-        bench = importlib.import_module("rwkv_hub.bench")
-    except ModuleNotFoundError as exc:
-        if exc.name != "rwkv_hub.bench":
-            raise
-        return
+    """`bench`: its options live in rwkv_hub.bench, which imports torch only when it runs."""
+    from rwkv_hub import bench
+
     parser = commands.add_parser("bench", help="measure throughput and memory", description=bench.__doc__)
     bench.add_arguments(parser)
     parser.set_defaults(run=bench.run)
