@@ -241,12 +241,13 @@ class Sampler:
                     out[b] = t
                 return out
             w = _rows(work, cut)
-            width = (w >= w.amax(-1, keepdim=True) - self.window).sum(-1).tolist()
+            near = w >= w.amax(-1, keepdim=True) - self.window  # the tokens within `window` of each top logit
+            width = near.sum(-1).tolist()
             narrow = [i for i in range(len(cut)) if width[i] <= MAX_CANDIDATES]
             wide = [i for i in range(len(cut)) if width[i] > MAX_CANDIDATES]
             if narrow:
                 rows = [cut[i] for i in narrow]
-                vals, ids, count = self._candidates(_rows(work, rows), _rows(probs, rows))
+                vals, ids, count = self._candidates(_rows(near, narrow), _rows(probs, rows))
                 keep, full = self._nucleus(vals, [tp[i] for i in narrow], [tk[i] for i in narrow], count)
                 part = [j for j in range(len(narrow)) if j not in full]
                 wide += [narrow[j] for j in full]  # the nucleus may reach past the candidates
@@ -267,21 +268,23 @@ class Sampler:
                     out[b] = t
         return out
 
-    def _candidates(self, work: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Each row's tokens within `window` of its top logit, sorted by probability, padded with -1.
+    @staticmethod
+    def _candidates(near: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The tokens marked in `near` (each row's tokens within `window` of its top logit), sorted by
+        probability, padded with -1.
 
         They are the most likely tokens of the row (a prefix of its full sort), found with one comparison
         over the vocabulary instead of a sort; returns the values, ids and how many each row has.
         """
-        n = work.shape[0]
-        where = (work >= work.amax(-1, keepdim=True) - self.window).nonzero()
+        n = near.shape[0]
+        where = near.nonzero()
         row, col = where[:, 0], where[:, 1]
         count = torch.bincount(row, minlength=n)
         start = torch.cumsum(count, 0) - count
-        pos = torch.arange(row.numel(), device=work.device) - start[row]
+        pos = torch.arange(row.numel(), device=near.device) - start[row]
         width = int(count.max())
-        vals = torch.full((n, width), -1.0, device=work.device)
-        ids = torch.zeros((n, width), dtype=torch.long, device=work.device)
+        vals = torch.full((n, width), -1.0, device=near.device)
+        ids = torch.zeros((n, width), dtype=torch.long, device=near.device)
         vals[row, pos] = probs[row, col]
         ids[row, pos] = col
         vals, order = torch.sort(vals, dim=-1, descending=True)
