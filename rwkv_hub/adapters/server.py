@@ -245,9 +245,11 @@ class _Connection:
                     )
                 if kind == "complete":
                     self._supersede(msg)
-                stream = self.daemon.hub.submit(self._hub_request(kind, msg))
+                req = self._hub_request(kind, msg)
+                stream = self.daemon.hub.submit(req)
                 self.daemon.counters[f"req_{kind}"] += 1
-                boundary = (self._prefix_of(msg), rules_for(msg.get("language"))) if kind == "complete" else None
+                # A completion is cut at the end of the block of the prefix the model reads.
+                boundary = (req["input"]["text"], rules_for(msg.get("language"))) if kind == "complete" else None
                 task = asyncio.create_task(self._pump(rid, stream, boundary))
                 self.running[rid] = (task, stream)
                 if kind == "complete":
@@ -256,14 +258,6 @@ class _Connection:
             if not isinstance(e, RWKVHubError):
                 log.exception("unexpected error on a %s request", kind)
             await self.send_error(rid, error_code(e), error_text(e))
-
-    @staticmethod
-    def _prefix_of(msg: dict[str, Any]) -> str:
-        """The prefix as the model sees it (its last COMPLETE_PREFIX_CHARS characters, from a line start)."""
-        prefix = msg["prefix"][-COMPLETE_PREFIX_CHARS:]
-        if len(msg["prefix"]) > COMPLETE_PREFIX_CHARS and "\n" in prefix:
-            prefix = prefix[prefix.index("\n") + 1 :]
-        return prefix
 
     def _supersede(self, msg: dict[str, Any]) -> None:
         """A new completion for a document cancels the one still running for it (the user typed on)."""
@@ -299,7 +293,9 @@ class _Connection:
                     sessions.create(sid)
                 req["session"] = sid
         else:  # complete: the prefix, cut at a line start within the budget, continued as raw text
-            prefix = self._prefix_of(msg)
+            prefix = msg["prefix"][-COMPLETE_PREFIX_CHARS:]
+            if len(msg["prefix"]) > COMPLETE_PREFIX_CHARS and "\n" in prefix:
+                prefix = prefix[prefix.index("\n") + 1 :]
             params = {"max_tokens": COMPLETE_MAX_TOKENS, "stop": ["\n\n"]} | dict(msg.get("params") or {})
             req |= {"format": "raw", "input": {"text": prefix}, "params": params, "interactive": True}
         return req
