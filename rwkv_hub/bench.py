@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .core.atomic import write_text
+
 DEFAULT_PROMPT_TOKENS = 512
 DEFAULT_DECODE_TOKENS = 64
 DEFAULT_BATCHES = (1, 4, 16)
@@ -446,6 +448,4 @@ def write_results_section(path: Path, name: str, text: str) -> None:
         new = re.sub(pattern, lambda _: text, old, flags=re.S)
     else:
         new = old.rstrip("\n") + ("\n\n" if old else "") + text + "\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
+    write_text(path, new)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import write_text
 from .errors import RWKVHubError, StateError
 from .state import State, StateShape
 
@@ -215,9 +216,7 @@ class SessionStore:
             return
         s.state.save(self.folder / f"{s.id}.safetensors")
         meta = {"format": META_FORMAT, **s.info(), "transcript": s.transcript, "shape": asdict(self.shape)}
-        tmp = self.folder / f".{s.id}.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, self.folder / f"{s.id}.json")
+        write_text(self.folder / f"{s.id}.json", json.dumps(meta))
 
     def _restore(self) -> None:
         for meta_path in sorted(self.folder.glob("*.json")):

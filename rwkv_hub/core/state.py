@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import replace_file
 from .errors import StateError
 
 FORMAT = "rwkv-hub-state/1"
@@ -126,16 +127,9 @@ class State:
         """Write to a safetensors file atomically (a temporary file, then rename)."""
         from safetensors.torch import save_file
 
-        p = Path(path)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
         meta = {"format": FORMAT, "shape": json.dumps(self.shape.__dict__)}
-        try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}, str(tmp), metadata=meta)
-            os.replace(tmp, p)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return p
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}
+        return replace_file(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike, expect: StateShape | None = None, device: str = "cpu") -> State:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import replace_file
 from .spec import X070_ATT_VALUE_MIX
 
 
@@ -119,12 +120,8 @@ def write_random_checkpoint(
         layer0_v=layer0_v,
         seed=seed,
     )
-    tmp = p.with_name(p.name + ".tmp")
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
-        save_file(dict(sd), str(tmp))
-    else:
-        torch.save(sd, tmp)
-    tmp.replace(p)
-    return p
+        return replace_file(p, lambda tmp: save_file(dict(sd), str(tmp)))
+    return replace_file(p, lambda tmp: torch.save(sd, tmp))

@@ -10,6 +10,7 @@ import os
 import secrets
 from pathlib import Path
 
+from ..core.atomic import write_text
 from .config import config_dir
 
 ENV = "RWKV_HUB_TOKEN"
@@ -32,9 +33,5 @@ def get_token(explicit: str | None = None, create: bool = True) -> str | None:
         return None
     p.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    tmp = p.with_name(f".token.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.replace(tmp, p)
+    write_text(p, token + "\n", mode=0o600)
     return token

@@ -19,7 +19,6 @@ import hashlib
 import json
 import lzma
 import math
-import os
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 import rwkv_hub
 
 from ..bench import machine_info, measure, write_results_section
+from ..core.atomic import write_text
 from ..core.builtin import BUILTIN_MODEL
 from ..core.sampling import SamplingParams
 from . import corpus
@@ -243,9 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     record_path = a.checkpoint.with_suffix(".json")
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     record["evaluation"] = rep
-    tmp = record_path.with_name(record_path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, record_path)
+    write_text(record_path, json.dumps(record, indent=2) + "\n")
     if rep["speed"]:
         write_results_section(a.card, "default-model", card_section(rep))
     return 0

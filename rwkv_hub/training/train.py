@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..core.atomic import replace_file, write_text
 from . import corpus
 from .network import Network, init_state_dict
 
@@ -50,12 +50,6 @@ def lr_at(step: int, r: Recipe) -> float:
         return r.lr * (step + 1) / r.warmup
     progress = (step - r.warmup) / max(1, r.steps - r.warmup)
     return r.lr_final + 0.5 * (r.lr - r.lr_final) * (1 + math.cos(math.pi * progress))
-
-
-def save_atomic(obj: object, path: Path, writer) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    writer(obj, tmp)
-    os.replace(tmp, path)
 
 
 def train(r: Recipe, out: Path, device: str = "cpu", log=print) -> dict:
@@ -97,7 +91,7 @@ def train(r: Recipe, out: Path, device: str = "cpu", log=print) -> dict:
             rate = (step + 1) * r.batch * r.ctx / (time.time() - t_train)
             log(f"step {step}: {sum(recent) / len(recent):.3f} bits/byte, {rate:,.0f} bytes/s, lr {lr_at(step, r):.2e}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(net.export(torch.bfloat16), out, torch.save)
+    replace_file(out, lambda tmp: torch.save(net.export(torch.bfloat16), tmp))
     out.with_suffix(".tokenizer").write_text("bytes\n")
     record = {
         "recipe": dataclasses.asdict(r),
@@ -109,7 +103,7 @@ def train(r: Recipe, out: Path, device: str = "cpu", log=print) -> dict:
         "train_seconds": round(time.time() - t_start, 1),
         "final_train_bits_per_byte": round(sum(losses[-50:]) / len(losses[-50:]), 4),
     }
-    save_atomic(json.dumps(record, indent=2) + "\n", out.with_suffix(".json"), lambda s, p: Path(p).write_text(s))
+    write_text(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     log(f"wrote {out} ({out.stat().st_size:,} bytes) in {record['train_seconds']} s")
     return record
 
