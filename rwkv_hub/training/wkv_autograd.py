@@ -39,7 +39,7 @@ def native_available() -> bool:
 
 class _WKV7(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r, w, k, v, a, b):  # noqa: D102 - inputs (B, T, H, N) fp32 contiguous
+    def forward(ctx, r, w, k, v, a, b):  # inputs (B, T, H, N), fp32, contiguous
         bsz, t_len, h, n = r.shape
         y = torch.empty_like(r)
         states = torch.empty(bsz, h, (t_len + CHUNK - 1) // CHUNK, n, n)
@@ -49,7 +49,7 @@ class _WKV7(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, dy):  # noqa: D102
+    def backward(ctx, dy):
         r, w, k, v, a, b, states = ctx.saved_tensors
         bsz, t_len, h, n = r.shape
         dy = dy.contiguous()
