@@ -72,7 +72,7 @@ def test_initial_state_from_a_plugin_reaches_the_engine(good, model, tmp_path):
     torch.save(tuned, tmp_path / "persona.pth")
     h = host(GOOD)
     with pytest.raises(Exception, match="no such state file"):  # the plugin's path does not exist
-        Hub(Engine(model), h)._initial_state("pirate")
+        Hub(Engine(model), h).initial_state("pirate")
     h.registry["initial_states"]["persona"] = Registered(
         InitialState("persona", str(tmp_path / "persona.pth"), ""), GOOD, "config"
     )

@@ -308,7 +308,7 @@ class _Connection:
         if kind == "sessions.list":
             return sessions.list()
         if kind == "sessions.create":
-            initial = self.daemon.hub._initial_state(msg["initial_state"]) if msg.get("initial_state") else None
+            initial = self.daemon.hub.initial_state(msg["initial_state"]) if msg.get("initial_state") else None
             return sessions.create(sid, initial).info()
         if sid is None:
             raise ProtocolError("bad_request", f"{kind} needs a session", msg.get("id"))

@@ -113,7 +113,7 @@ class Hub:
         if request.get("initial_state"):
             if req["session"] is not None:
                 raise RequestError("initial_state starts a fresh conversation; a session already has its state")
-            state = self._initial_state(request["initial_state"])
+            state = self.initial_state(request["initial_state"])
         processors = [self._named("logit_processors", n) for n in request.get("logit_processors") or ()]
         filters = [self._named("stream_filters", n)() for n in request.get("stream_filters") or ()]
         stream = self.engine.submit(
@@ -128,7 +128,7 @@ class Hub:
         )
         return HubStream(stream, filters, req)
 
-    def _initial_state(self, name: str):
+    def initial_state(self, name: str):
         """A registered state-tuning file, read on first use and kept."""
         from ..core.sessions import load_tuned_state
 
