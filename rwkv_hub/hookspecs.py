@@ -70,6 +70,14 @@ def register_stream_filters(register: Callable[..., None]) -> None:
 
 
 @hookspec
+def register_completion_formats(register: Callable[..., None]) -> None:
+    """Offer editor completion prompts: call `register(fmt)` with a `rwkv_hub.hub.completion.CompletionFormat`
+    (a name, a description, `build(context) -> CompletionPrompt`, and the editor language ids it serves by
+    default, e.g. a fill-in-the-middle layout for a model trained with one). Called once at start-up.
+    """
+
+
+@hookspec
 def prepare_request(request: dict[str, Any]) -> None:
     """Adjust a request before it runs: `request` has `format`, `preset`, `params` (a dict), `input` and
     `prompt` (the rendered text); change them in place. Called for every request, by every plugin, in

@@ -450,14 +450,24 @@ def test_completions_end_at_the_block_boundary(daemon):
 
     model = daemon.daemon.hub.engine.model
     cases = []
-    for prefix in ("def add(a, b):\n    ", "x = 1\nif x:\n    ", "class A:\n    def f(self):\n        "):
+    for prefix, max_lines in (
+        ("def add(a, b):\n    ", None),
+        ("x = 1\nif x:\n    ", None),
+        ("class A:\n    def f(self):\n        ", None),
+        ("def add(a, b):\n    ", 1),
+        ("x = 1\nif x:\n    ", 2),
+    ):
         gen = model.generate(prefix, temperature=0, max_tokens=64, stop=("\n\n",))
         full = "".join(gen)
-        cases.append((prefix, cut(prefix, full, rules_for("python"))))
+        kept, ended = cut(prefix, full, rules_for("python", max_lines))
+        if not ended:  # an unfinished line that is only indentation is held back
+            last = kept.rfind("\n")
+            kept = kept[:last] if last != -1 and not kept[last:].strip() else kept
+        cases.append((prefix, max_lines, kept, ended))
 
     async def go(ws):
         out = []
-        for n, (prefix, _) in enumerate(cases):
+        for n, (prefix, max_lines, _, _) in enumerate(cases):
             msg = {
                 "type": "complete",
                 "id": f"k{n}",
@@ -465,12 +475,36 @@ def test_completions_end_at_the_block_boundary(daemon):
                 "language": "python",
                 "params": {"temperature": 0},
             }
+            if max_lines:
+                msg["max_lines"] = max_lines
             await ws.send(json.dumps(msg))
             out.append(await until_done(ws, f"k{n}"))
         return out
 
     results = ws_run(daemon, go)
-    for (prefix, (kept, ended)), (text, done) in zip(cases, results, strict=True):
-        assert text == kept, prefix
+    for (prefix, max_lines, kept, ended), (text, done) in zip(cases, results, strict=True):
+        assert text == kept, (prefix, max_lines)
+        if max_lines:
+            assert text.count("\n") < max_lines
         if ended:
             assert done["finish_reason"] == "stop"
+
+
+def test_selection_commands_are_instruction_requests(daemon):
+    tok = daemon.daemon.hub.engine.model.tokenizer
+    prompt = "Instruction: Explain what this python code does, in a few sentences.\n\nInput: total = a + b\n\nResponse:"
+
+    async def go(ws):
+        msg = {"type": "selection", "id": "s1", "command": "explain", "text": "total = a + b", "language": "python"}
+        await ws.send(json.dumps(msg | {"params": {"max_tokens": 5}}))
+        explained = await until_done(ws, "s1")
+        await ws.send(json.dumps({"type": "selection", "id": "s2", "command": "rewrite", "text": "x"}))
+        no_instruction = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "selection", "id": "s3", "command": "summarise", "text": "x"}))
+        unknown = json.loads(await ws.recv())
+        return explained, no_instruction, unknown
+
+    (_, done), no_instruction, unknown = ws_run(daemon, go)
+    assert done["usage"]["prompt_tokens"] == len(tok.encode(prompt)) and done["usage"]["completion_tokens"] <= 5
+    assert no_instruction["code"] == "bad_request" and "rewrite needs an instruction" in no_instruction["message"]
+    assert unknown["code"] == "bad_request" and unknown["message"].startswith("command:")

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import torch
 
-from rwkv_hub.core.engine import Engine, EngineBusy, EngineLimits, RequestTooLong
+from rwkv_hub.core.engine import EDIT_TAIL, Engine, EngineBusy, EngineLimits, RequestTooLong
 from rwkv_hub.core.errors import RWKVHubError
 from rwkv_hub.core.prefix_cache import PrefixCache
 from rwkv_hub.core.sampling import SamplingParams
@@ -170,6 +170,29 @@ def test_prefix_cache_hit_gives_the_cold_run_tokens(model):
     assert cache.stats.hits == 1
     _, cold = run(_alone(model, base + "And then?", params, limits=limits))
     assert second.result.tokens == cold.tokens
+
+
+def test_an_edit_near_the_end_of_an_interactive_prompt_reuses_all_but_its_tail(model):
+    """The editor case: the last few characters change (a backspace, then typing on). A plain request's
+    state is cached only at the end and every `cache_interval`; an interactive one's also EDIT_TAIL tokens
+    before the end, so the edited prompt is read from there."""
+    limits = EngineLimits(prefill_chunk=32, prefill_budget=64, cache_interval=1024)
+    base = "def total(items):\n    result = 0\n    for item in items:\n        result += item.price\n" * 2
+    edited = base[:-3] + "cost\n"
+    params = SamplingParams(temperature=0, max_tokens=12)
+
+    async def go(interactive):
+        async with Engine(model, limits, PrefixCache(64 * 2**20)) as engine:
+            await engine.submit(base, params, interactive=interactive).text()
+            second = engine.submit(edited, params, interactive=interactive)
+            await second.text()
+            return second
+
+    typed = run(go(True))
+    assert typed.stats.cached_tokens == len(base) - EDIT_TAIL  # bytes vocabulary: a token per character
+    assert run(go(False)).stats.cached_tokens == 0
+    _, cold = run(_alone(model, edited, params, limits=limits))
+    assert typed.result.tokens == cold.tokens
 
 
 def test_continuing_a_state_equals_one_long_request(model):

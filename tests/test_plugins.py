@@ -20,6 +20,7 @@ import pytest
 from rwkv_hub import hookspecs
 from rwkv_hub.core.engine import Engine
 from rwkv_hub.core.sessions import SessionStore
+from rwkv_hub.hub.completion import CompletionError
 from rwkv_hub.hub.hub import Hub, RequestError
 from rwkv_hub.hub.plugins import PluginError, PluginHost
 from rwkv_hub.hub.presets import PresetError
@@ -186,6 +187,32 @@ def test_a_failing_request_hook_does_not_fail_the_request(model):
     s = run(go())
     assert s.result.completion_tokens == 3
     assert {f.stage for f in h.failures} == {"prepare_request", "generation_finished"}
+
+
+def test_completion_formats_are_chosen_by_language_and_contained(good, model):
+    if model is None:
+        pytest.skip("the built-in model is not there")
+    h = host(GOOD, "plugins.bad_registration")
+    assert h.completion_format(None, "lua").name == "fim"  # claimed for Lua by the plugin
+    assert h.completion_format(None, "python").name == "prefix"  # nobody claims Python: the built-in
+    assert h.completion_format("fim", "python").name == "fim"  # a request may name any format
+    with pytest.raises(CompletionError, match="unknown completion format 'nope'; known: broken, fim, prefix"):
+        h.completion_format("nope")
+
+    async def go():
+        async with Engine(model) as engine:
+            hub = Hub(engine, h)
+            s = hub.complete({"prefix": "local x = 1\n", "suffix": "return x\n", "language": "lua"})
+            await s.text()
+            with pytest.raises(CompletionError, match="completion format 'broken' failed: ValueError: no idea"):
+                hub.complete({"prefix": "IDENTIFICATION DIVISION.\n", "language": "cobol"})
+            with pytest.raises(CompletionError, match="no text before the cursor"):
+                hub.complete({"prefix": "", "language": "python"})
+            return s
+
+    s = run(go())
+    assert s.request["prompt"] == "<PRE>local x = 1\n<SUF>return x\n<MID>"
+    assert s.request["params"]["temperature"] == 0 and "<EOT>" in s.request["params"]["stop"]
 
 
 def test_config_plugin_overrides_built_in_with_a_warning():

@@ -20,15 +20,12 @@ from aiohttp import WSMsgType, web
 from ..core.engine import EngineBusy, RequestTooLong
 from ..core.errors import RWKVHubError
 from ..core.sessions import SessionError
-from ..hub.completion import CompletionRules, cut, rules_for
 from ..hub.config import Config
 from ..hub.hub import Hub, HubStream
 from . import openai_api
 from .protocol import VERSION, ProtocolError, parse
 
 log = logging.getLogger("rwkv_hub")
-COMPLETE_MAX_TOKENS = 64
-COMPLETE_PREFIX_CHARS = 8000
 
 
 def error_code(exc: BaseException) -> str:
@@ -245,12 +242,13 @@ class _Connection:
                     )
                 if kind == "complete":
                     self._supersede(msg)
-                req = self._hub_request(kind, msg)
-                stream = self.daemon.hub.submit(req)
+                    stream = self.daemon.hub.complete(msg)
+                elif kind == "selection":
+                    stream = self.daemon.hub.selection(msg)
+                else:
+                    stream = self.daemon.hub.submit(self._hub_request(kind, msg))
                 self.daemon.counters[f"req_{kind}"] += 1
-                # A completion is cut at the end of the block of the prefix the model reads.
-                boundary = (req["input"]["text"], rules_for(msg.get("language"))) if kind == "complete" else None
-                task = asyncio.create_task(self._pump(rid, stream, boundary))
+                task = asyncio.create_task(self._pump(rid, stream))
                 self.running[rid] = (task, stream)
                 if kind == "complete":
                     self.completing[msg.get("path") or ""] = rid
@@ -272,7 +270,7 @@ class _Connection:
         }
         if kind == "generate":
             req |= {"format": "raw", "input": {"text": msg["prompt"]}}
-        elif kind == "chat":
+        else:  # chat
             inp = dict(msg.get("input") or {})
             if "messages" in msg:
                 inp["messages"] = msg["messages"]
@@ -292,12 +290,6 @@ class _Connection:
                 if sid not in sessions:
                     sessions.create(sid)
                 req["session"] = sid
-        else:  # complete: the prefix, cut at a line start within the budget, continued as raw text
-            prefix = msg["prefix"][-COMPLETE_PREFIX_CHARS:]
-            if len(msg["prefix"]) > COMPLETE_PREFIX_CHARS and "\n" in prefix:
-                prefix = prefix[prefix.index("\n") + 1 :]
-            params = {"max_tokens": COMPLETE_MAX_TOKENS, "stop": ["\n\n"]} | dict(msg.get("params") or {})
-            req |= {"format": "raw", "input": {"text": prefix}, "params": params, "interactive": True}
         return req
 
     def _session_op(self, kind: str, msg: dict[str, Any]) -> Any:
@@ -329,31 +321,18 @@ class _Connection:
         sessions.delete(sid)
         return {"deleted": sid}
 
-    async def _pump(self, rid: str, stream: HubStream, boundary: tuple[str, CompletionRules] | None = None) -> None:
-        """Forward a request's deltas and its end. For a completion, `boundary` (prefix, rules) cuts the text
-        at the end of the block: what lies past it is never sent, and the generation is stopped there."""
-        text, sent, cut_here = "", 0, False
+    async def _pump(self, rid: str, stream: HubStream) -> None:
+        """Forward a request's deltas and its end."""
         try:
             async for delta in stream:
-                if boundary is None:
-                    await self.send({"type": "delta", "id": rid, "text": delta})
-                    continue
-                if cut_here:
-                    continue  # draining what the engine made before it saw the cancel
-                text += delta
-                kept, cut_here = cut(boundary[0], text, boundary[1])
-                if len(kept) > sent:
-                    await self.send({"type": "delta", "id": rid, "text": kept[sent:]})
-                    sent = len(kept)
-                if cut_here:
-                    stream.cancel()
+                await self.send({"type": "delta", "id": rid, "text": delta})
             r = stream.result
             self.daemon.count_finished(stream)
             await self.send(
                 {
                     "type": "done",
                     "id": rid,
-                    "finish_reason": "stop" if cut_here else r.finish_reason,
+                    "finish_reason": stream.finish_reason,
                     "usage": {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens},
                     "timings": {
                         "queue_s": stream.stats.queue_s,

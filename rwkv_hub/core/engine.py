@@ -10,7 +10,9 @@ Chunks are cut at fixed positions of each prompt (multiples of `prefill_chunk`),
 running, so a stream computes the same numbers alone or in company; each stream samples with its own
 generator, so a seeded request gives the same text either way. Prompts start from the longest prefix
 the `PrefixCache` holds; states are stored there at every `cache_interval` tokens of a prompt, at its end,
-and at the end of the generation.
+and at the end of the generation. An interactive prompt (an editor's completion) also gets a state
+`EDIT_TAIL` tokens before its end: the next keystroke changes the last token or two, so the next request
+shares all of the prompt but its tail, and starts from there.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from .sessions import Session, SessionStore
 from .state import State
 from .tokenizer import StreamDecoder
 
+EDIT_TAIL = 16  # tokens before an interactive prompt's end where its state is also cached
 log = logging.getLogger("rwkv_hub")
 
 
@@ -139,6 +142,7 @@ class _Job:
     row: int = -1  # while `state` is None, the job's state is this row of the engine's batched state
     messages: list[dict] = field(default_factory=list)  # for the session's transcript
     interactive: bool = False
+    mark: int = -1  # a prompt position whose state is cached besides the fixed ones (interactive prompts)
 
 
 class Engine:
@@ -280,6 +284,8 @@ class Engine:
         job.processors, stream._on_finish = list(logit_processors), on_finish
         job.messages = [dict(m) for m in session_messages]
         job.interactive = interactive
+        if interactive and len(ids) > EDIT_TAIL:
+            job.mark = len(ids) - EDIT_TAIL
         with self._wake:
             if len(self._queue) + len(self._active) >= lim.max_active + lim.max_queue:
                 raise EngineBusy(
@@ -354,6 +360,8 @@ class Engine:
         for job in self._active:
             if job.pos < len(job.ids):
                 end = min(len(job.ids), (job.pos // chunk + 1) * chunk)
+                if job.pos < job.mark < end:
+                    end = job.mark
                 if end - job.pos > budget:
                     continue
                 budget -= end - job.pos
@@ -422,7 +430,7 @@ class Engine:
     def _cache_prompt_state(self, job: _Job) -> None:
         if self.cache is None or not job.hashes:
             return
-        if job.pos == len(job.ids) or job.pos % self.limits.cache_interval == 0:
+        if job.pos in (len(job.ids), job.mark) or job.pos % self.limits.cache_interval == 0:
             self.cache.store(job.ids[: job.pos], _own(self._state(job)), job.hashes)
 
     def _take(self, job: _Job, token: int, now: float) -> None:

@@ -8,6 +8,7 @@ weight-only kernel reads half the bytes; for many rows at once (prefill) plain G
 from __future__ import annotations
 
 import warnings
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +32,18 @@ def quantize_int8(w: torch.Tensor, rows_per_chunk: int = 4096) -> tuple[torch.Te
     return q, scale
 
 
-def _mkldnn_ok() -> bool:
-    return bool(getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available())
+@cache
+def packing_works(dtype: torch.dtype) -> bool:
+    """Whether oneDNN can prepack weights of `dtype` on this CPU. Its bf16 path needs AVX-512 (BW, VL,
+    DQ) or AVX-NE-CONVERT and raises elsewhere (AVX2-only CPUs), so a tiny matrix is tried once."""
+    if not (getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()):
+        return False
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(torch.ones(8, 8, dtype=dtype), 1)
+        y = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 8, dtype=dtype), packed, None, "none", [], "")
+        return bool(y.shape == (1, 8) and float(y[0, 0]) == 8.0)
+    except RuntimeError:
+        return False
 
 
 class Linear:
@@ -114,11 +125,14 @@ class DynamicInt8Linear(Linear):
         self._op = torch.ops.quantized.linear_dynamic
         self._range_row = torch.zeros(1, self.in_features)
         self._range_row[0, 0], self._range_row[0, -1] = -1.0, 1.0
+        # Without VNNI, fbgemm multiplies u8 x s8 pairs into saturating int16 sums; 7-bit activations
+        # keep those sums in range (a full 8 bits loses most of the precision on AVX2-only CPUs).
+        self._reduce_range = not _has_vnni()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
         peak = x2.abs().amax(dim=1, keepdim=True).clamp_min_(1e-30)
-        y = self._op(torch.cat([x2 / peak, self._range_row]), self.packed, False)
+        y = self._op(torch.cat([x2 / peak, self._range_row]), self.packed, self._reduce_range)
         return (y[:-1] * peak).view(*x.shape[:-1], self.out_features)
 
 
@@ -139,6 +153,16 @@ class RowChunkedLinear(Linear):
         return torch.cat([p(x) for p in self.parts], dim=-1)
 
 
+@cache
+def _has_vnni() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def dynamic_int8_available() -> bool:
     """True where PyTorch has the fbgemm/x86 quantized engine (x86 CPUs)."""
     return any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm"))
@@ -152,6 +176,6 @@ def make_linear(w: torch.Tensor, device: str, dtype: torch.dtype, int8: bool) ->
     if int8:
         return Int8Linear(w, dtype)
     w = w.to(dtype)
-    if device == "cpu" and dtype in (torch.bfloat16, torch.float32) and _mkldnn_ok():
+    if device == "cpu" and dtype in (torch.bfloat16, torch.float32) and packing_works(dtype):
         return PackedLinear(w)
     return DenseLinear(w)

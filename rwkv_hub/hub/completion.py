@@ -1,13 +1,30 @@
-"""Where an editor completion should end: the end of the block, a blank line, or a line budget.
+"""Editor completions: the prompt a completion format builds, and where the completion should end.
+
+A completion format turns the editor's view (prefix, suffix, language, path) into a prompt; plugins add
+formats per language or for models trained with fill-in-the-middle (the `register_completion_formats`
+hook). The built-in `prefix` format continues the text before the cursor, read through a window whose
+start moves in steps, so that typing on extends the previous prompt and the prefix cache serves it.
 
 A model continuing code does not know that the editor wants one statement or one block, not the rest of
-the file. These rules cut the generated text at the first sensible boundary; the daemon stops the
+the file. `CompletionRules` cut the generated text at the first sensible boundary; the hub stops the
 generation there, so no tokens are spent past it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from ..core.errors import RWKVHubError
+
+PREFIX_CHARS = 8000  # the most text before the cursor a completion reads
+MAX_TOKENS = 64
+MAX_LINES_LIMIT = 200
+
+
+class CompletionError(RWKVHubError):
+    """A completion format is unknown, malformed, or failed on a request."""
 
 
 @dataclass(frozen=True)
@@ -27,8 +44,78 @@ LANGUAGE_RULES: dict[str, CompletionRules] = {
 }
 
 
-def rules_for(language: str | None) -> CompletionRules:
-    return LANGUAGE_RULES.get((language or "").lower(), DEFAULT_RULES)
+def rules_for(language: str | None, max_lines: int | None = None) -> CompletionRules:
+    """The rules for a language; `max_lines` (from the editor's settings) overrides the line budget."""
+    rules = LANGUAGE_RULES.get((language or "").lower(), DEFAULT_RULES)
+    return rules if max_lines is None else replace(rules, max_lines=max_lines)
+
+
+@dataclass(frozen=True)
+class CompletionContext:
+    """What the editor knows at the cursor. `rules` are the language's, with the editor's line budget."""
+
+    prefix: str
+    suffix: str = ""
+    language: str | None = None
+    path: str | None = None
+    rules: CompletionRules = DEFAULT_RULES
+
+
+@dataclass(frozen=True)
+class CompletionPrompt:
+    """What to run: the prompt, extra stop strings, the cut rules, and the text whose block the completion
+    continues (the prefix as the model reads it: the cut judges indentation from its last lines)."""
+
+    prompt: str
+    block_prefix: str
+    rules: CompletionRules = DEFAULT_RULES
+    stop: tuple[str, ...] = ()
+    params: dict = field(default_factory=dict)  # sampling parameters the format suggests
+
+
+@dataclass(frozen=True)
+class CompletionFormat:
+    """A named way to prompt for completions. `languages` lists the editor language ids it is chosen for
+    by default (empty: none; a request can still name it)."""
+
+    name: str
+    description: str
+    build: Callable[[CompletionContext], CompletionPrompt]
+    languages: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", self.name):
+            raise CompletionError(
+                f"completion format name {self.name!r}: use 1-64 lowercase letters, digits, '_', '-', '.'"
+            )
+        if not callable(self.build):
+            raise CompletionError(f"completion format {self.name!r}: build must be callable")
+        object.__setattr__(self, "languages", tuple(lang.lower() for lang in self.languages))
+
+
+def window(prefix: str, budget: int = PREFIX_CHARS) -> str:
+    """The end of `prefix` a completion reads: at most `budget` characters, starting at a line start.
+
+    The start moves in steps of a quarter budget, not with every character typed, so a request after a
+    few more keystrokes reads the same text plus the new characters: its prompt extends the previous one,
+    and the prefix cache feeds only what is new.
+    """
+    if len(prefix) <= budget:
+        return prefix
+    step = max(1, budget // 4)
+    anchor = -(-(len(prefix) - budget) // step) * step  # the first step mark inside the budget
+    nl = prefix.find("\n", anchor - 1)
+    return prefix[nl + 1 :] if nl != -1 and nl + 1 < len(prefix) else prefix[anchor:]
+
+
+def build_prefix(ctx: CompletionContext) -> CompletionPrompt:
+    """The built-in format: continue the windowed prefix as raw text; the suffix is not shown to the model
+    (RWKV's public models are not trained for fill-in-the-middle)."""
+    text = window(ctx.prefix)
+    return CompletionPrompt(text, text, ctx.rules, ("\n\n",) if ctx.rules.stop_at_blank_line else ())
+
+
+PREFIX_FORMAT = CompletionFormat("prefix", "continue the text before the cursor (any language)", build_prefix)
 
 
 def _indent(line: str) -> int:

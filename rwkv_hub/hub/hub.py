@@ -14,6 +14,16 @@ from typing import Any
 
 from ..core.engine import Engine, Stream
 from ..core.errors import RWKVHubError
+from . import selection
+from .completion import (
+    MAX_TOKENS,
+    CompletionContext,
+    CompletionError,
+    CompletionPrompt,
+    CompletionRules,
+    cut,
+    rules_for,
+)
 from .formats import FormatInput
 from .plugins import PluginHost
 from .presets import check_params, resolve_params
@@ -37,16 +47,26 @@ class RequestError(RWKVHubError):
 
 
 class HubStream:
-    """Text deltas of one request after its stream filters; `result`, `stats` and `cancel()` as `Stream`."""
+    """Text deltas of one request after its stream filters; `result`, `stats` and `cancel()` as `Stream`.
+
+    A completion's stream has a `boundary` (the prefix whose block it continues, and the rules): text past
+    the first boundary is never yielded, and the generation is stopped there (`finish_reason` "stop").
+    """
 
     def __init__(self, stream: Stream, filters: list[Callable[[str], str]], request: dict[str, Any]):
         self.stream = stream
         self.filters = filters
         self.request = request
+        self.boundary: tuple[str, CompletionRules] | None = None
+        self.cut = False
 
     @property
     def result(self):
         return self.stream.result
+
+    @property
+    def finish_reason(self) -> str:
+        return "stop" if self.cut else self.stream.result.finish_reason
 
     @property
     def stats(self):
@@ -56,11 +76,26 @@ class HubStream:
         self.stream.cancel()
 
     async def __aiter__(self) -> AsyncIterator[str]:
+        text, sent = "", 0
         async for delta in self.stream:
             for f in self.filters:
                 delta = f(delta)
-            if delta:
+            if not delta or self.cut:  # after a cut: what the engine made before it saw the cancel
+                continue
+            if self.boundary is None:
                 yield delta
+                continue
+            text += delta
+            kept, self.cut = cut(self.boundary[0], text, self.boundary[1])
+            if self.cut:
+                self.stream.cancel()
+            else:  # a new line that is only indentation so far may still turn out blank: hold it back
+                last = kept.rfind("\n")
+                if last != -1 and not kept[last:].strip():
+                    kept = kept[:last]
+            if len(kept) > sent:
+                yield kept[sent:]
+                sent = len(kept)
 
     async def text(self) -> str:
         return "".join([d async for d in self])
@@ -127,6 +162,47 @@ class Hub:
             interactive=bool(request.get("interactive")),
         )
         return HubStream(stream, filters, req)
+
+    def complete(self, request: Mapping[str, Any]) -> HubStream:
+        """An editor completion: the completion format (the request's `format`, else the one registered for
+        its language, else `prefix`) builds the prompt; it runs ahead of chat work and ends at the block.
+
+        `request` has `prefix` and optionally `suffix`, `language`, `path`, `max_lines`, `format`,
+        `preset` and `params`, as the WebSocket protocol's `complete` message.
+        """
+        language = request.get("language")
+        ctx = CompletionContext(
+            request["prefix"],
+            request.get("suffix") or "",
+            language,
+            request.get("path"),
+            rules_for(language, request.get("max_lines")),
+        )
+        fmt = self.host.completion_format(request.get("format"), language)
+        try:
+            built = fmt.build(ctx)
+            if not isinstance(built, CompletionPrompt):
+                raise TypeError(f"build returned {type(built).__name__}, not a CompletionPrompt")
+        except CompletionError:
+            raise
+        except Exception as e:  # a plugin's format must not take the request's connection down
+            raise CompletionError(f"completion format {fmt.name!r} failed: {type(e).__name__}: {e}") from None
+        if not built.prompt:
+            raise CompletionError("there is no text before the cursor to continue")
+        params = {"max_tokens": MAX_TOKENS} | dict(built.params) | dict(request.get("params") or {})
+        extra = params.get("stop", ())
+        params["stop"] = list(built.stop) + ([extra] if isinstance(extra, str) else list(extra))
+        req: dict[str, Any] = {"format": "raw", "input": {"text": built.prompt}, "params": params, "interactive": True}
+        if request.get("preset"):
+            req["preset"] = request["preset"]
+        stream = self.submit(req)
+        stream.boundary = (built.block_prefix, built.rules)
+        return stream
+
+    def selection(self, request: Mapping[str, Any]) -> HubStream:
+        """A command on an editor's selection (rewrite, explain, docstring, translate): an instruction
+        request that runs ahead of chat work. Fields as the protocol's `selection` message."""
+        return self.submit(selection.request(request) | {"interactive": True})
 
     def initial_state(self, name: str):
         """A registered state-tuning file, read on first use and kept."""

@@ -23,6 +23,7 @@ import pluggy
 
 from .. import hookspecs
 from ..core.errors import RWKVHubError
+from .completion import PREFIX_FORMAT, CompletionError, CompletionFormat
 from .formats import FormatError, PromptFormat
 from .presets import Preset, PresetError
 
@@ -33,7 +34,15 @@ BUILTIN = "built-in"
 ENTRY_POINT = "entry point"
 CONFIG = "config"
 PRECEDENCE = {BUILTIN: 0, ENTRY_POINT: 1, CONFIG: 2}
-KINDS = ("formats", "presets", "commands", "initial_states", "logit_processors", "stream_filters")
+KINDS = (
+    "formats",
+    "presets",
+    "commands",
+    "initial_states",
+    "logit_processors",
+    "stream_filters",
+    "completion_formats",
+)
 log = logging.getLogger("rwkv_hub")
 
 
@@ -133,6 +142,25 @@ class PluginHost:
     def stream_filters(self) -> dict[str, Callable]:
         return {k: r.value for k, r in self.registry["stream_filters"].items()}
 
+    @property
+    def completion_formats(self) -> dict[str, CompletionFormat]:
+        return {k: r.value for k, r in self.registry["completion_formats"].items()}
+
+    def completion_format(self, name: str | None, language: str | None = None) -> CompletionFormat:
+        """The named completion format; without a name, the one registered for `language` (the highest
+        precedence, then the last registered), else the built-in `prefix`."""
+        table = self.registry["completion_formats"]
+        if name:
+            if name not in table:
+                known = ", ".join(sorted(table)) or "none"
+                raise CompletionError(f"unknown completion format {name!r}; known: {known}")
+            return table[name].value
+        lang = (language or "").lower()
+        claims = [r for r in table.values() if lang and lang in r.value.languages]
+        if claims:
+            return max(enumerate(claims), key=lambda ir: (PRECEDENCE[ir[1].source], ir[0]))[1].value
+        return table["prefix"].value if "prefix" in table else PREFIX_FORMAT
+
     def format(self, name: str) -> PromptFormat:
         try:
             return self.registry["formats"][name].value
@@ -169,6 +197,7 @@ class PluginHost:
         self._collect("register_initial_states", "initial_states", _as_initial_state)
         self._collect("register_logit_processors", "logit_processors", _as_callable("logit processor"))
         self._collect("register_stream_filters", "stream_filters", _as_callable("stream filter"))
+        self._collect("register_completion_formats", "completion_formats", _as_completion_format)
         return self
 
     def _add_lazily(self, importer: Callable[[], Any], name: str, source: str, version: str | None) -> None:
@@ -297,6 +326,13 @@ def _as_format(args: tuple, kwargs: dict) -> tuple[str, PromptFormat]:
     fmt = _one(args, kwargs, "PromptFormat")
     if not isinstance(fmt, PromptFormat):
         raise FormatError(f"register_formats: expected a PromptFormat, got {type(fmt).__name__}")
+    return fmt.name, fmt
+
+
+def _as_completion_format(args: tuple, kwargs: dict) -> tuple[str, CompletionFormat]:
+    fmt = _one(args, kwargs, "CompletionFormat")
+    if not isinstance(fmt, CompletionFormat):
+        raise CompletionError(f"register_completion_formats: expected a CompletionFormat, got {type(fmt).__name__}")
     return fmt.name, fmt
 
 

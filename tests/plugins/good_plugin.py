@@ -1,6 +1,7 @@
 """A well-behaved third-party plugin that uses every hook (loaded as a config module in the tests)."""
 
 from rwkv_hub import hookimpl
+from rwkv_hub.hub.completion import CompletionFormat, CompletionPrompt
 from rwkv_hub.hub.formats import PromptFormat, Rendered
 
 CALLS: list[tuple[str, object]] = []
@@ -53,6 +54,17 @@ def register_stream_filters(register):
         return lambda delta: delta.replace("x", "y")
 
     register("x-to-y", make)
+
+
+def _fim(ctx):
+    """A fill-in-the-middle layout, as models trained with one expect: prefix, suffix, then the middle."""
+    prompt = f"<PRE>{ctx.prefix}<SUF>{ctx.suffix}<MID>"
+    return CompletionPrompt(prompt, ctx.prefix, ctx.rules, stop=("<EOT>",), params={"temperature": 0})
+
+
+@hookimpl
+def register_completion_formats(register):
+    register(CompletionFormat("fim", "fill in the middle", _fim, languages=("lua",)))
 
 
 @hookimpl
