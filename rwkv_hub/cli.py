@@ -136,6 +136,15 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     tui.add_argument("--model", help="the model for a daemon the TUI starts itself")
     tui.add_argument("--no-start", action="store_true", help="do not start a daemon when none is running")
     tui.set_defaults(run=_run_tui)
+    lsp = commands.add_parser(
+        "lsp",
+        help="a Language Server on stdio that serves the daemon's completions to an editor",
+        description="Serve inline completion, completion and selection code actions to an editor over LSP "
+        "(stdio), from a running daemon. The editor's initializationOptions override these options.",
+    )
+    lsp.add_argument("--url", help="the daemon's WebSocket URL (default ws://127.0.0.1:8765/ws)")
+    lsp.add_argument("--token-file", help="the daemon's token file (default: $RWKV_HUB_TOKEN, else the token file)")
+    lsp.set_defaults(run=_run_lsp)
     token = commands.add_parser("token", help="print the daemon's bearer token (made on first use)")
     token.set_defaults(run=_run_token)
 
@@ -155,6 +164,17 @@ def _run_tui(args: argparse.Namespace) -> int:
     from rwkv_hub.adapters.tui.app import run
 
     return run(args.url, args.token, not args.no_start, args.model)
+
+
+def _run_lsp(args: argparse.Namespace) -> int:
+    from rwkv_hub.adapters.lsp import Settings, serve_stdio
+
+    settings = Settings()
+    if args.url:
+        settings.url = args.url
+    settings.token_file = args.token_file
+    serve_stdio(settings)
+    return 0
 
 
 def _run_token(args: argparse.Namespace) -> int:

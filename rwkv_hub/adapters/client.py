@@ -250,10 +250,48 @@ class Client:
         language: str | None = None,
         path: str | None = None,
         cursor: dict[str, int] | None = None,
+        preset: str | None = None,
         params: dict | None = None,
+        max_lines: int | None = None,
+        format: str | None = None,
     ) -> Request:
         return self._request(
-            "complete", prefix=prefix, suffix=suffix, language=language, path=path, cursor=cursor, params=params
+            "complete",
+            prefix=prefix,
+            suffix=suffix,
+            language=language,
+            path=path,
+            cursor=cursor,
+            preset=preset,
+            params=params,
+            max_lines=max_lines,
+            format=format,
+        )
+
+    def selection(
+        self,
+        command: str,
+        text: str,
+        *,
+        instruction: str | None = None,
+        target: str | None = None,
+        language: str | None = None,
+        path: str | None = None,
+        preset: str | None = None,
+        params: dict | None = None,
+    ) -> Request:
+        """A command on an editor's selection: rewrite (with `instruction`), explain, docstring, translate
+        (into `target`, default English)."""
+        return self._request(
+            "selection",
+            command=command,
+            text=text,
+            instruction=instruction,
+            target=target,
+            language=language,
+            path=path,
+            preset=preset,
+            params=params,
         )
 
     async def sessions(self) -> list[dict[str, Any]]:
