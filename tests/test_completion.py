@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rwkv_hub.hub.completion import CompletionRules, block_indent, cut, rules_for, window
+from rwkv_hub.hub.completion import CompletionRules, block_indent, clip_prefix, cut, rules_for, window
 from rwkv_hub.hub.selection import SelectionError, instruction, request
 
 PY_PREFIX = "def add(a, b):\n    "
@@ -60,6 +60,8 @@ def test_the_prefix_window_starts_at_a_line_and_stays_put_while_typing():
     later = source + "x" * 2500  # a quarter budget on, the start moves once
     assert not window(later, 8000).startswith(first[:100])
     assert window("short\ntext", 8000) == "short\ntext"
+    for text in (source, typed, later, source[:12345], source[:5000]):  # what a client sends, windowed
+        assert window(clip_prefix(text)) == window(text) and len(clip_prefix(text)) < 10_000
     no_lines = "y" * 9000
     assert 6000 <= len(window(no_lines, 8000)) <= 8000  # no line start to cut at: the step mark itself
 

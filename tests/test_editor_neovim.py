@@ -12,26 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DaemonThread
-from test_lsp import SHAPE, SOURCE, TOKEN, daemon_completion, run, ws_url
-
-from rwkv_hub.hub.config import Config, Limits
+from test_lsp import SOURCE, TOKEN, daemon, daemon_completion, run, ws_url  # noqa: F401 (daemon: a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 INIT = ROOT / "examples" / "editors" / "neovim" / "init.lua"
 SCRIPT = Path(__file__).with_name("editors") / "nvim_complete.lua"
-
-
-@pytest.fixture(scope="module")
-def daemon(checkpoint_factory, model_factory, tmp_path_factory):
-    model = model_factory(checkpoint_factory(**SHAPE))
-    server = DaemonThread()
-    config = Config(port=0, limits=Limits(max_active=8))
-    hub = server.hub(model, tmp_path_factory.mktemp("sessions"), cache_bytes=2**26, limits=config.limits.engine())
-    running = server.start(hub, config, TOKEN)
-    yield running
-    server.stop(running).result(60)
-    server.close()
 
 
 def nvim() -> str:
@@ -43,7 +28,7 @@ def nvim() -> str:
     return found
 
 
-def test_neovim_gets_completions_through_rwkv_hub_lsp(daemon, tmp_path):
+def test_neovim_gets_completions_through_rwkv_hub_lsp(daemon, tmp_path):  # noqa: F811
     exe = nvim()
     source = tmp_path / "calc.py"
     source.write_text(SOURCE)

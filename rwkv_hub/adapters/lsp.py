@@ -28,6 +28,7 @@ from pygls.lsp.server import LanguageServer
 from pygls.workspace import TextDocument
 
 from ..core.errors import RWKVHubError
+from ..hub.completion import SUFFIX_CHARS, clip_prefix
 from ..hub.selection import COMMANDS
 from ..hub.token import get_token
 from .client import DEFAULT_URL, Client, Request, ServerError
@@ -187,8 +188,8 @@ def build_server(settings: Settings | None = None) -> LanguageServer:
 
         def make(client: Client) -> Request:
             return client.complete(
-                prefix,
-                suffix=suffix,
+                clip_prefix(prefix),
+                suffix=suffix[:SUFFIX_CHARS],
                 language=doc.language_id,
                 path=doc.path or doc.uri,
                 cursor={"line": pos.line, "character": pos.character},

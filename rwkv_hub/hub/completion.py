@@ -108,6 +108,17 @@ def window(prefix: str, budget: int = PREFIX_CHARS) -> str:
     return prefix[nl + 1 :] if nl != -1 and nl + 1 < len(prefix) else prefix[anchor:]
 
 
+def clip_prefix(prefix: str, keep: int = PREFIX_CHARS) -> str:
+    """What a client sends of the text before the cursor: at least its last `keep` characters, cut at a
+    multiple of the window's step from the document's start. A cut that slid with each keystroke would
+    move `window`'s start too and defeat the prefix cache; cut in steps, it lands where `window` would."""
+    step = max(1, PREFIX_CHARS // 4)
+    return prefix[(max(0, len(prefix) - keep) // step) * step :]
+
+
+SUFFIX_CHARS = 2000  # what a client sends of the text after the cursor
+
+
 def build_prefix(ctx: CompletionContext) -> CompletionPrompt:
     """The built-in format: continue the windowed prefix as raw text; the suffix is not shown to the model
     (RWKV's public models are not trained for fill-in-the-middle)."""
