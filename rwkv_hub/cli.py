@@ -145,6 +145,17 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     lsp.add_argument("--url", help="the daemon's WebSocket URL (default ws://127.0.0.1:8765/ws)")
     lsp.add_argument("--token-file", help="the daemon's token file (default: $RWKV_HUB_TOKEN, else the token file)")
     lsp.set_defaults(run=_run_lsp)
+    bot = commands.add_parser(
+        "bot",
+        help="run a chat bot against a running daemon",
+        description="Run the bot NAME (a plugin's; built in: irc) with the [bots.NAME] settings of the config "
+        "file, talking to a running daemon, until interrupted. docs/bots.md has the settings.",
+    )
+    bot.add_argument("name", help="the bot, e.g. irc")
+    bot.add_argument("--config", help="the config file (default: <config dir>/config.toml)")
+    bot.add_argument("--url", help="the daemon's WebSocket URL (default ws://127.0.0.1:8765/ws)")
+    bot.add_argument("--token", help="the daemon's token (default: $RWKV_HUB_TOKEN, else the token file)")
+    bot.set_defaults(run=_run_bot)
     token = commands.add_parser("token", help="print the daemon's bearer token (made on first use)")
     token.set_defaults(run=_run_token)
 
@@ -174,6 +185,34 @@ def _run_lsp(args: argparse.Namespace) -> int:
         settings.url = args.url
     settings.token_file = args.token_file
     serve_stdio(settings)
+    return 0
+
+
+def _run_bot(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rwkv_hub.adapters.bots.runner import BotRunner
+    from rwkv_hub.adapters.client import DEFAULT_URL
+    from rwkv_hub.hub.config import load_config
+    from rwkv_hub.hub.plugins import PluginHost
+    from rwkv_hub.hub.token import get_token
+
+    config = load_config(args.config)
+    host = PluginHost(config.plugins, disable=config.disable_plugins).load()
+    runner = BotRunner(host.bots, config.bots, args.url or DEFAULT_URL, get_token(args.token, create=False))
+
+    async def main() -> None:
+        runner.build([args.name])
+        runner.start()
+        try:
+            await asyncio.gather(*runner.tasks.values())
+        finally:
+            await runner.stop()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

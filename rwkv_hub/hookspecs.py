@@ -78,6 +78,16 @@ def register_completion_formats(register: Callable[..., None]) -> None:
 
 
 @hookspec
+def register_bots(register: Callable[..., None]) -> None:
+    """Offer chat bots: call `register(name, factory, description)` where `factory(name, settings, client)`
+    gets the `[bots.NAME]` table of the config file and a connected-on-demand
+    `rwkv_hub.adapters.client.Client`, and returns an object whose `async run()` serves until cancelled.
+    The daemon starts the bots whose table says `enabled = true` and stops them with it; `rwkv-hub bot
+    NAME` runs one against a running daemon. Build on `rwkv_hub.adapters.bots.core.BotCore`.
+    """
+
+
+@hookspec
 def prepare_request(request: dict[str, Any]) -> None:
     """Adjust a request before it runs: `request` has `format`, `preset`, `params` (a dict), `input` and
     `prompt` (the rendered text); change them in place. Called for every request, by every plugin, in

@@ -102,6 +102,7 @@ def test_registration_hooks(good):
     assert h.initial_states["pirate"].description == "talks like a pirate"  # register_initial_states
     assert "only-x" in h.logit_processors  # register_logit_processors
     assert h.stream_filters["x-to-y"]()("xax") == "yay"  # register_stream_filters
+    assert h.bots["quiet"].description == "says nothing" and h.bots["quiet"].factory.__name__ == "QuietBot"
     info = {p["name"]: p for p in h.report()["plugins"]}[GOOD]
     assert info["source"] == "config" and set(info["hooks"]) == set(HOOKS)
 

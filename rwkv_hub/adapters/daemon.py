@@ -19,6 +19,7 @@ from ..hub.config import Config
 from ..hub.hub import Hub
 from ..hub.plugins import PluginHost
 from ..hub.token import get_token
+from .bots.runner import BotRunner
 from .server import Daemon
 
 log = logging.getLogger("rwkv_hub")
@@ -30,8 +31,11 @@ class Running:
     daemon: Daemon
     runner: web.AppRunner
     url: str
+    bots: BotRunner | None = None
 
     async def stop(self) -> None:
+        if self.bots is not None:
+            await self.bots.stop()
         await self.daemon.close_connections()
         await self.runner.cleanup()
         await self.daemon.hub.engine.stop()
@@ -64,6 +68,8 @@ async def start(config: Config, token: str, hub: Hub | None = None, engine_threa
     With `engine_thread=False` the caller runs the engine's loop itself (`hub.engine.run()`).
     """
     hub = hub or build_hub(config)
+    bots = BotRunner(hub.host.bots, config.bots, "", token)
+    bots.build(bots.enabled())  # bad bot settings stop the start here, before anything runs
     hub.engine.start(thread=engine_thread)
     daemon = Daemon(hub, config, token)
     runner = web.AppRunner(daemon.app(), handle_signals=False, access_log=None, shutdown_timeout=5)
@@ -72,7 +78,11 @@ async def start(config: Config, token: str, hub: Hub | None = None, engine_threa
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     hub.host.call("daemon_started", hub=hub)
-    return Running(daemon, runner, f"http://{_url_host(config.host)}:{port}")
+    url = f"http://{_url_host(config.host)}:{port}"
+    for client in bots.clients.values():  # the bots reach this daemon like any other client
+        client.url = url.replace("http", "ws", 1) + "/ws"
+    bots.start()
+    return Running(daemon, runner, url, bots)
 
 
 def _url_host(host: str) -> str:

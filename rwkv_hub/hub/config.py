@@ -67,6 +67,7 @@ class Config:
     plugins: list[str] = field(default_factory=list)  # extra plugin modules to load
     disable_plugins: list[str] = field(default_factory=list)
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> params overrides
+    bots: dict[str, dict[str, Any]] = field(default_factory=dict)  # [bots.NAME]: each bot checks its own keys
     limits: Limits = field(default_factory=Limits)
     path: Path | None = None  # the file this came from
 
@@ -84,7 +85,7 @@ _TOP: dict[str, tuple[tuple[type, ...], str]] = {
     "cache_mb": ((int,), "a number of megabytes"),
     "session_folder": ((str,), "a folder"),
 }
-_TABLES = ("limits", "plugins", "presets")
+_TABLES = ("limits", "plugins", "presets", "bots")
 
 
 def load_config(path: str | os.PathLike | None = None) -> Config:
@@ -181,4 +182,12 @@ def _build(data: dict[str, Any], text: str, p: Path) -> Config:
             cfg.presets[name] = check_params(f"presets.{name}", params)
         except PresetError as e:
             raise ConfigError(f"{_where(p, text, f'presets.{name}')}: {e}") from None
+    bots = data.get("bots", {})
+    _check(p, text, "bots", bots, (dict,), "a table of [bots.NAME] tables")
+    for name, table in bots.items():
+        _check(p, text, name, table, (dict,), "a table of bot settings", "bots")
+        if not isinstance(table.get("enabled", False), bool):
+            where = _where(p, text, "enabled", f"bots.{name}")
+            raise ConfigError(f"{where}: bots.{name}.enabled must be true or false")
+        cfg.bots[name] = dict(table)
     return cfg

@@ -42,6 +42,7 @@ KINDS = (
     "logit_processors",
     "stream_filters",
     "completion_formats",
+    "bots",
 )
 log = logging.getLogger("rwkv_hub")
 
@@ -81,6 +82,13 @@ class InitialState:
     name: str
     path: str
     description: str
+
+
+@dataclass(frozen=True)
+class BotEntry:
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
 
 
 @dataclass
@@ -146,6 +154,10 @@ class PluginHost:
     def completion_formats(self) -> dict[str, CompletionFormat]:
         return {k: r.value for k, r in self.registry["completion_formats"].items()}
 
+    @property
+    def bots(self) -> dict[str, BotEntry]:
+        return {k: r.value for k, r in self.registry["bots"].items()}
+
     def completion_format(self, name: str | None, language: str | None = None) -> CompletionFormat:
         """The named completion format; without a name, the one registered for `language` (the highest
         precedence, then the last registered), else the built-in `prefix`."""
@@ -198,6 +210,7 @@ class PluginHost:
         self._collect("register_logit_processors", "logit_processors", _as_callable("logit processor"))
         self._collect("register_stream_filters", "stream_filters", _as_callable("stream filter"))
         self._collect("register_completion_formats", "completion_formats", _as_completion_format)
+        self._collect("register_bots", "bots", _as_bot)
         return self
 
     def _add_lazily(self, importer: Callable[[], Any], name: str, source: str, version: str | None) -> None:
@@ -334,6 +347,15 @@ def _as_completion_format(args: tuple, kwargs: dict) -> tuple[str, CompletionFor
     if not isinstance(fmt, CompletionFormat):
         raise CompletionError(f"register_completion_formats: expected a CompletionFormat, got {type(fmt).__name__}")
     return fmt.name, fmt
+
+
+def _as_bot(args: tuple, kwargs: dict) -> tuple[str, BotEntry]:
+    bot = BotEntry(*args, **kwargs)
+    if not isinstance(bot.name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", bot.name):
+        raise TypeError(f"bot name {bot.name!r}: use 1-32 lowercase letters, digits, '_', '-'")
+    if not callable(bot.factory):
+        raise TypeError(f"bot {bot.name!r}: the factory must be callable")
+    return bot.name, bot
 
 
 def _as_preset(args: tuple, kwargs: dict) -> tuple[str, Preset]:

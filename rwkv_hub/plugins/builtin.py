@@ -1,5 +1,5 @@
-"""The built-in prompt formats (chat, instruction, few-shot, raw), the RWKV guide's presets and the
-`prefix` completion format."""
+"""The built-in prompt formats (chat, instruction, few-shot, raw), the RWKV guide's presets, the
+`prefix` completion format and the IRC bot."""
 
 from __future__ import annotations
 
@@ -24,3 +24,14 @@ def register_presets(register) -> None:
 @hookimpl
 def register_completion_formats(register) -> None:
     register(PREFIX_FORMAT)
+
+
+def _irc(name, settings, client):
+    from ..adapters.bots.irc import make_irc_bot  # imported when a bot starts, not at every start-up
+
+    return make_irc_bot(name, settings, client)
+
+
+@hookimpl
+def register_bots(register) -> None:
+    register("irc", _irc, "an IRC bot: answers mentions, commands and private messages (docs/bots.md)")

@@ -67,6 +67,21 @@ def register_completion_formats(register):
     register(CompletionFormat("fim", "fill in the middle", _fim, languages=("lua",)))
 
 
+class QuietBot:
+    """A bot that connects nowhere: enough to show a plugin can offer one."""
+
+    def __init__(self, name, settings, client):
+        self.name, self.settings, self.client = name, settings, client
+
+    async def run(self):
+        CALLS.append(("bot running", self.name, self.settings))
+
+
+@hookimpl
+def register_bots(register):
+    register("quiet", QuietBot, "says nothing")
+
+
 @hookimpl
 def prepare_request(request):
     CALLS.append(("prepare_request", request["format"]))
