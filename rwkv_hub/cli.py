@@ -53,6 +53,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
 
     _add_generate(commands)
     _add_bench(commands)
+    _add_compose(commands)
     _add_serve(commands)
     add_commands(commands, host or PluginHost().load())
     return parser
@@ -230,6 +231,15 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("bench", help="measure throughput and memory", description=bench.__doc__)
     bench.add_arguments(parser)
     parser.set_defaults(run=bench.run)
+
+
+def _add_compose(commands: argparse._SubParsersAction) -> None:
+    """`compose`: its options live in rwkv_hub.compose, which imports torch only when it runs."""
+    from rwkv_hub import compose
+
+    parser = commands.add_parser("compose", help="write music with an ABC or MIDI model", description=compose.__doc__)
+    compose.add_arguments(parser)
+    parser.set_defaults(run=compose.run)
 
 
 def _run_inspect(args: argparse.Namespace) -> int:

@@ -294,6 +294,36 @@ class Client:
             params=params,
         )
 
+    def compose(
+        self,
+        format: str,
+        *,
+        start: str | None = None,
+        midi: bytes | None = None,
+        preset: str | None = None,
+        params: dict | None = None,
+        save: bool | None = None,
+        svg: bool | None = None,
+        wav: bool | None = None,
+        name: str | None = None,
+    ) -> Request:
+        """Music from an ABC or MIDI model: the notation streams; `done["piece"]` says where it was saved.
+        `start` is a tune to continue (ABC or MIDI event text), `midi` a .mid file's bytes to continue."""
+        import base64
+
+        return self._request(
+            "compose",
+            format=format,
+            midi=base64.b64encode(midi).decode() if midi is not None else None,
+            preset=preset,
+            params=params,
+            save=save,
+            svg=svg,
+            wav=wav,
+            name=name,
+            **({"continue": start} if start is not None else {}),
+        )
+
     async def sessions(self) -> list[dict[str, Any]]:
         return await self._call("sessions.list")
 

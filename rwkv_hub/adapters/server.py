@@ -245,10 +245,13 @@ class _Connection:
                     stream = self.daemon.hub.complete(msg)
                 elif kind == "selection":
                     stream = self.daemon.hub.selection(msg)
+                elif kind == "compose":
+                    stream = self.daemon.hub.compose(self._compose_request(msg))
                 else:
                     stream = self.daemon.hub.submit(self._hub_request(kind, msg))
                 self.daemon.counters[f"req_{kind}"] += 1
-                task = asyncio.create_task(self._pump(rid, stream))
+                finish = self._save_piece(msg, stream) if kind == "compose" and msg.get("save", True) else None
+                task = asyncio.create_task(self._pump(rid, stream, finish))
                 self.running[rid] = (task, stream)
                 if kind == "complete":
                     self.completing[msg.get("path") or ""] = rid
@@ -321,15 +324,53 @@ class _Connection:
         sessions.delete(sid)
         return {"deleted": sid}
 
-    async def _pump(self, rid: str, stream: HubStream) -> None:
-        """Forward a request's deltas and its end."""
+    def _compose_request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """A compose message as the hub takes it; a .mid to continue comes base64-encoded."""
+        req = {k: msg[k] for k in ("format", "continue", "preset", "params") if k in msg}
+        if "midi" in msg:
+            import base64
+            import binascii
+
+            from ..music.midi_text import midi_to_text
+
+            try:
+                data = base64.b64decode(msg["midi"], validate=True)
+            except (binascii.Error, ValueError):
+                raise ProtocolError("bad_request", "midi: not base64 of a .mid file", msg.get("id")) from None
+            req["continue"] = midi_to_text(data, close=False)
+        return req
+
+    def _save_piece(self, msg: dict[str, Any], stream: HubStream):
+        """What a finished composition adds to its done event: the files it was saved as."""
+
+        async def finish() -> dict[str, Any]:
+            from ..hub.music import piece_text, safe_stem, write_piece
+
+            fmt = stream.request["format"]
+            text = piece_text(fmt, stream.request.get("start", ""), "".join(stream.texts))
+            stem = f"{safe_stem(msg.get('name') or msg['id'])}-{time.strftime('%Y%m%d-%H%M%S')}"
+            out = self.daemon.config.compositions_path() / stem
+            try:
+                piece = await asyncio.to_thread(
+                    write_piece, fmt, text, out, svg=bool(msg.get("svg")), wav=bool(msg.get("wav"))
+                )
+            except RWKVHubError as e:  # nothing playable came back: the notation is still the answer
+                return {"piece": {"notation": text, "error": str(e)}}
+            return {"piece": {"notation": piece.notation} | piece.to_dict()}
+
+        return finish
+
+    async def _pump(self, rid: str, stream: HubStream, finish=None) -> None:
+        """Forward a request's deltas and its end (`finish()` adds fields to the done event)."""
         try:
             async for delta in stream:
                 await self.send({"type": "delta", "id": rid, "text": delta})
             r = stream.result
             self.daemon.count_finished(stream)
+            extra = await finish() if finish is not None and r.finish_reason != "cancelled" else {}
             await self.send(
-                {
+                extra
+                | {
                     "type": "done",
                     "id": rid,
                     "finish_reason": stream.finish_reason,

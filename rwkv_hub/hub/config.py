@@ -74,6 +74,10 @@ class Config:
     def sessions_path(self) -> Path:
         return Path(self.session_folder).expanduser() if self.session_folder else config_dir() / "sessions"
 
+    def compositions_path(self) -> Path:
+        """Where the daemon saves compositions: beside the sessions folder."""
+        return self.sessions_path().parent / "compositions"
+
 
 # key -> (accepted types, description of the type for messages)
 _TOP: dict[str, tuple[tuple[type, ...], str]] = {

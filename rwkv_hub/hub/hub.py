@@ -59,6 +59,7 @@ class HubStream:
         self.request = request
         self.boundary: tuple[str, CompletionRules] | None = None
         self.cut = False
+        self.texts: list[str] = []  # what was yielded, in order
 
     @property
     def result(self):
@@ -76,6 +77,11 @@ class HubStream:
         self.stream.cancel()
 
     async def __aiter__(self) -> AsyncIterator[str]:
+        async for piece in self._pieces():
+            self.texts.append(piece)
+            yield piece
+
+    async def _pieces(self) -> AsyncIterator[str]:
         text, sent = "", 0
         async for delta in self.stream:
             for f in self.filters:
@@ -203,6 +209,30 @@ class Hub:
         """A command on an editor's selection (rewrite, explain, docstring, translate): an instruction
         request that runs ahead of chat work. Fields as the protocol's `selection` message."""
         return self.submit(selection.request(request) | {"interactive": True})
+
+    def compose(self, request: Mapping[str, Any]) -> HubStream:
+        """A piece of music in the `abc` or `midi` format: `continue` is the start of a tune (ABC text or MIDI
+        event text; none: a new piece), sampled with the format's music preset unless `preset` says
+        otherwise. The stream's text is what the model adds; `music.piece_text` joins it to the start."""
+        from .music import FORMATS, MIDI_ENDS, MIDI_START
+
+        fmt = request.get("format")
+        if fmt not in FORMATS:
+            raise RequestError(f"compose needs format 'abc' or 'midi', not {fmt!r}")
+        start = request.get("continue") or ""
+        if fmt == "midi":
+            start = " ".join(w for w in start.split() if w not in (MIDI_START, *MIDI_ENDS))
+        req: dict[str, Any] = {
+            "format": fmt,
+            "preset": request.get("preset") or f"music-{fmt}",
+            "input": {"text": start},
+            "params": {"max_tokens": 1000} | dict(request.get("params") or {}),
+        }
+        if fmt == "midi" and "midi-end-nudge" in self.host.logit_processors:
+            req["logit_processors"] = ["midi-end-nudge"]
+        stream = self.submit(req)
+        stream.request["start"] = start
+        return stream
 
     def initial_state(self, name: str):
         """A registered state-tuning file, read on first use and kept."""

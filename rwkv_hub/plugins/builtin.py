@@ -1,24 +1,30 @@
-"""The built-in prompt formats (chat, instruction, few-shot, raw), the RWKV guide's presets, the
-`prefix` completion format and the IRC bot."""
+"""The built-in prompt formats (chat, instruction, few-shot, raw, abc, midi), the RWKV guide's presets and
+the music presets, the `prefix` completion format, MIDI's end nudge and the IRC bot."""
 
 from __future__ import annotations
 
 from ..hookspecs import hookimpl
 from ..hub.completion import PREFIX_FORMAT
 from ..hub.formats import BUILTIN_FORMATS
+from ..hub.music import MUSIC_FORMATS, MUSIC_PRESETS, end_nudge
 from ..hub.presets import BUILTIN_PRESETS
 
 
 @hookimpl
 def register_formats(register) -> None:
-    for fmt in BUILTIN_FORMATS:
+    for fmt in (*BUILTIN_FORMATS, *MUSIC_FORMATS):
         register(fmt)
 
 
 @hookimpl
 def register_presets(register) -> None:
-    for preset in BUILTIN_PRESETS:
+    for preset in (*BUILTIN_PRESETS, *MUSIC_PRESETS):
         register(preset)
+
+
+@hookimpl
+def register_logit_processors(register) -> None:
+    register("midi-end-nudge", end_nudge)
 
 
 @hookimpl

@@ -45,6 +45,7 @@ HELP = """\
 | Ctrl+T | rename this conversation |
 | F8 | delete this conversation |
 | Ctrl+P | show or hide the parameter panel |
+| F5 | compose music (with an ABC or MIDI model): Ctrl+G composes, Ctrl+O plays, Escape goes back |
 | F1 | this help |
 | Ctrl+Q | quit (a daemon the TUI started is stopped) |
 
@@ -138,6 +139,7 @@ class RwkvApp(App):
         Binding("ctrl+t", "rename_session", "rename"),
         Binding("f8", "delete_session", "delete"),
         Binding("ctrl+p", "toggle_params", "params"),
+        Binding("f5", "music", "compose"),
         Binding("f1", "help", "help"),
         Binding("ctrl+q", "quit", "quit"),
     ]
@@ -355,6 +357,11 @@ class RwkvApp(App):
 
     def action_toggle_params(self) -> None:
         self.query_one("#params").toggle_class("hidden")
+
+    def action_music(self) -> None:
+        from .music import MusicScreen
+
+        self.push_screen(MusicScreen())
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

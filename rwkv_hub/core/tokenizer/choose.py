@@ -1,6 +1,7 @@
 """Which tokenizer a model uses: the user's choice, else a sidecar file next to it, else its vocabulary size.
 
-Names: "world", "bytes", "20b:/path/to/20B_tokenizer.json". The sidecar `<checkpoint stem>.tokenizer`
+Names: "world", "bytes", "20b:/path/to/20B_tokenizer.json", "midi:/path/to/tokenizer-midi.json". A MIDI
+music model's `tokenizer-midi.json` beside the checkpoint is found by itself. The sidecar `<checkpoint stem>.tokenizer`
 (for `model.pth`, `model.tokenizer`) holds one such name; a relative 20B path in it is read from the
 checkpoint's folder.
 """
@@ -12,11 +13,13 @@ from functools import cache
 from pathlib import Path
 
 from .base import ByteTokenizer, Tokenizer, TokenizerError
+from .midi import FILE_NAME as MIDI_FILE
+from .midi import MidiTokenizer
 from .neox import NeoXTokenizer
 from .world import WorldTokenizer
 
 SIDECAR_SUFFIX = ".tokenizer"
-NAMES = '"world", "bytes" or "20b:/path/to/20B_tokenizer.json"'
+NAMES = '"world", "bytes", "20b:/path/to/20B_tokenizer.json" or "midi:/path/to/tokenizer-midi.json"'
 
 
 @cache
@@ -46,8 +49,8 @@ def detect(vocab_size: int) -> str:
         )
     kind = "REMI music" if vocab_size < 2176 else "MIDI piano" if vocab_size < 20096 else "MIDI music"
     raise TokenizerError(
-        f"vocabulary {vocab_size} looks like a {kind} model, whose tokenizer is not supported yet; "
-        f"pass tokenizer= ({NAMES} or a Tokenizer object) to load() to choose one"
+        f"vocabulary {vocab_size} looks like a {kind} model; put its {MIDI_FILE} beside the checkpoint, or pass "
+        f"tokenizer= ({NAMES} or a Tokenizer object) to load()"
     )
 
 
@@ -59,14 +62,15 @@ def parse_name(name: str, base: Path | None = None) -> Callable[[], Tokenizer]:
         return world_tokenizer
     if kind == "bytes" and not arg:
         return ByteTokenizer
-    if kind == "20b" and arg:
+    if kind in ("20b", "midi") and arg:
         path = Path(arg).expanduser()
         path = path if path.is_absolute() or base is None else base / path
         if not path.is_file():
-            raise TokenizerError(f"20B tokenizer file {path} not found")
-        return cache(lambda: NeoXTokenizer(path))
-    if kind == "20b":
-        raise TokenizerError('the 20B tokenizer needs its JSON file: "20b:/path/to/20B_tokenizer.json"')
+            raise TokenizerError(f"{kind.upper()} tokenizer file {path} not found")
+        return cache(lambda: NeoXTokenizer(path)) if kind == "20b" else cache(lambda: MidiTokenizer(path))
+    if kind in ("20b", "midi"):
+        example = "20B_tokenizer.json" if kind == "20b" else MIDI_FILE
+        raise TokenizerError(f'the {kind.upper()} tokenizer needs its JSON file: "{kind}:/path/to/{example}"')
     raise TokenizerError(f"unknown tokenizer {name!r}; expected {NAMES}")
 
 
@@ -88,6 +92,9 @@ def choose_tokenizer(choice: str | Tokenizer | None, checkpoint: Path, vocab_siz
             return parse_name(sidecar.read_text(encoding="utf-8"), base=sidecar.parent)
         except TokenizerError as e:
             raise TokenizerError(f"{sidecar}: {e}") from None
+    midi = checkpoint.parent / MIDI_FILE
+    if 256 < vocab_size < 50277 and midi.is_file():  # a MIDI model ships its vocabulary beside it
+        return parse_name(f"midi:{midi}")
     try:
         name = detect(vocab_size)
     except TokenizerError as e:

@@ -1,0 +1,209 @@
+"""Composition end to end on random-weight checkpoints of the music models' vocabularies: the abc and midi
+formats drive a real engine, end at their end tokens, and what comes back, however malformed, becomes
+files the converters accept; through the hub, the daemon's `compose` request and `rwkv-hub compose`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mido
+import pytest
+import websockets
+from conftest import DaemonThread
+
+import rwkv_hub
+from rwkv_hub.core.engine import Engine
+from rwkv_hub.hub.config import Config
+from rwkv_hub.hub.hub import Hub
+from rwkv_hub.hub.music import DEFAULT_ABC, piece_text, write_piece
+from rwkv_hub.hub.plugins import PluginHost
+from rwkv_hub.music.midi_text import VocabConfig, midi_to_text
+from rwkv_hub.music.notes import MusicError, Note, Tune
+
+TOKEN = "music-test-token-0123456789"
+ABC_SHAPE = dict(n_layer=2, n_embd=128, vocab_size=128, head_size=64)  # ABC models: one id per character
+MIDI_VOCAB = VocabConfig.default().tokens()
+
+
+@pytest.fixture(scope="module")
+def abc_model(checkpoint_factory, model_factory):
+    return model_factory(checkpoint_factory(**ABC_SHAPE))
+
+
+@pytest.fixture(scope="module")
+def midi_path(checkpoint_factory, tmp_path_factory):
+    path = tmp_path_factory.mktemp("midi-model") / "rwkv-midi.pth"  # a folder of its own, as a release has
+    shutil.copy(checkpoint_factory(n_layer=2, n_embd=64, vocab_size=len(MIDI_VOCAB), head_size=64), path)
+    vocab = {word: i for i, word in enumerate(MIDI_VOCAB)}
+    tokenizer = {"version": "1.0", "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<pad>"}}
+    (path.parent / "tokenizer-midi.json").write_text(json.dumps(tokenizer))  # found beside the checkpoint
+    return path
+
+
+def compose(model, request: dict):
+    async def go():
+        async with Engine(model) as engine:
+            hub = Hub(engine, PluginHost(["plugins.music_end"], entry_points=False).load())
+            stream = hub.submit(request) if "input" in request else hub.compose(request)
+            text = await stream.text()
+            return stream, text
+
+    return asyncio.run(asyncio.wait_for(go(), 120))
+
+
+def test_abc_ends_at_the_end_of_tune_id_and_becomes_files(abc_model, tmp_path):
+    req = {"format": "abc", "preset": "music-abc", "input": {"text": DEFAULT_ABC}, "logit_processors": ["end-after-24"]}
+    stream, text = compose(abc_model, req | {"params": {"seed": 3, "max_tokens": 200}})
+    assert stream.request["prompt"] == "\x02" + DEFAULT_ABC
+    assert stream.result.finish_reason == "stop" and len(text) == 24 and "\x03" not in text
+    piece = write_piece("abc", piece_text("abc", "", text) + "CDEF|", tmp_path / "tune.mid", svg=True, wav=True)
+    assert set(piece.files) >= {"abc", "mid"} and piece.problems  # random characters: repaired, listed
+    notes = [m for m in mido.MidiFile(piece.files["mid"]).play() if m.type == "note_on" and m.velocity]
+    assert notes  # something playable came through the repairs
+    assert set(piece.files) | set(piece.unavailable) == {"abc", "mid", "svg", "wav"}  # made, or said why not
+
+
+def test_midi_model_with_its_vocabulary_file_composes_and_continues_a_mid(midi_path, tmp_path):
+    model = rwkv_hub.load(midi_path, "cpu fp32")
+    assert model.tokenizer.name == "midi"
+    opening = Tune([Note(0, 60, 480), Note(480, 64, 480), Note(960, 67, 960, program=40, channel=1)]).to_midi()
+    start = midi_to_text(opening, close=False)
+    stream, text = compose(model, {"format": "midi", "continue": start, "params": {"seed": 1, "max_tokens": 24}})
+    words = start.split()
+    assert stream.request["prompt"] == " ".join(["<start>", *words[1:]]) + " "  # the .mid's events, continued
+    assert stream.result.completion_tokens == 24 and all(w in MIDI_VOCAB for w in text.split())
+    ended, _ = compose(model, {"format": "midi", "input": {"text": ""}, "logit_processors": ["end-after-24"]})
+    assert ended.result.finish_reason == "stop"
+    piece = write_piece("midi", piece_text("midi", start, text), tmp_path / "more", wav=True)
+    assert {"txt", "mid"} <= set(piece.files) and "wav" in set(piece.files) | set(piece.unavailable)
+    played = [m for m in mido.MidiFile(piece.files["mid"]).play() if m.type == "note_on" and m.velocity]
+    assert {m.note for m in played} >= {60, 64, 67}  # the opening is in the piece
+
+
+def test_nothing_playable_is_a_clear_music_error(tmp_path):
+    with pytest.raises(MusicError, match="no notes"):
+        write_piece("abc", "X:1\nK:C\nzz|", tmp_path / "empty")
+    assert not list(tmp_path.glob("empty.mid"))
+
+
+def test_the_daemons_compose_request_streams_and_saves(abc_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    server = DaemonThread()
+    config = Config(port=0, session_folder=str(tmp_path / "sessions"))
+    hub = server.hub(abc_model, tmp_path / "sessions")
+    running = server.start(hub, config, TOKEN)
+
+    async def go():
+        url = running.url.replace("http", "ws", 1) + "/ws"
+        async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+            msg = {"type": "compose", "id": "m1", "format": "abc", "continue": DEFAULT_ABC + "CDEF|"}
+            await ws.send(json.dumps(msg | {"params": {"max_tokens": 40, "seed": 2}, "name": "my reel"}))
+            text, done = "", None
+            while done is None:
+                ev = json.loads(await ws.recv())
+                text += ev.get("text", "") if ev["type"] == "delta" else ""
+                done = ev if ev["type"] == "done" else None
+            await ws.send(json.dumps({"type": "compose", "id": "m2", "format": "midi", "midi": "%%%"}))
+            bad = json.loads(await ws.recv())
+            return text, done, bad
+
+    try:
+        text, done, bad = asyncio.run(asyncio.wait_for(go(), 120))
+    finally:
+        server.stop(running).result(60)
+        server.close()
+    piece = done["piece"]
+    assert piece["notation"].startswith(DEFAULT_ABC + "CDEF|") and "error" not in piece
+    files = {k: tmp_path / "compositions" / v.rsplit("/", 1)[-1] for k, v in piece["files"].items()}
+    assert files["mid"].name.startswith("my-reel-") and files["mid"].exists() and files["abc"].exists()
+    assert mido.MidiFile(files["mid"]).length > 0
+    assert bad["type"] == "error" and bad["code"] == "bad_request" and "base64" in bad["message"]
+
+
+def test_rwkv_hub_compose_writes_files(checkpoint_factory, tmp_path):
+    path = checkpoint_factory(**ABC_SHAPE)
+    start = tmp_path / "start.abc"
+    start.write_text(DEFAULT_ABC + "GABc|")
+    out = tmp_path / "out" / "reel.mid"
+    cmd = [sys.executable, "-m", "rwkv_hub", "compose", "--model", str(path), "--format", "abc"]
+    r = subprocess.run(
+        cmd + ["--continue", str(start), "--out", str(out), "--max-tokens", "30", "--seed", "4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert out.exists() and out.with_suffix(".abc").read_text().startswith(DEFAULT_ABC + "GABc|")
+    assert f"mid: {out}" in r.stderr
+    bad = subprocess.run(cmd + ["--continue", str(tmp_path / "nope.abc")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "nope.abc: cannot read it" in bad.stderr and "Traceback" not in bad.stderr
+    midi_into_abc = tmp_path / "x.mid"
+    midi_into_abc.write_bytes(Tune([Note(0, 60, 480)]).to_midi())
+    bad = subprocess.run(cmd + ["--continue", str(midi_into_abc)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "not ABC" in bad.stderr
+
+
+def test_midi_base64_is_what_the_client_sends():
+    from rwkv_hub.adapters.client import Client
+
+    data = Tune([Note(0, 60, 480)]).to_midi()
+    req = Client("ws://127.0.0.1:9/ws", token="x").compose("midi", midi=data)
+    assert base64.b64decode(req.message["midi"]) == data and mido.MidiFile(file=io.BytesIO(data)).length > 0
+
+
+def test_the_tuis_composition_screen_streams_saves_and_offers_to_play(abc_model, tmp_path, monkeypatch):
+    from textual.widgets import Static, TextArea
+
+    from rwkv_hub.adapters.tui.app import RwkvApp
+    from rwkv_hub.adapters.tui.music import MusicScreen, audio_player
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    server = DaemonThread()
+    running = server.start(server.hub(abc_model, tmp_path / "sessions"), Config(port=0), TOKEN)
+
+    async def go():
+        app = RwkvApp(running.url, TOKEN, autostart=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            for _ in range(200):
+                if app.connection == "connected":
+                    break
+                await pilot.pause(0.05)
+            await pilot.press("f5")
+            await pilot.pause(0.2)
+            screen = app.screen
+            assert isinstance(screen, MusicScreen)
+            screen.query_one("#start", TextArea).text = DEFAULT_ABC + "CDEF|GABc|"
+            await pilot.press("ctrl+g")
+            for _ in range(600):
+                await pilot.pause(0.05)
+                if screen.pieces:
+                    break
+            status = str(screen.query_one("#music-status", Static).render())
+            tune = screen.query_one("#tune", TextArea).text
+            files = dict(screen.files)
+            await pilot.press("ctrl+o")
+            await pilot.pause(0.2)
+            played = str(screen.query_one("#music-status", Static).render())
+            await pilot.press("escape")
+            await pilot.pause(0.1)
+            return status, tune, files, played, isinstance(app.screen, MusicScreen)
+
+    try:
+        status, tune, files, played, still_there = asyncio.run(asyncio.wait_for(go(), 120))
+    finally:
+        server.stop(running).result(60)
+        server.close()
+    assert status.startswith("saved abc: ") and tune.startswith(DEFAULT_ABC + "CDEF|GABc|")
+    assert all(Path(p).exists() for p in files.values()) and {"abc", "mid"} <= set(files)
+    if audio_player() is None:
+        assert played.startswith("no audio player found")
+    else:
+        assert played.startswith("playing ") or played.startswith("no audio for this piece")
+    assert not still_there  # Escape went back to the chat
