@@ -44,7 +44,7 @@ def free_port() -> int:
 class IrcServer:
     """ngircd on a loopback port, in the foreground, stoppable and restartable on the same port."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, tls: bool = False):
         exe = shutil.which("ngircd") or (os.path.exists("/usr/sbin/ngircd") and "/usr/sbin/ngircd")
         if not exe:
             if os.environ.get("CI"):
@@ -52,12 +52,24 @@ class IrcServer:
             pytest.skip("ngircd is not installed (apt-get install ngircd)")
         self.exe, self.port = exe, free_port()
         self.conf = folder / "ngircd.conf"
-        self.conf.write_text(
+        text = (
             "[Global]\nName = irc.test\nInfo = rwkv-hub tests\nListen = 127.0.0.1\n"
             f"Ports = {self.port}\nServerUID = {os.getuid() or 65534}\nServerGID = {os.getgid() or 65534}\n"
             "[Limits]\nMaxConnectionsIP = 0\nMaxNickLength = 30\nPingTimeout = 120\n"
             "[Options]\nPAM = no\nIdent = no\nDNS = no\n"
         )
+        self.tls_port = None
+        if tls:  # a self-signed certificate, made for this server only
+            self.tls_port = free_port()
+            key, cert = folder / "key.pem", folder / "cert.pem"
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+                + ["-keyout", str(key), "-out", str(cert)],
+                check=True,
+                capture_output=True,
+            )
+            text += f"[SSL]\nCertFile = {cert}\nKeyFile = {key}\nPorts = {self.tls_port}\n"
+        self.conf.write_text(text)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -253,6 +265,29 @@ def test_two_people_two_channels_reset_flood_and_a_server_restart(daemon, irc):
     assert len(slowed) == 1 and len(answers) == 3, flood  # her burst, then one notice and silence
     assert bob_wait < 15
     assert isinstance(back, str) and dm[1]
+
+
+def test_the_bot_connects_over_tls(daemon, tmp_path):
+    irc = IrcServer(tmp_path, tls=True)
+    irc.start()
+
+    async def go():
+        settings = IrcSettings.from_table("irc", BOT | {"port": irc.tls_port, "tls": True, "tls_verify": False})
+        bot = IrcBot("irc", settings, Client(ws(daemon), token=TOKEN, retries=0))
+        task = asyncio.create_task(bot.run())
+        await joined(bot, "#one")
+        gina = Person("gina")
+        await gina.connect(irc.port, "#one")  # a person on the plain port, the bot on TLS
+        gina.send("PRIVMSG #one :rwkv: is this encrypted?")
+        got = await gina.answer("#one")
+        gina.close()
+        task.cancel()
+        return got
+
+    try:
+        assert isinstance(run(go()), str)
+    finally:
+        irc.stop()
 
 
 def test_the_bot_never_answers_itself_or_other_bots_and_ignores_plain_chatter(daemon, irc):
