@@ -46,7 +46,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
         description="Print a checkpoint's shape, parameter count and the memory each strategy needs.",
     )
     inspect.add_argument(
-        "path", nargs="?", help="an official RWKV-7 checkpoint (.pth) or its .safetensors form; default: the demo model"
+        "path", nargs="?", help="an RWKV-7, -6 or -5.2 checkpoint (.pth or .safetensors); default: the demo model"
     )
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     inspect.set_defaults(run=_run_inspect)
@@ -80,7 +80,9 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
         "See docs/sampling.md for what each sampling option does.",
     )
     parser.add_argument("prompt", help="the prompt text, or - to read it from standard input")
-    parser.add_argument("--model", help="an RWKV-7 checkpoint (.pth or .safetensors); default: the built-in demo model")
+    parser.add_argument(
+        "--model", help="an RWKV-7, -6 or -5.2 checkpoint (.pth, .safetensors); default: the demo model"
+    )
     parser.add_argument("--strategy", default="cpu bf16", help='where and how to run it (default "cpu bf16")')
     parser.add_argument("--tokenizer", help='override the tokenizer: "world", "bytes" or "20b:PATH"')
     for flag, _, kind, text in _SAMPLING_FLAGS:
@@ -120,7 +122,9 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         description="Load the model and serve it on localhost until interrupted (docs/config.md, docs/protocol.md).",
     )
     serve.add_argument("--config", help="a TOML config file (default: ~/.config/rwkv-hub/config.toml if present)")
-    serve.add_argument("--model", help="an RWKV-7 checkpoint; overrides the config; default: the demo model")
+    serve.add_argument(
+        "--model", help="an RWKV-7, -6 or -5.2 checkpoint; overrides the config (default: the demo model)"
+    )
     serve.add_argument("--strategy", help='overrides the config (default "cpu bf16")')
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8765; 0 picks a free one)")

@@ -1,4 +1,4 @@
-"""Load an official RWKV-7 checkpoint for a strategy and run it on one or many sequences."""
+"""Load an official RWKV-7, RWKV-6 or RWKV-5.2 checkpoint for a strategy and run it on one or many sequences."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import rwkv56
 from .builtin import BUILTIN_MODEL, NOTICE
 from .checkpoint import LazyTensor, open_checkpoint
 from .errors import CheckpointError, RWKVHubError, StateError
@@ -34,7 +35,8 @@ HEAD_BLOCK_ROWS = 8192
 
 
 class Model:
-    """A loaded RWKV-7 model. `forward` mirrors the official package; `forward_batch` runs many sequences."""
+    """A loaded RWKV model (x070, x060 or x052). `forward` mirrors the official package; `forward_batch` runs
+    many sequences."""
 
     def __init__(
         self,
@@ -42,7 +44,7 @@ class Model:
         spec: ModelSpec,
         strategy: Strategy,
         emb: torch.Tensor,
-        blocks: list[Block],
+        blocks: list[Block] | list[rwkv56.Block],
         ln_out: tuple[torch.Tensor, torch.Tensor],
         head: Linear,
         tokenizer: Callable[[], Tokenizer],
@@ -170,6 +172,9 @@ class Model:
         lay = Layout([len(t) for t in chunk], self.device)
         flat = torch.tensor([x for t in chunk for x in t], device=self.device)
         x = self.emb.index_select(0, flat).float()
+        if spec.generation != "x070":
+            x, new = rwkv56.run_blocks(self.blocks, x, state, self.state_shape, lay, dt)
+            return (x if every_row else lay.last_rows(x)), new
         att_x, wkv, ffn_x = [], [], []
         v_first = None
         c = spec.n_embd
@@ -242,6 +247,10 @@ def _normalized_embedding(
     return out
 
 
+def _divided(w: torch.Tensor, divisor: float) -> torch.Tensor:
+    return w if divisor == 1.0 else w / divisor
+
+
 def _release_freed_memory() -> None:
     """Hand memory freed by load-time temporaries back to the OS (glibc keeps it otherwise).
 
@@ -263,7 +272,8 @@ def compute_dtype(strategy: Strategy) -> torch.dtype:
 def load(
     path: str | os.PathLike | None = None, strategy: str = "cpu fp32", tokenizer: str | Tokenizer | None = None
 ) -> Model:
-    """Load an RWKV-7 checkpoint (.pth or .safetensors) for a strategy such as "cpu bf16" or "cuda fp16i8".
+    """Load an RWKV-7, RWKV-6 or RWKV-5.2 checkpoint (.pth or .safetensors) for a strategy such as "cpu bf16"
+    or "cuda fp16i8".
 
     With no path, the built-in demo model loads (docs/default-model.md) and a one-line notice is logged
     to the "rwkv_hub" logger.
@@ -298,14 +308,16 @@ def load(
         a = f"blocks.{i}.att."
         return mat(a + name + "1").t().contiguous(), mat(a + name + "2").t().contiguous()
 
-    def linear(name: str) -> Linear:
+    def linear(name: str, divisor: float = 1.0) -> Linear:
+        """A strategy Linear of a matrix; `divisor` (a power of two, fp16 only) scales it down exactly."""
         t = tensors[name]
         rows = t.shape[0]
         if rows <= HEAD_BLOCK_ROWS:
-            return make_linear(t.read(), dev, dt, i8)
+            return make_linear(_divided(t.read(), divisor), dev, dt, i8)
         parts = []
         for lo in range(0, rows, HEAD_BLOCK_ROWS):
-            parts.append(make_linear(t.read_rows(lo, min(rows, lo + HEAD_BLOCK_ROWS)), dev, dt, i8))
+            part = _divided(t.read_rows(lo, min(rows, lo + HEAD_BLOCK_ROWS)), divisor)
+            parts.append(make_linear(part, dev, dt, i8))
             _release_freed_memory()
         return RowChunkedLinear(parts)
 
@@ -320,6 +332,10 @@ def load(
         blocks = []
         for i in range(spec.n_layer):
             a, f = f"blocks.{i}.att.", f"blocks.{i}.ffn."
+            if spec.generation != "x070":
+                blocks.append(rwkv56.convert_block(spec, i, vec, mat, linear, strat.dtype == torch.float16))
+                _release_freed_memory()
+                continue
             blocks.append(
                 Block(
                     ln1_w=vec(f"blocks.{i}.ln1.weight"),

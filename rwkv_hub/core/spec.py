@@ -41,19 +41,53 @@ X070_ATT_VALUE_MIX = ("v0", "v1", "v2")  # absent from layer 0 in released files
 X070_FFN = ("x_k", "key.weight", "value.weight")
 X070_LN = ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")
 X070_TOP = ("emb.weight", "blocks.0.ln0.weight", "blocks.0.ln0.bias", "ln_out.weight", "ln_out.bias", "head.weight")
+# RWKV-6 ("x060") and RWKV-5.2 ("x052"): the same matrices, with different token-shift and decay tensors.
+X056_MATRICES = ("receptance.weight", "key.weight", "value.weight", "gate.weight", "output.weight")
+X060_ATT = (
+    "time_maa_x",
+    "time_maa_w",
+    "time_maa_k",
+    "time_maa_v",
+    "time_maa_r",
+    "time_maa_g",
+    "time_maa_w1",
+    "time_maa_w2",
+    "time_decay",
+    "time_decay_w1",
+    "time_decay_w2",
+    "time_faaaa",
+    *X056_MATRICES,
+    "ln_x.weight",
+    "ln_x.bias",
+)
+X060_FFN = ("time_maa_k", "time_maa_r", "key.weight", "receptance.weight", "value.weight")
+X052_ATT = (
+    "time_mix_k",
+    "time_mix_v",
+    "time_mix_r",
+    "time_mix_g",
+    "time_decay",
+    "time_faaaa",
+    *X056_MATRICES,
+    "ln_x.weight",
+    "ln_x.bias",
+)
+X052_FFN = ("time_mix_k", "time_mix_r", "key.weight", "receptance.weight", "value.weight")
 LARGE_MATRICES = (
     "att.receptance.weight",
     "att.key.weight",
     "att.value.weight",
+    "att.gate.weight",
     "att.output.weight",
     "ffn.key.weight",
+    "ffn.receptance.weight",
     "ffn.value.weight",
 )
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Shapes of an RWKV-7 model, all read from its tensors."""
+    """Shapes of an RWKV model ("x070", "x060" or "x052" in `generation`), all read from its tensors."""
 
     generation: str
     n_layer: int
@@ -83,7 +117,8 @@ def detect_generation(keys: set[str]) -> str:
     return "unknown"
 
 
-_GEN_NAMES = {"x060": "RWKV-6", "x052": "RWKV-5.2", "x050": "RWKV-5", "x040": "RWKV-4"}
+_GEN_NAMES = {"x070": "RWKV-7", "x060": "RWKV-6", "x052": "RWKV-5.2", "x050": "RWKV-5.0/5.1", "x040": "RWKV-4"}
+SUPPORTED = ("x070", "x060", "x052")
 
 
 def _shape(t: dict[str, LazyTensor], k: str) -> tuple[int, ...]:
@@ -91,13 +126,16 @@ def _shape(t: dict[str, LazyTensor], k: str) -> tuple[int, ...]:
 
 
 def read_spec(tensors: dict[str, LazyTensor], path: Path | str = "checkpoint") -> ModelSpec:
-    """Validate an x070 state dict and return its shapes; raise CheckpointError naming what is wrong."""
+    """Validate an x070, x060 or x052 state dict and return its shapes; raise CheckpointError naming what is wrong."""
     keys = set(tensors)
     gen = detect_generation(keys)
-    if gen != "x070":
+    if gen == "x052" and "blocks.0.att.time_decay" in keys and len(_squeezed(tensors, "blocks.0.att.time_decay")) < 2:
+        gen = "x050"  # RWKV-5.1 has the gate too, but one decay per head
+    if gen not in SUPPORTED:
         if gen in _GEN_NAMES:
             raise CheckpointError(
-                f"{path}: an {_GEN_NAMES[gen]} checkpoint; this version of rwkv-hub runs RWKV-7 (x070) checkpoints only"
+                f"{path}: an {_GEN_NAMES[gen]} checkpoint, which rwkv-hub does not run yet; "
+                "it runs RWKV-7 (x070), RWKV-6 (x060) and RWKV-5.2 (x052) checkpoints"
             )
         if "emb.weight" not in keys:
             raise CheckpointError(
@@ -110,19 +148,14 @@ def read_spec(tensors: dict[str, LazyTensor], path: Path | str = "checkpoint") -
         )
     layer_ids = {int(m.group(1)) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k))}
     n_layer = max(layer_ids) + 1 if layer_ids else 0
-    missing = [k for k in X070_TOP if k not in keys]
-    for i in range(n_layer):
-        missing += [f"blocks.{i}.{n}" for n in X070_LN if f"blocks.{i}.{n}" not in keys]
-        missing += [f"blocks.{i}.att.{n}" for n in X070_ATT if f"blocks.{i}.att.{n}" not in keys]
-        if i > 0:
-            missing += [f"blocks.{i}.att.{n}" for n in X070_ATT_VALUE_MIX if f"blocks.{i}.att.{n}" not in keys]
-        missing += [f"blocks.{i}.ffn.{n}" for n in X070_FFN if f"blocks.{i}.ffn.{n}" not in keys]
-    if missing:
-        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
-        raise CheckpointError(f"{path}: incomplete RWKV-7 checkpoint, {len(missing)} tensors missing: {shown}")
+    _check_complete(keys, gen, n_layer, path)
     vocab_size, n_embd = _shape(tensors, "emb.weight")
-    n_head, head_size = _shape(tensors, "blocks.0.att.r_k")
     ffn_size = _shape(tensors, "blocks.0.ffn.key.weight")[0]
+    if gen != "x070":
+        spec = _read_x056(tensors, gen, n_layer, n_embd, vocab_size, ffn_size, path)
+        _check_shapes(tensors, spec, path)
+        return spec
+    n_head, head_size = _shape(tensors, "blocks.0.att.r_k")
     ref = 1 if n_layer > 1 else 0
     lora = {
         "decay": _shape(tensors, "blocks.0.att.w1")[-1],
@@ -136,8 +169,49 @@ def read_spec(tensors: dict[str, LazyTensor], path: Path | str = "checkpoint") -
     return spec
 
 
+def _squeezed(t: dict[str, LazyTensor], k: str) -> tuple[int, ...]:
+    return tuple(s for s in t[k].shape if s != 1)
+
+
+def _check_complete(keys: set[str], gen: str, n_layer: int, path: Path | str) -> None:
+    """Raise one error that names every missing tensor (the first six of them)."""
+    att, ffn = {"x070": (X070_ATT, X070_FFN), "x060": (X060_ATT, X060_FFN), "x052": (X052_ATT, X052_FFN)}[gen]
+    missing = [k for k in X070_TOP if k not in keys]
+    for i in range(n_layer):
+        missing += [f"blocks.{i}.{n}" for n in X070_LN if f"blocks.{i}.{n}" not in keys]
+        missing += [f"blocks.{i}.att.{n}" for n in att if f"blocks.{i}.att.{n}" not in keys]
+        if i > 0 and gen == "x070":
+            missing += [f"blocks.{i}.att.{n}" for n in X070_ATT_VALUE_MIX if f"blocks.{i}.att.{n}" not in keys]
+        missing += [f"blocks.{i}.ffn.{n}" for n in ffn if f"blocks.{i}.ffn.{n}" not in keys]
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        raise CheckpointError(
+            f"{path}: incomplete {_GEN_NAMES[gen]} checkpoint, {len(missing)} tensors missing: {shown}"
+        )
+
+
+def _read_x056(
+    tensors: dict[str, LazyTensor], gen: str, n_layer: int, n_embd: int, vocab: int, ffn: int, path: Path | str
+) -> ModelSpec:
+    """Sizes of an RWKV-6 / RWKV-5.2 model: heads from time_faaaa (H, N), LoRA ranks from the v6 mixers."""
+    faaaa = _squeezed(tensors, "blocks.0.att.time_faaaa")
+    if len(faaaa) != 2:
+        raise CheckpointError(f"{path}: tensor blocks.0.att.time_faaaa has shape {faaaa}, expected (heads, head size)")
+    lora = {}
+    if gen == "x060":
+        mix, decay = _shape(tensors, "blocks.0.att.time_maa_w1"), _shape(tensors, "blocks.0.att.time_decay_w1")
+        if len(mix) != 2 or mix[1] % 5 or len(decay) != 2:
+            raise CheckpointError(
+                f"{path}: time_maa_w1 / time_decay_w1 have shapes {mix} / {decay}, expected (C, 5*r) / (C, r)"
+            )
+        lora = {"mix": mix[1] // 5, "decay": decay[1]}
+    return ModelSpec(gen, n_layer, n_embd, faaaa[1], vocab, ffn, lora)
+
+
 def expected_shapes(spec: ModelSpec, layer: int) -> dict[str, tuple[int, ...]]:
     """The shape each per-layer tensor must have (vectors may be stored as (1, 1, C) or (C,))."""
+    if spec.generation != "x070":
+        return _expected_x056(spec, layer)
     c, f = spec.n_embd, spec.ffn_size
     p = f"blocks.{layer}."
     shapes = {p + n: (c,) for n in X070_LN}
@@ -152,10 +226,30 @@ def expected_shapes(spec: ModelSpec, layer: int) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _expected_x056(spec: ModelSpec, layer: int) -> dict[str, tuple[int, ...]]:
+    c, f, heads = spec.n_embd, spec.ffn_size, (spec.n_head, spec.head_size)
+    p, a = f"blocks.{layer}.", f"blocks.{layer}.att."
+    shapes = {p + n: (c,) for n in X070_LN}
+    shapes.update({a + n: (c, c) for n in X056_MATRICES})
+    shapes.update({a + "ln_x.weight": (c,), a + "ln_x.bias": (c,), a + "time_faaaa": heads})
+    shapes.update({p + "ffn.key.weight": (f, c), p + "ffn.receptance.weight": (c, c), p + "ffn.value.weight": (c, f)})
+    if spec.generation == "x052":
+        shapes.update({a + n: (c,) for n in ("time_mix_k", "time_mix_v", "time_mix_r", "time_mix_g")})
+        shapes.update({p + "ffn.time_mix_k": (c,), p + "ffn.time_mix_r": (c,), a + "time_decay": heads})
+        return shapes
+    mix, decay = spec.lora["mix"], spec.lora["decay"]
+    shapes.update({a + n: (c,) for n in ("time_maa_x", "time_maa_w", "time_maa_k", "time_maa_v", "time_maa_r")})
+    shapes.update({a + "time_maa_g": (c,), a + "time_decay": (c,), p + "ffn.time_maa_k": (c,)})
+    shapes.update({a + "time_maa_w1": (c, 5 * mix), a + "time_maa_w2": (5, mix, c), p + "ffn.time_maa_r": (c,)})
+    shapes.update({a + "time_decay_w1": (c, decay), a + "time_decay_w2": (decay, c)})
+    return shapes
+
+
 def _check_shapes(tensors: dict[str, LazyTensor], spec: ModelSpec, path: Path | str) -> None:
     c = spec.n_embd
     if spec.head_size <= 0 or c % spec.head_size or spec.n_head * spec.head_size != c:
-        raise CheckpointError(f"{path}: r_k shape {(spec.n_head, spec.head_size)} does not divide width {c}")
+        heads = "r_k" if spec.generation == "x070" else "time_faaaa"
+        raise CheckpointError(f"{path}: {heads} shape {(spec.n_head, spec.head_size)} does not divide width {c}")
     want = {
         "head.weight": (spec.vocab_size, c),
         "ln_out.weight": (c,),
@@ -171,7 +265,7 @@ def _check_shapes(tensors: dict[str, LazyTensor], spec: ModelSpec, path: Path | 
             got = (1,)
         if got != shape:
             raise CheckpointError(f"{path}: tensor {k} has shape {tuple(tensors[k].shape)}, expected {shape}")
-    for i in range(spec.n_layer):
+    for i in range(spec.n_layer if spec.generation == "x070" else 0):
         for lo, hi in (("w1", "w2"), ("a1", "a2"), ("g1", "g2")) + ((("v1", "v2"),) if i else ()):
             s1, s2 = _shape(tensors, f"blocks.{i}.att.{lo}"), _shape(tensors, f"blocks.{i}.att.{hi}")
             if len(s1) != 2 or len(s2) != 2 or s1[0] != c or s2[1] != c or s1[1] != s2[0]:

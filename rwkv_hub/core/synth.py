@@ -1,8 +1,8 @@
-"""Random-weight RWKV-7 checkpoints of the official layout, for tests and benchmarks.
+"""Random-weight RWKV checkpoints of the official layout (x070, x060, x052), for tests and benchmarks.
 
 No real weights can be downloaded where rwkv-hub is built, so tests and benchmarks make their own files
-with exactly the names, shapes and dtypes of BlinkDL's released x070 checkpoints. The values are scaled so
-that activations stay in a realistic range (decays in (0.55, 1), unit-variance residual stream).
+with exactly the names, shapes and dtypes of BlinkDL's released checkpoints. The values are scaled so
+that activations stay in a realistic range (decays in (0.5, 1), unit-variance residual stream).
 """
 
 from __future__ import annotations
@@ -36,8 +36,11 @@ def random_state_dict(
     dtype: torch.dtype = torch.bfloat16,
     layer0_v: bool = False,
     seed: int = 0,
+    generation: str = "x070",
 ) -> OrderedDict[str, torch.Tensor]:
-    """Build an x070 state dict with random weights of the official shapes."""
+    """Build a state dict of `generation` ("x070", "x060" or "x052") with random weights of the official shapes."""
+    if generation != "x070":
+        return _random_x056(generation, n_layer, n_embd, vocab_size, head_size, dtype, seed)
     g = torch.Generator().manual_seed(seed)
     c, h = n_embd, n_embd // head_size
     ranks = lora_ranks(c)
@@ -96,6 +99,58 @@ def random_state_dict(
     return sd
 
 
+def _random_x056(
+    gen: str, n_layer: int, n_embd: int, vocab_size: int, head_size: int, dtype: torch.dtype, seed: int
+) -> OrderedDict[str, torch.Tensor]:
+    """An RWKV-6 or RWKV-5.2 state dict: feed-forward 3.5x wide and LoRA ranks 32 / 64 (doubled from width
+    4096), as RWKV-LM makes them."""
+    if gen not in ("x060", "x052"):
+        raise ValueError(f"no random checkpoints of generation {gen!r}; use x070, x060 or x052")
+    g = torch.Generator().manual_seed(seed)
+    c, h, f = n_embd, n_embd // head_size, int(n_embd * 3.5) // 32 * 32
+    mix_rank, decay_rank = (64, 128) if c >= 4096 else (32, 64)
+
+    def randn(*shape: int, std: float = 1.0) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * std
+
+    def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=g) * (hi - lo) + lo
+
+    sd: OrderedDict[str, torch.Tensor] = OrderedDict()
+    sd["emb.weight"] = randn(vocab_size, c)
+    for i in range(n_layer):
+        p, a, m = f"blocks.{i}.", f"blocks.{i}.att.", f"blocks.{i}.ffn."
+        for n in ("ln0", "ln1", "ln2") if i == 0 else ("ln1", "ln2"):
+            sd[p + n + ".weight"] = 1 + randn(c, std=0.1)
+            sd[p + n + ".bias"] = randn(c, std=0.1)
+        if gen == "x060":
+            for n in ("x", "w", "k", "v", "r", "g"):
+                sd[a + "time_maa_" + n] = uniform(0, 1, 1, 1, c)
+            sd[a + "time_maa_w1"] = randn(c, 5 * mix_rank, std=0.1)
+            sd[a + "time_maa_w2"] = randn(5, mix_rank, c, std=0.1)
+            sd[a + "time_decay"] = uniform(-6, -1, 1, 1, c)  # w = exp(-exp(.)) in (0.69, 0.998) before the LoRA
+            sd[a + "time_decay_w1"] = randn(c, decay_rank, std=0.1)
+            sd[a + "time_decay_w2"] = randn(decay_rank, c, std=0.05)
+        else:
+            for n in ("k", "v", "r", "g"):
+                sd[a + "time_mix_" + n] = uniform(0, 1, 1, 1, c)
+            sd[a + "time_decay"] = uniform(-6, -0.5, h, head_size)
+        sd[a + "time_faaaa"] = randn(h, head_size, std=0.5)
+        for n in ("receptance", "key", "value", "gate", "output"):
+            sd[a + n + ".weight"] = randn(c, c, std=1 / math.sqrt(c))
+        sd[a + "ln_x.weight"] = 1 + randn(c, std=0.1)
+        sd[a + "ln_x.bias"] = randn(c, std=0.1)
+        for n in ("k", "r"):
+            sd[m + ("time_maa_" if gen == "x060" else "time_mix_") + n] = uniform(0, 1, 1, 1, c)
+        sd[m + "key.weight"] = randn(f, c, std=1 / math.sqrt(c))
+        sd[m + "receptance.weight"] = randn(c, c, std=1 / math.sqrt(c))
+        sd[m + "value.weight"] = randn(c, f, std=0.5 / math.sqrt(f))
+    sd["ln_out.weight"] = 1 + randn(c, std=0.1)
+    sd["ln_out.bias"] = randn(c, std=0.1)
+    sd["head.weight"] = randn(vocab_size, c, std=1 / math.sqrt(c))
+    return OrderedDict((k, v.to(dtype).contiguous()) for k, v in sd.items())
+
+
 def write_random_checkpoint(
     path: str | Path,
     *,
@@ -107,8 +162,9 @@ def write_random_checkpoint(
     dtype: torch.dtype = torch.bfloat16,
     layer0_v: bool = False,
     seed: int = 0,
+    generation: str = "x070",
 ) -> Path:
-    """Write a random x070 checkpoint as `.pth` (torch.save) or `.safetensors`; the format follows the suffix."""
+    """Write a random checkpoint as `.pth` (torch.save) or `.safetensors`; the format follows the suffix."""
     p = Path(path)
     fmt = fmt or ("safetensors" if p.suffix == ".safetensors" else "pth")
     sd = random_state_dict(
@@ -119,6 +175,7 @@ def write_random_checkpoint(
         dtype=dtype,
         layer0_v=layer0_v,
         seed=seed,
+        generation=generation,
     )
     if fmt == "safetensors":
         from safetensors.torch import save_file
