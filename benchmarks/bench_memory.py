@@ -270,6 +270,12 @@ def write_doc(rows: list[dict], m: dict) -> None:
         'strategies, with rwkv.cpp\'s Q5_1 beside it. "Does not fit" means the weights alone exceed what',
         "this machine has free, so the run was not started.",
         "",
+        "Two things to keep in mind reading it. The guide's 16-bit and int8 figures are GPU memory, and",
+        "rwkv.cpp is a C program: neither holds a Python interpreter and torch, which take about 0.3 GB of",
+        "RSS before any weight is read, and a checkpoint's weights alone can come near the guide's figure",
+        "(1.5B in 16 bits: 3.16 GB of weights against the guide's 3.2 GB). And the guide's sizes are the",
+        "RWKV-4/5 models of its time; the G1 shapes here are a few percent larger or smaller.",
+        "",
         "| size | params | strategy | rwkv-hub peak RSS | guide | rwkv.cpp Q5_1 | tokens/s"
         " | official peak RSS | official tokens/s |",
         "|---|---|---|---|---|---|---|---|---|",
