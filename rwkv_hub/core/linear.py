@@ -15,6 +15,9 @@ import torch.nn.functional as F
 
 # Rows above which int8 weights are expanded to the compute dtype for a GEMM instead of the weight-only kernel.
 INT8_GEMV_MAX_ROWS = 4
+# Rows above which unpacked bf16 weights are widened to fp32 for the product (see DenseLinear).
+WIDEN_MIN_ROWS = 4
+WIDEN_BLOCK_ROWS = 4096
 
 
 def quantize_int8(w: torch.Tensor, rows_per_chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,12 +61,23 @@ class Linear:
 
 
 class DenseLinear(Linear):
+    """Plain `F.linear`. bf16 weights on a CPU where oneDNN cannot pack them (AVX2 without AVX-512) make
+    slow bf16 GEMMs: for many rows (prefill) the matrix is widened to fp32 for the product instead, a
+    block of rows at a time, so the transient copy stays small (4096 rows: 64 MB at width 4096)."""
+
     def __init__(self, w: torch.Tensor):
         self.w = w.contiguous()
         self.out_features, self.in_features = w.shape
         self.nbytes = w.numel() * w.element_size()
+        self.widen = w.device.type == "cpu" and w.dtype == torch.bfloat16
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.widen and x.numel() // x.shape[-1] > WIDEN_MIN_ROWS:
+            xf = x.float()
+            out = torch.empty(*x.shape[:-1], self.out_features, dtype=x.dtype, device=x.device)
+            for lo in range(0, self.out_features, WIDEN_BLOCK_ROWS):
+                out[..., lo : lo + WIDEN_BLOCK_ROWS] = F.linear(xf, self.w[lo : lo + WIDEN_BLOCK_ROWS].float())
+            return out
         return F.linear(x, self.w)
 
 
