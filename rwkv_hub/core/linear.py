@@ -7,6 +7,7 @@ weight-only kernel reads half the bytes; for many rows at once (prefill) plain G
 
 from __future__ import annotations
 
+import threading
 import warnings
 from functools import cache
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 INT8_GEMV_MAX_ROWS = 4
 # Rows above which unpacked bf16 weights are widened to fp32 for the product (see DenseLinear).
 WIDEN_MIN_ROWS = 4
-WIDEN_BLOCK_ROWS = 4096
+WIDEN_BLOCK_FLOATS = 4 * 2**20  # 16 MB of fp32 weights widened at a time
 
 
 def quantize_int8(w: torch.Tensor, rows_per_chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,7 +64,8 @@ class Linear:
 class DenseLinear(Linear):
     """Plain `F.linear`. bf16 weights on a CPU where oneDNN cannot pack them (AVX2 without AVX-512) make
     slow bf16 GEMMs: for many rows (prefill) the matrix is widened to fp32 for the product instead, a
-    block of rows at a time, so the transient copy stays small (4096 rows: 64 MB at width 4096)."""
+    block of rows at a time into one scratch buffer per thread (about 16 MB), which is reused: fresh
+    blocks for every product would be kept by the C allocator and grow the process by hundreds of MB."""
 
     def __init__(self, w: torch.Tensor):
         self.w = w.contiguous()
@@ -75,10 +77,28 @@ class DenseLinear(Linear):
         if self.widen and x.numel() // x.shape[-1] > WIDEN_MIN_ROWS:
             xf = x.float()
             out = torch.empty(*x.shape[:-1], self.out_features, dtype=x.dtype, device=x.device)
-            for lo in range(0, self.out_features, WIDEN_BLOCK_ROWS):
-                out[..., lo : lo + WIDEN_BLOCK_ROWS] = F.linear(xf, self.w[lo : lo + WIDEN_BLOCK_ROWS].float())
+            step = max(1, WIDEN_BLOCK_FLOATS // self.in_features)
+            scratch = _scratch(step * self.in_features)
+            for lo in range(0, self.out_features, step):
+                part = self.w[lo : lo + step]
+                wide = scratch[: part.numel()].view(part.shape)
+                wide.copy_(part)
+                out[..., lo : lo + step] = F.linear(xf, wide)
             return out
         return F.linear(x, self.w)
+
+
+_local = threading.local()
+
+
+def _scratch(n: int) -> torch.Tensor:
+    """This thread's fp32 scratch buffer of at least n floats (a normal tensor, not an inference one, so
+    it can be written inside and outside `torch.inference_mode`)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.numel() < n:
+        with torch.inference_mode(False):
+            buf = _local.buf = torch.empty(n, dtype=torch.float32)
+    return buf
 
 
 class PackedLinear(Linear):
