@@ -134,7 +134,10 @@ def test_preset_fills_the_panel_and_mode_follows(daemon):
         async with app_for(daemon).run_test(size=(120, 40)) as pilot:
             await connected(pilot)
             pilot.app.query_one("#preset", Select).value = "keywords"
-            await pilot.pause(0.2)
+            for _ in range(100):  # the preset fills the panel and switches the mode: wait for the last of it
+                await pilot.pause(0.05)
+                if pilot.app.query_one("#instruction", Input).has_class("shown"):
+                    break
             values = {n: pilot.app.query_one(f"#p-{n}", Input).value for n in ("temperature", "top_p")}
             mode = pilot.app.query_one("#mode", Select).value
             shown = pilot.app.query_one("#instruction", Input).has_class("shown")
