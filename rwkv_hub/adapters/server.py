@@ -347,7 +347,7 @@ class _Connection:
             from ..hub.music import piece_text, safe_stem, write_piece
 
             fmt = stream.request["format"]
-            text = piece_text(fmt, stream.request.get("start", ""), "".join(stream.texts))
+            text = piece_text(fmt, stream.request.get("start", ""), stream.result.text)  # no filters: as streamed
             stem = f"{safe_stem(msg.get('name') or msg['id'])}-{time.strftime('%Y%m%d-%H%M%S')}"
             out = self.daemon.config.compositions_path() / stem
             try:

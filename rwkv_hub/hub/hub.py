@@ -59,7 +59,6 @@ class HubStream:
         self.request = request
         self.boundary: tuple[str, CompletionRules] | None = None
         self.cut = False
-        self.texts: list[str] = []  # what was yielded, in order
 
     @property
     def result(self):
@@ -77,11 +76,6 @@ class HubStream:
         self.stream.cancel()
 
     async def __aiter__(self) -> AsyncIterator[str]:
-        async for piece in self._pieces():
-            self.texts.append(piece)
-            yield piece
-
-    async def _pieces(self) -> AsyncIterator[str]:
         text, sent = "", 0
         async for delta in self.stream:
             for f in self.filters:
