@@ -208,14 +208,14 @@ class Hub:
         """A piece of music in the `abc` or `midi` format: `continue` is the start of a tune (ABC text or MIDI
         event text; none: a new piece), sampled with the format's music preset unless `preset` says
         otherwise. The stream's text is what the model adds; `music.piece_text` joins it to the start."""
-        from .music import FORMATS, MIDI_ENDS, MIDI_START
+        from .music import FORMATS, event_words
 
         fmt = request.get("format")
         if fmt not in FORMATS:
             raise RequestError(f"compose needs format 'abc' or 'midi', not {fmt!r}")
         start = request.get("continue") or ""
         if fmt == "midi":
-            start = " ".join(w for w in start.split() if w not in (MIDI_START, *MIDI_ENDS))
+            start = " ".join(event_words(start))
         req: dict[str, Any] = {
             "format": fmt,
             "preset": request.get("preset") or f"music-{fmt}",

@@ -38,6 +38,11 @@ def render_abc(inp: FormatInput) -> Rendered:
     return Rendered(ABC_START + text, (ABC_END,))
 
 
+def event_words(text: str) -> list[str]:
+    """The MIDI events of a text, without the markers `<start>`, `<end>` and `<pad>`."""
+    return [w for w in text.split() if w not in (MIDI_START, *MIDI_ENDS)]
+
+
 def render_midi(inp: FormatInput) -> Rendered:
     """`<start>` and the events to continue (none: a new piece)."""
     words = (inp.text or inp.input).split()
@@ -105,8 +110,7 @@ def piece_text(fmt: str, start: str, generated: str) -> str:
     """The whole piece: the part given to continue and what the model wrote."""
     if fmt == "abc":
         return _tune((start or DEFAULT_ABC) + generated)
-    words = [w for w in f"{start} {generated}".split() if w not in (MIDI_START, *MIDI_ENDS)]
-    return " ".join(words)
+    return " ".join(event_words(f"{start} {generated}"))
 
 
 def write_piece(
