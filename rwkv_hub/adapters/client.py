@@ -132,6 +132,11 @@ class Client:
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is open now (a request made while it is not connects first)."""
+        return self._ws is not None
+
     async def connect(self) -> None:
         """Connect (again), trying `retries` times with exponential backoff."""
         async with self._lock:

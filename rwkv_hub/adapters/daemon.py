@@ -79,9 +79,7 @@ async def start(config: Config, token: str, hub: Hub | None = None, engine_threa
     port = site._server.sockets[0].getsockname()[1]
     hub.host.call("daemon_started", hub=hub)
     url = f"http://{_url_host(config.host)}:{port}"
-    for client in bots.clients.values():  # the bots reach this daemon like any other client
-        client.url = url.replace("http", "ws", 1) + "/ws"
-    bots.start()
+    bots.start(url.replace("http", "ws", 1) + "/ws")  # the bots reach this daemon like any other client
     return Running(daemon, runner, url, bots)
 
 

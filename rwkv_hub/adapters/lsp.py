@@ -36,7 +36,6 @@ from .client import DEFAULT_URL, Client, Request, ServerError
 log = logging.getLogger("rwkv_hub.lsp")
 NAME = "rwkv-hub"
 COMMAND_PREFIX = "rwkv-hub."
-REPLACING = ("rewrite", "translate")  # commands whose answer replaces the selection
 
 
 @dataclass
@@ -110,7 +109,7 @@ class Bridge:
             return await self._connect()
 
     async def _connect(self) -> Client | None:
-        if self.client is not None and self.client._ws is not None:
+        if self.client is not None and self.client.connected:
             return self.client
         try:
             client = Client(self.settings.url, token=self._token(), retries=0)

@@ -44,7 +44,11 @@ class BotRunner:
     def enabled(self) -> list[str]:
         return [name for name, table in self.tables.items() if table.get("enabled")]
 
-    def start(self) -> None:
+    def start(self, url: str | None = None) -> None:
+        """Run the built bots; `url` is the daemon's, when it was not known at `build` (the daemon knows
+        its port only once it listens)."""
+        for client in self.clients.values() if url else ():
+            client.url = url
         for name, bot in self.bots.items():
             self.tasks[name] = asyncio.create_task(self._run(name, bot))
 
