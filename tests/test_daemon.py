@@ -508,3 +508,17 @@ def test_selection_commands_are_instruction_requests(daemon):
     assert done["usage"]["prompt_tokens"] == len(tok.encode(prompt)) and done["usage"]["completion_tokens"] <= 5
     assert no_instruction["code"] == "bad_request" and "rewrite needs an instruction" in no_instruction["message"]
     assert unknown["code"] == "bad_request" and unknown["message"].startswith("command:")
+
+
+def test_a_request_sent_as_the_connection_closes_fails_with_connection_error(daemon):
+    from rwkv_hub.adapters.client import Client
+
+    async def go():
+        async with Client(daemon.url.replace("http", "ws", 1) + "/ws", token=TOKEN, retries=0) as c:
+            ws = c._ws
+            await ws.close()
+            c._ws = ws  # the race: closed, but the reader has not yet noticed when a request is sent
+            with pytest.raises(ConnectionError, match="connection to the daemon was lost"):
+                await c.hello()
+
+    asyncio.run(asyncio.wait_for(go(), 30))

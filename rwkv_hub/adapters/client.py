@@ -197,7 +197,11 @@ class Client:
     async def _send(self, message: dict[str, Any], req: Request) -> None:
         await self.connect()
         self._pending[req.id] = req
-        await self._ws.send(json.dumps(message))
+        try:
+            await self._ws.send(json.dumps(message))
+        except websockets.ConnectionClosed:  # closed between connect and send: as a drop mid-request
+            self._pending.pop(req.id, None)
+            raise ConnectionError("the connection to the daemon was lost") from None
 
     def _request(self, kind: str, **fields: Any) -> Request:
         rid = f"c{next(self._ids)}"
