@@ -260,14 +260,19 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _inspect_table(report: dict[str, Any]) -> str:
+    from rwkv_hub.core.spec import GENERATION_NAMES
+
     lora = ", ".join(f"{name}={rank}" for name, rank in report["lora"].items()) or "none"
+    heads = f"{report['n_head']} x head_size {report['head_size']}"
+    if report["generation"] == "x040":
+        heads = "none (RWKV-4 mixes channel by channel)"
     rows = [
         ("path", report["path"]),
         ("format", report["format"]),
-        ("generation", report["generation"]),
+        ("generation", f"{report['generation']} ({GENERATION_NAMES[report['generation']]})"),
         ("n_layer", report["n_layer"]),
         ("n_embd", report["n_embd"]),
-        ("n_head", f"{report['n_head']} x head_size {report['head_size']}"),
+        ("n_head", heads),
         ("ffn_size", report["ffn_size"]),
         ("vocab_size", report["vocab_size"]),
         ("lora ranks", lora),

@@ -1,4 +1,4 @@
-"""Load an official RWKV-7, RWKV-6 or RWKV-5.2 checkpoint for a strategy and run it on one or many sequences."""
+"""Load an official RWKV checkpoint (RWKV-4 to RWKV-7) for a strategy and run it on one or many sequences."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import rwkv56
+from . import rwkv4, rwkv56
 from .builtin import BUILTIN_MODEL, NOTICE
 from .checkpoint import LazyTensor, open_checkpoint
 from .errors import CheckpointError, RWKVHubError, StateError
@@ -35,8 +35,8 @@ HEAD_BLOCK_ROWS = 8192
 
 
 class Model:
-    """A loaded RWKV model (x070, x060 or x052). `forward` mirrors the official package; `forward_batch` runs
-    many sequences."""
+    """A loaded RWKV model (x070, x060, x052, x051, x050 or x040). `forward` mirrors the official package;
+    `forward_batch` runs many sequences."""
 
     def __init__(
         self,
@@ -44,7 +44,7 @@ class Model:
         spec: ModelSpec,
         strategy: Strategy,
         emb: torch.Tensor,
-        blocks: list[Block] | list[rwkv56.Block],
+        blocks: list[Block] | list[rwkv56.Block] | list[rwkv4.Block],
         ln_out: tuple[torch.Tensor, torch.Tensor],
         head: Linear,
         tokenizer: Callable[[], Tokenizer],
@@ -173,7 +173,8 @@ class Model:
         flat = torch.tensor([x for t in chunk for x in t], device=self.device)
         x = self.emb.index_select(0, flat).float()
         if spec.generation != "x070":
-            x, new = rwkv56.run_blocks(self.blocks, x, state, self.state_shape, lay, dt)
+            mix = rwkv4.time_mix if spec.generation == "x040" else rwkv56.time_mix
+            x, new = rwkv56.run_blocks(self.blocks, x, state, self.state_shape, lay, dt, mix)
             return (x if every_row else lay.last_rows(x)), new
         att_x, wkv, ffn_x = [], [], []
         v_first = None
@@ -272,8 +273,8 @@ def compute_dtype(strategy: Strategy) -> torch.dtype:
 def load(
     path: str | os.PathLike | None = None, strategy: str = "cpu fp32", tokenizer: str | Tokenizer | None = None
 ) -> Model:
-    """Load an RWKV-7, RWKV-6 or RWKV-5.2 checkpoint (.pth or .safetensors) for a strategy such as "cpu bf16"
-    or "cuda fp16i8".
+    """Load an RWKV checkpoint of any generation from RWKV-4 to RWKV-7 (.pth or .safetensors) for a strategy
+    such as "cpu bf16" or "cuda fp16i8".
 
     With no path, the built-in demo model loads (docs/default-model.md) and a one-line notice is logged
     to the "rwkv_hub" logger.
@@ -333,7 +334,8 @@ def load(
         for i in range(spec.n_layer):
             a, f = f"blocks.{i}.att.", f"blocks.{i}.ffn."
             if spec.generation != "x070":
-                blocks.append(rwkv56.convert_block(spec, i, vec, mat, linear, strat.dtype == torch.float16))
+                convert = rwkv4.convert_block if spec.generation == "x040" else rwkv56.convert_block
+                blocks.append(convert(spec, i, vec, mat, linear, tensors.__contains__, strat.dtype == torch.float16))
                 _release_freed_memory()
                 continue
             blocks.append(

@@ -1,9 +1,10 @@
-"""RWKV-6 ("x060") and RWKV-5.2 ("x052") blocks for a flat batch of tokens from many sequences.
+"""RWKV-6 ("x060") and RWKV-5 ("x052", "x051", "x050") blocks for a flat batch of tokens from many sequences.
 
-The two generations differ only in how a block mixes each token with the previous one (v5.2: fixed
-per-channel mixes; v6: mixes and decay that depend on the data, through small LoRAs), so they share one
-block type and one recurrence. The batch layout (`rwkv7.Layout`), the fp32 residual stream and state,
-and the strategy's `Linear` kernels are the same as for RWKV-7.
+The generations differ only in how a block mixes each token with the previous one (v5: fixed
+per-channel mixes; v6: mixes and decay that depend on the data, through small LoRAs), in whether the
+decay and bonus are per channel (v5.2, v6) or per head (v5.0, v5.1), and in the output gate, which v5.0
+lacks. So they share one block type and one recurrence. The batch layout (`rwkv7.Layout`), the fp32
+residual stream and state, and the strategy's `Linear` kernels are the same as for RWKV-7.
 
 The WKV state of a head is kept indexed [value, key], like RWKV-7's; BlinkDL's package holds the
 transpose for these generations (a state-tuned `time_state` tensor is stored [value, key] already).
@@ -28,7 +29,7 @@ from .state import State, StateShape
 RESCALE_LAYER = 6
 CHUNK = 8  # tokens per step of the chunked recurrence; shorter runs (decoding) take the per-token loop
 V6_MIX = ("w", "k", "v", "r", "g")  # row order of time_maa_w2 and of `Block.maa` for x060
-V5_MIX = ("k", "v", "r", "g")  # row order of `Block.maa` for x052
+V5_MIX = ("k", "v", "r", "g")  # row order of `Block.maa` for x052 and x051; x050 has no "g"
 
 
 @dataclass
@@ -39,19 +40,19 @@ class Block:
     ln1_b: torch.Tensor
     ln2_w: torch.Tensor
     ln2_b: torch.Tensor
-    # (M, 1, C) token-shift mixes in the form x + (x_prev - x) * maa: v6 rows V6_MIX, v5.2 rows V5_MIX
-    # (the v5.2 files store time_mix = 1 - maa).
+    # (M, 1, C) token-shift mixes in the form x + (x_prev - x) * maa: v6 rows V6_MIX, v5 rows V5_MIX
+    # (the v5 files store time_mix = 1 - maa).
     maa: torch.Tensor
     maa_x: torch.Tensor | None  # v6 only: the mix feeding the LoRA, its down (5r, C) and up (5, r, C) weights
     maa_w1: torch.Tensor | None
     maa_w2: torch.Tensor | None
-    decay: torch.Tensor  # v6: time_decay (C,); v5.2: the log of the decay, -exp(time_decay) (C,)
+    decay: torch.Tensor  # v6: time_decay (C,); v5: the log of the decay, -exp(time_decay), per channel (C,)
     decay_lora: tuple[torch.Tensor, torch.Tensor] | None  # v6: down (r, C), up (C, r) as F.linear weights
-    bonus: torch.Tensor  # time_faaaa (C,)
+    bonus: torch.Tensor  # time_faaaa, per channel (C,)
     receptance: Linear
     key: Linear
     value: Linear
-    gate: Linear
+    gate: Linear | None  # None for v5.0
     output: Linear
     lnx_w: torch.Tensor
     lnx_b: torch.Tensor
@@ -68,9 +69,11 @@ def convert_block(
     vec: Callable[[str], torch.Tensor],
     mat: Callable[[str], torch.Tensor],
     linear: Callable[[str, float], Linear],
+    has: Callable[[str], bool],
     rescale: bool,
 ) -> Block:
-    """Build layer i from the checkpoint readers of `load` (`linear(name, divisor)` makes a strategy Linear)."""
+    """Build layer i from the checkpoint readers of `load` (`linear(name, divisor)` makes a strategy Linear,
+    `has(name)` says whether the file holds a tensor)."""
     p, a, f = f"blocks.{i}.", f"blocks.{i}.att.", f"blocks.{i}.ffn."
     v6 = spec.generation == "x060"
     scale = float(2 ** (i // RESCALE_LAYER)) if rescale else 1.0
@@ -80,9 +83,10 @@ def convert_block(
         decay = vec(a + "time_decay")
         decay_lora = (mat(a + "time_decay_w1").t().contiguous(), mat(a + "time_decay_w2").t().contiguous())
     else:
-        maa = 1 - torch.stack([vec(a + "time_mix_" + n) for n in V5_MIX])
+        mixes = V5_MIX if spec.generation != "x050" else V5_MIX[:3]
+        maa = 1 - torch.stack([vec(a + "time_mix_" + n) for n in mixes])
         ffn_maa = 1 - torch.stack([vec(f + "time_mix_k"), vec(f + "time_mix_r")])
-        decay = -torch.exp(vec(a + "time_decay"))
+        decay = _per_channel(-torch.exp(vec(a + "time_decay")), spec)
         decay_lora = None
     return Block(
         ln1_w=vec(p + "ln1.weight"),
@@ -95,11 +99,11 @@ def convert_block(
         maa_w2=mat(a + "time_maa_w2") if v6 else None,
         decay=decay,
         decay_lora=decay_lora,
-        bonus=vec(a + "time_faaaa"),
+        bonus=_bonus(spec, i, vec, has),
         receptance=linear(a + "receptance.weight", 1.0),
         key=linear(a + "key.weight", 1.0),
         value=linear(a + "value.weight", 1.0),
-        gate=linear(a + "gate.weight", 1.0),
+        gate=linear(a + "gate.weight", 1.0) if spec.generation != "x050" else None,
         output=linear(a + "output.weight", scale),
         lnx_w=vec(a + "ln_x.weight"),
         lnx_b=vec(a + "ln_x.bias"),
@@ -109,6 +113,19 @@ def convert_block(
         ffn_value=linear(f + "value.weight", scale),
         out_scale=scale,
     )
+
+
+def _per_channel(t: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """A per-head vector (v5.0/5.1) repeated over each head's channels; per-channel vectors pass through."""
+    return t.repeat_interleave(spec.head_size) if t.numel() == spec.n_head else t
+
+
+def _bonus(spec: ModelSpec, i: int, vec: Callable[[str], torch.Tensor], has: Callable[[str], bool]) -> torch.Tensor:
+    """The bonus of the current token per channel: `time_faaaa` as stored, or exp of the older `time_first`."""
+    name = f"blocks.{i}.att.time_faaaa"
+    if has(name):
+        return _per_channel(vec(name), spec)
+    return _per_channel(torch.exp(vec(f"blocks.{i}.att.time_first")), spec)
 
 
 def wkv56(
@@ -181,8 +198,9 @@ def time_mix(
     """Attention-like half of a block on fp32 input; returns (out, new wkv state)."""
     t_len, c = x.shape
     xx = lay.shifted(x_prev, x) - x
-    if blk.maa_x is None:  # v5.2: fixed mixes, fixed decay
-        xk, xv, xr, xg = torch.addcmul(x.unsqueeze(0), xx.unsqueeze(0), blk.maa).unbind(0)
+    if blk.maa_x is None:  # v5: fixed mixes, fixed decay (and no gate input for v5.0)
+        xk, xv, xr, *xg = torch.addcmul(x.unsqueeze(0), xx.unsqueeze(0), blk.maa).unbind(0)
+        xg = xg[0] if xg else None
         log_w = blk.decay.expand(t_len, c)
     else:
         lora_in = torch.addcmul(x, xx, blk.maa_x)
@@ -194,7 +212,7 @@ def time_mix(
     r = blk.receptance(xr.to(dtype)).float()
     k = blk.key(xk.to(dtype)).float()
     v = blk.value(xv.to(dtype)).float()
-    g = F.silu(blk.gate(xg.to(dtype)).float())
+    g = F.silu(blk.gate(xg.to(dtype)).float()) if blk.gate is not None else None
 
     shape = (t_len, n_head, c // n_head)
     y, new_state = wkv56(
@@ -207,7 +225,7 @@ def time_mix(
     y = lay.from_padded(y).reshape(t_len, c)
     bonus = ((r * k * blk.bonus).view(shape).sum(dim=-1, keepdim=True) * v.view(shape)).view(t_len, c)
     y = F.group_norm(y + bonus, n_head, blk.lnx_w, blk.lnx_b, eps=GROUP_NORM_EPS)
-    out = blk.output((y * g).to(dtype))
+    out = blk.output((y * g if g is not None else y).to(dtype))
     return (out.float() * blk.out_scale if blk.out_scale != 1.0 else out), new_state
 
 
@@ -220,10 +238,21 @@ def channel_mix(blk: Block, x: torch.Tensor, x_prev: torch.Tensor, lay: Layout, 
     return r * (out * blk.out_scale if blk.out_scale != 1.0 else out)
 
 
+TimeMix = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
 def run_blocks(
-    blocks: list[Block], x: torch.Tensor, state: State, shape: StateShape, lay: Layout, dtype: torch.dtype
+    blocks: list,
+    x: torch.Tensor,
+    state: State,
+    shape: StateShape,
+    lay: Layout,
+    dtype: torch.dtype,
+    time_mix: TimeMix = time_mix,
 ) -> tuple[torch.Tensor, State]:
-    """All layers over a flat batch (fp32 embeddings in, fp32 hidden rows out) and the new state."""
+    """All layers over a flat batch (fp32 embeddings in, fp32 hidden rows out) and the new state.
+
+    RWKV-4 shares the feed-forward half and passes its own `time_mix` (`rwkv4.time_mix`)."""
     att_x, wkv, ffn_x = [], [], []
     c = shape.n_embd
     for i, blk in enumerate(blocks):

@@ -68,7 +68,9 @@ def load_tuned_state(path: str | os.PathLike, shape: StateShape) -> State:
         raise StateError(f"{p}: not a readable state-tuning file ({type(e).__name__}: {e})") from None
     if not isinstance(sd, dict):
         raise StateError(f"{p}: not a state-tuning file (no tensors by name)")
-    want = (shape.n_head, shape.head_size, shape.head_size)
+    if shape.generation == "x040":
+        raise StateError(f"{p}: RWKV-4 models have no state tuning (it came with RWKV-6)")
+    want = shape.wkv_shape
     wkv = []
     for i in range(shape.n_layer):
         t = sd.get(f"blocks.{i}.att.time_state")

@@ -73,6 +73,30 @@ X052_ATT = (
     "ln_x.bias",
 )
 X052_FFN = ("time_mix_k", "time_mix_r", "key.weight", "receptance.weight", "value.weight")
+# RWKV-5.1 and 5.0 ("x051", "x050"): one decay and one bonus per head; 5.0 has no gate. Their bonus is
+# stored as its log, `time_first` (a file that holds `time_faaaa` instead is read as the bonus itself).
+X051_ATT = tuple(n if n != "time_faaaa" else "time_first" for n in X052_ATT)
+X050_ATT = tuple(n for n in X051_ATT if n not in ("time_mix_g", "gate.weight"))
+# RWKV-4 ("x040"): a per-channel recurrence, no heads, no gate, no group norm.
+X040_ATT = (
+    "time_mix_k",
+    "time_mix_v",
+    "time_mix_r",
+    "time_decay",
+    "time_first",
+    "receptance.weight",
+    "key.weight",
+    "value.weight",
+    "output.weight",
+)
+_LAYER_KEYS = {
+    "x070": (X070_ATT, X070_FFN),
+    "x060": (X060_ATT, X060_FFN),
+    "x052": (X052_ATT, X052_FFN),
+    "x051": (X051_ATT, X052_FFN),
+    "x050": (X050_ATT, X052_FFN),
+    "x040": (X040_ATT, X052_FFN),
+}
 LARGE_MATRICES = (
     "att.receptance.weight",
     "att.key.weight",
@@ -87,7 +111,11 @@ LARGE_MATRICES = (
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Shapes of an RWKV model ("x070", "x060" or "x052" in `generation`), all read from its tensors."""
+    """Shapes of an RWKV model, all read from its tensors.
+
+    `generation` is "x070", "x060", "x052", "x051", "x050" or "x040". RWKV-4 has no heads: its recurrence
+    is per channel, and it is described as one head as wide as the model.
+    """
 
     generation: str
     n_layer: int
@@ -103,7 +131,9 @@ class ModelSpec:
 
 
 def detect_generation(keys: set[str]) -> str:
-    """Name the RWKV generation a set of state-dict keys belongs to ('x070', 'x060', 'x052', 'x050', 'x040')."""
+    """Name the RWKV generation a set of state-dict keys belongs to ('x070', 'x060', 'x052', 'x050', 'x040').
+
+    RWKV-5.1 has the gate of 5.2 and is told apart by the shape of its decay (`read_spec`)."""
     if "blocks.0.att.r_k" in keys or "blocks.0.att.k_k" in keys:
         return "x070"
     if "blocks.0.att.time_maa_x" in keys:
@@ -117,8 +147,14 @@ def detect_generation(keys: set[str]) -> str:
     return "unknown"
 
 
-_GEN_NAMES = {"x070": "RWKV-7", "x060": "RWKV-6", "x052": "RWKV-5.2", "x050": "RWKV-5.0/5.1", "x040": "RWKV-4"}
-SUPPORTED = ("x070", "x060", "x052")
+GENERATION_NAMES = {
+    "x070": "RWKV-7",
+    "x060": "RWKV-6",
+    "x052": "RWKV-5.2",
+    "x051": "RWKV-5.1",
+    "x050": "RWKV-5.0",
+    "x040": "RWKV-4",
+}
 
 
 def _shape(t: dict[str, LazyTensor], k: str) -> tuple[int, ...]:
@@ -126,17 +162,13 @@ def _shape(t: dict[str, LazyTensor], k: str) -> tuple[int, ...]:
 
 
 def read_spec(tensors: dict[str, LazyTensor], path: Path | str = "checkpoint") -> ModelSpec:
-    """Validate an x070, x060 or x052 state dict and return its shapes; raise CheckpointError naming what is wrong."""
+    """Validate a state dict of any generation rwkv-hub runs and return its shapes; raise CheckpointError
+    naming what is wrong."""
     keys = set(tensors)
     gen = detect_generation(keys)
     if gen == "x052" and "blocks.0.att.time_decay" in keys and len(_squeezed(tensors, "blocks.0.att.time_decay")) < 2:
-        gen = "x050"  # RWKV-5.1 has the gate too, but one decay per head
-    if gen not in SUPPORTED:
-        if gen in _GEN_NAMES:
-            raise CheckpointError(
-                f"{path}: an {_GEN_NAMES[gen]} checkpoint, which rwkv-hub does not run yet; "
-                "it runs RWKV-7 (x070), RWKV-6 (x060) and RWKV-5.2 (x052) checkpoints"
-            )
+        gen = "x051"  # RWKV-5.1 has the gate too, but one decay per head
+    if gen not in GENERATION_NAMES:
         if "emb.weight" not in keys:
             raise CheckpointError(
                 f"{path}: not an RWKV checkpoint (no emb.weight tensor; found e.g. {sorted(keys)[:3]})"
@@ -175,7 +207,9 @@ def _squeezed(t: dict[str, LazyTensor], k: str) -> tuple[int, ...]:
 
 def _check_complete(keys: set[str], gen: str, n_layer: int, path: Path | str) -> None:
     """Raise one error that names every missing tensor (the first six of them)."""
-    att, ffn = {"x070": (X070_ATT, X070_FFN), "x060": (X060_ATT, X060_FFN), "x052": (X052_ATT, X052_FFN)}[gen]
+    att, ffn = _LAYER_KEYS[gen]
+    if gen in ("x050", "x051") and "blocks.0.att.time_faaaa" in keys:
+        att = tuple(n if n != "time_first" else "time_faaaa" for n in att)
     missing = [k for k in X070_TOP if k not in keys]
     for i in range(n_layer):
         missing += [f"blocks.{i}.{n}" for n in X070_LN if f"blocks.{i}.{n}" not in keys]
@@ -186,14 +220,24 @@ def _check_complete(keys: set[str], gen: str, n_layer: int, path: Path | str) ->
     if missing:
         shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
         raise CheckpointError(
-            f"{path}: incomplete {_GEN_NAMES[gen]} checkpoint, {len(missing)} tensors missing: {shown}"
+            f"{path}: incomplete {GENERATION_NAMES[gen]} checkpoint, {len(missing)} tensors missing: {shown}"
         )
 
 
 def _read_x056(
     tensors: dict[str, LazyTensor], gen: str, n_layer: int, n_embd: int, vocab: int, ffn: int, path: Path | str
 ) -> ModelSpec:
-    """Sizes of an RWKV-6 / RWKV-5.2 model: heads from time_faaaa (H, N), LoRA ranks from the v6 mixers."""
+    """Sizes of an RWKV-5/6 model: heads from time_faaaa (H, N) or, before 5.2, from the per-head decay (H,);
+    LoRA ranks from the v6 mixers. RWKV-4 is one head as wide as the model."""
+    if gen == "x040":
+        return ModelSpec(gen, n_layer, n_embd, n_embd, vocab, ffn)
+    if gen in ("x050", "x051"):
+        heads = _squeezed(tensors, "blocks.0.att.time_decay")
+        if len(heads) != 1 or heads[0] < 1 or n_embd % heads[0]:
+            raise CheckpointError(
+                f"{path}: tensor blocks.0.att.time_decay has shape {heads}, expected (heads,) dividing width {n_embd}"
+            )
+        return ModelSpec(gen, n_layer, n_embd, n_embd // heads[0], vocab, ffn)
     faaaa = _squeezed(tensors, "blocks.0.att.time_faaaa")
     if len(faaaa) != 2:
         raise CheckpointError(f"{path}: tensor blocks.0.att.time_faaaa has shape {faaaa}, expected (heads, head size)")
@@ -227,13 +271,23 @@ def expected_shapes(spec: ModelSpec, layer: int) -> dict[str, tuple[int, ...]]:
 
 
 def _expected_x056(spec: ModelSpec, layer: int) -> dict[str, tuple[int, ...]]:
-    c, f, heads = spec.n_embd, spec.ffn_size, (spec.n_head, spec.head_size)
+    c, f, heads, gen = spec.n_embd, spec.ffn_size, (spec.n_head, spec.head_size), spec.generation
     p, a = f"blocks.{layer}.", f"blocks.{layer}.att."
     shapes = {p + n: (c,) for n in X070_LN}
+    shapes.update({p + "ffn.key.weight": (f, c), p + "ffn.receptance.weight": (c, c), p + "ffn.value.weight": (c, f)})
+    if gen in ("x040", "x050", "x051"):
+        att = _LAYER_KEYS[gen][0]
+        per = (c,) if gen == "x040" else (spec.n_head,)
+        shapes.update({a + n: (c, c) for n in X056_MATRICES if n in att})
+        shapes.update({a + n: (c,) for n in ("time_mix_k", "time_mix_v", "time_mix_r", "time_mix_g") if n in att})
+        shapes.update({a + "time_decay": per, p + "ffn.time_mix_k": (c,), p + "ffn.time_mix_r": (c,)})
+        shapes[a + "time_first"] = per
+        if gen != "x040":
+            shapes.update({a + "ln_x.weight": (c,), a + "ln_x.bias": (c,)})
+        return shapes
     shapes.update({a + n: (c, c) for n in X056_MATRICES})
     shapes.update({a + "ln_x.weight": (c,), a + "ln_x.bias": (c,), a + "time_faaaa": heads})
-    shapes.update({p + "ffn.key.weight": (f, c), p + "ffn.receptance.weight": (c, c), p + "ffn.value.weight": (c, f)})
-    if spec.generation == "x052":
+    if gen == "x052":
         shapes.update({a + n: (c,) for n in ("time_mix_k", "time_mix_v", "time_mix_r", "time_mix_g")})
         shapes.update({p + "ffn.time_mix_k": (c,), p + "ffn.time_mix_r": (c,), a + "time_decay": heads})
         return shapes
@@ -260,6 +314,8 @@ def _check_shapes(tensors: dict[str, LazyTensor], spec: ModelSpec, path: Path | 
     for i in range(spec.n_layer):
         want.update(expected_shapes(spec, i))
     for k, shape in want.items():
+        if k not in tensors and k.endswith(".time_first"):  # RWKV-5.0/5.1 may store the bonus itself
+            k = k.removesuffix("time_first") + "time_faaaa"
         got = tuple(s for s in tensors[k].shape if s != 1) if len(shape) == 1 else _shape(tensors, k)
         if len(shape) == 1 and got == ():
             got = (1,)

@@ -19,6 +19,9 @@ from .atomic import replace_file
 from .errors import StateError
 
 FORMAT = "rwkv-hub-state/1"
+# RWKV-4 keeps its WKV sums relative to a running maximum exponent; an empty sum has an exponent of
+# "minus infinity", written finite (as the official package does) so that differences stay defined.
+EMPTY_EXPONENT = -1e30
 
 
 @dataclass(frozen=True)
@@ -31,11 +34,19 @@ class StateShape:
     n_head: int
     head_size: int
 
+    @property
+    def wkv_shape(self) -> tuple[int, ...]:
+        """One sequence's WKV state in one layer: an (H, N, N) matrix per head, or for RWKV-4 ("x040") the
+        (3, C) rows of its per-channel numerator, denominator and exponent."""
+        if self.generation == "x040":
+            return (3, self.n_embd)
+        return (self.n_head, self.head_size, self.head_size)
+
 
 class State:
     """Recurrent state of `batch_size` sequences.
 
-    `att_x[i]`, `ffn_x[i]`: (B, C) fp32; `wkv[i]`: (B, H, N, N) fp32, indexed [value, key].
+    `att_x[i]`, `ffn_x[i]`: (B, C) fp32; `wkv[i]`: (B, *shape.wkv_shape) fp32, matrices indexed [value, key].
     Tensors are never modified in place by the runtime, so holding on to a State is safe.
     """
 
@@ -51,12 +62,15 @@ class State:
 
     @classmethod
     def zeros(cls, shape: StateShape, batch_size: int = 1, device: str | torch.device = "cpu") -> State:
-        b, c, h, n = batch_size, shape.n_embd, shape.n_head, shape.head_size
+        b, c = batch_size, shape.n_embd
         z = torch.zeros
+        wkv = z(b, *shape.wkv_shape, device=device)
+        if shape.generation == "x040":
+            wkv[:, 2] = EMPTY_EXPONENT
         return cls(
             shape,
             [z(b, c, device=device) for _ in range(shape.n_layer)],
-            [z(b, h, n, n, device=device) for _ in range(shape.n_layer)],
+            [wkv.clone() for _ in range(shape.n_layer)],
             [z(b, c, device=device) for _ in range(shape.n_layer)],
         )
 
@@ -70,7 +84,7 @@ class State:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by this state's tensors (n_layer * B * (2*C + H*N*N) * 4)."""
+        """Bytes held by this state's tensors (n_layer * B * (2*C + H*N*N) * 4; RWKV-4: n_layer * B * 5*C * 4)."""
         return sum(t.numel() * t.element_size() for part in (self.att_x, self.wkv, self.ffn_x) for t in part)
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -163,7 +177,7 @@ class State:
         want = {
             "att_x": (b, shape.n_embd),
             "ffn_x": (b, shape.n_embd),
-            "wkv": (b, shape.n_head, shape.head_size, shape.head_size),
+            "wkv": (b, *shape.wkv_shape),
         }
         for k, t in state.tensors().items():
             if tuple(t.shape) != want[k.split(".")[1]] or t.dtype != torch.float32:

@@ -1,4 +1,4 @@
-"""Random-weight RWKV checkpoints of the official layout (x070, x060, x052), for tests and benchmarks.
+"""Random-weight RWKV checkpoints of the official layouts (RWKV-4 to RWKV-7), for tests and benchmarks.
 
 No real weights can be downloaded where rwkv-hub is built, so tests and benchmarks make their own files
 with exactly the names, shapes and dtypes of BlinkDL's released checkpoints. The values are scaled so
@@ -38,7 +38,8 @@ def random_state_dict(
     seed: int = 0,
     generation: str = "x070",
 ) -> OrderedDict[str, torch.Tensor]:
-    """Build a state dict of `generation` ("x070", "x060" or "x052") with random weights of the official shapes."""
+    """Build a state dict of `generation` ("x070", "x060", "x052", "x051", "x050" or "x040") with random weights
+    of the official shapes."""
     if generation != "x070":
         return _random_x056(generation, n_layer, n_embd, vocab_size, head_size, dtype, seed)
     g = torch.Generator().manual_seed(seed)
@@ -102,13 +103,16 @@ def random_state_dict(
 def _random_x056(
     gen: str, n_layer: int, n_embd: int, vocab_size: int, head_size: int, dtype: torch.dtype, seed: int
 ) -> OrderedDict[str, torch.Tensor]:
-    """An RWKV-6 or RWKV-5.2 state dict: feed-forward 3.5x wide and LoRA ranks 32 / 64 (doubled from width
-    4096), as RWKV-LM makes them."""
-    if gen not in ("x060", "x052"):
-        raise ValueError(f"no random checkpoints of generation {gen!r}; use x070, x060 or x052")
+    """An RWKV-4, -5 or -6 state dict as RWKV-LM makes them: feed-forward 4x wide for RWKV-4 and 3.5x after
+    it; v6 LoRA ranks 32 / 64 (doubled from width 4096); decays and bonuses per head before v5.2."""
+    if gen not in ("x060", "x052", "x051", "x050", "x040"):
+        raise ValueError(f"no random checkpoints of generation {gen!r}; use x070, x060, x052, x051, x050 or x040")
     g = torch.Generator().manual_seed(seed)
-    c, h, f = n_embd, n_embd // head_size, int(n_embd * 3.5) // 32 * 32
+    c, h = n_embd, n_embd // head_size
+    f = 4 * c if gen == "x040" else int(n_embd * 3.5) // 32 * 32
     mix_rank, decay_rank = (64, 128) if c >= 4096 else (32, 64)
+    per = {"x040": (c,), "x050": (h,), "x051": (h,)}.get(gen, (h, head_size))  # decay and bonus shapes
+    mixes = {"x040": "kvr", "x050": "kvr"}.get(gen, "kvrg")
 
     def randn(*shape: int, std: float = 1.0) -> torch.Tensor:
         return torch.randn(*shape, generator=g) * std
@@ -132,14 +136,19 @@ def _random_x056(
             sd[a + "time_decay_w1"] = randn(c, decay_rank, std=0.1)
             sd[a + "time_decay_w2"] = randn(decay_rank, c, std=0.05)
         else:
-            for n in ("k", "v", "r", "g"):
+            for n in mixes:
                 sd[a + "time_mix_" + n] = uniform(0, 1, 1, 1, c)
-            sd[a + "time_decay"] = uniform(-6, -0.5, h, head_size)
-        sd[a + "time_faaaa"] = randn(h, head_size, std=0.5)
+            sd[a + "time_decay"] = uniform(-6, -0.5, *per)
+        if gen in ("x060", "x052"):
+            sd[a + "time_faaaa"] = randn(h, head_size, std=0.5)
+        else:
+            sd[a + "time_first"] = randn(*per, std=0.5)  # the log of the bonus
         for n in ("receptance", "key", "value", "gate", "output"):
-            sd[a + n + ".weight"] = randn(c, c, std=1 / math.sqrt(c))
-        sd[a + "ln_x.weight"] = 1 + randn(c, std=0.1)
-        sd[a + "ln_x.bias"] = randn(c, std=0.1)
+            if n != "gate" or "g" in mixes:
+                sd[a + n + ".weight"] = randn(c, c, std=1 / math.sqrt(c))
+        if gen != "x040":
+            sd[a + "ln_x.weight"] = 1 + randn(c, std=0.1)
+            sd[a + "ln_x.bias"] = randn(c, std=0.1)
         for n in ("k", "r"):
             sd[m + ("time_maa_" if gen == "x060" else "time_mix_") + n] = uniform(0, 1, 1, 1, c)
         sd[m + "key.weight"] = randn(f, c, std=1 / math.sqrt(c))

@@ -1,7 +1,7 @@
-"""RWKV-6 (x060) and RWKV-5.2 (x052) in the batched runtime compute what BlinkDL's `rwkv` package computes.
+"""RWKV-6, RWKV-5.2/5.1/5.0 and RWKV-4 in the batched runtime compute what BlinkDL's `rwkv` package computes.
 
 conftest.py imports the official package with RWKV_V7_ON=1, which makes `rwkv.model.RWKV` the RWKV-7-only
-class, so the v5/v6 reference runs in a subprocess without it (and without JIT or CUDA). The reference
+class, so the v4-v6 reference runs in a subprocess without it (and without JIT or CUDA). The reference
 reads the same bf16 file cast to fp32: the official loader applies the embedding's layer norm in the
 file's dtype (bf16, an error of ~3e-3), while rwkv-hub does it in fp32 whatever the file holds.
 """
@@ -19,7 +19,7 @@ import torch
 from conftest import random_tokens, record_figure, rel_err
 
 import rwkv_hub
-from rwkv_hub.core import rwkv56
+from rwkv_hub.core import rwkv4, rwkv56
 from rwkv_hub.core.state import State, StateShape
 from rwkv_hub.core.synth import random_state_dict, write_random_checkpoint
 
@@ -28,7 +28,7 @@ SELF_TOL = 1e-5  # the same computation in another batch layout: only float roun
 LOW_PRECISION_TOL = {"cpu bf16": 0.05, "cpu bf16i8": 0.2, "cpu fp32i8": 0.2}
 VOCAB = 1000
 SHAPES = {"L2-C128": dict(n_layer=2, n_embd=128), "L3-C256": dict(n_layer=3, n_embd=256)}
-GENERATIONS = ("x060", "x052")
+GENERATIONS = ("x060", "x052", "x051", "x050", "x040")
 PREFILL = random_tokens(48, VOCAB, seed=1)
 DECODE = random_tokens(8, VOCAB, seed=2)
 
@@ -59,7 +59,7 @@ def check(ours: torch.Tensor, ref: torch.Tensor, tol: float = TOL, what: str = "
     err = rel_err(ours, ref)
     if tol == TOL and _worst["err"] < err <= tol:
         _worst["err"] = err
-        record_figure("x060/x052 fp32 vs official: max relative error", err)
+        record_figure("x040-x060 fp32 vs official: max relative error", err)
     assert err <= tol, f"{what}: relative error {err:.3g} > {tol:g}"
     return err
 
@@ -88,7 +88,8 @@ def test_generation_is_detected(case) -> None:
     model, path, _ = case
     assert model.spec.generation == path.stem.split("-")[0]
     assert model.state_shape.generation == model.spec.generation
-    assert model.spec.head_size == 64 and model.spec.vocab_size == VOCAB
+    assert model.spec.vocab_size == VOCAB
+    assert model.spec.head_size == (model.spec.n_embd if model.spec.generation == "x040" else 64)
 
 
 def test_prefill_and_every_decode_step_match_official(case) -> None:
@@ -108,14 +109,18 @@ def test_first_token_from_empty_state_matches_official(case) -> None:
 
 
 def test_state_matches_official_state(case) -> None:
-    """Token shifts equal; the WKV matrices are the official ones transposed (ours are [value, key])."""
+    """Token shifts equal; the WKV matrices are the official ones transposed (ours are [value, key]); RWKV-4's
+    a, b, p rows are the official package's aa, bb, pp."""
     model, _, ref = case
     _, state = model.forward([*PREFILL, *DECODE])
     want = ref[0][1]
+    per = 5 if model.spec.generation == "x040" else 3
     for i in range(model.spec.n_layer):
-        check(state.att_x[i][0], want[3 * i], what=f"layer {i} att_x")
-        check(state.wkv[i][0], want[3 * i + 1].transpose(-1, -2), what=f"layer {i} wkv")
-        check(state.ffn_x[i][0], want[3 * i + 2], what=f"layer {i} ffn_x")
+        theirs = want[per * i : per * (i + 1)]
+        check(state.att_x[i][0], theirs[0], what=f"layer {i} att_x")
+        wkv = torch.stack(theirs[1:4]) if per == 5 else theirs[1].transpose(-1, -2)
+        check(state.wkv[i][0], wkv, what=f"layer {i} wkv")
+        check(state.ffn_x[i][0], theirs[-1], what=f"layer {i} ffn_x")
 
 
 def test_batch_rows_equal_single_runs(case) -> None:
@@ -143,7 +148,7 @@ def test_saved_state_continues_identically(case, tmp_path) -> None:
 def test_state_of_another_generation_is_refused(case) -> None:
     model, _, _ = case
     s = model.spec
-    other = StateShape("x070", s.n_layer, s.n_embd, s.n_head, s.head_size)
+    other = StateShape("x070" if s.generation != "x070" else "x060", s.n_layer, s.n_embd, s.n_head, s.head_size)
     with pytest.raises(rwkv_hub.StateError):
         model.forward([1], State.zeros(other))
 
@@ -166,9 +171,10 @@ def test_low_precision_strategies_stay_close_to_fp32(case, strategy) -> None:
 def test_fp16_rescaling_leaves_results_unchanged(case, monkeypatch) -> None:
     """The power-of-two scaling applied under fp16 strategies, forced on at fp32 every layer: no effect."""
     model, path, _ = case
-    convert = rwkv56.convert_block
+    module = rwkv4 if model.spec.generation == "x040" else rwkv56
+    convert = module.convert_block
     monkeypatch.setattr(rwkv56, "RESCALE_LAYER", 1)
-    monkeypatch.setattr(rwkv56, "convert_block", lambda *a: convert(*a[:-1], True))
+    monkeypatch.setattr(module, "convert_block", lambda *a: convert(*a[:-1], True))
     scaled = rwkv_hub.load(path, "cpu fp32")
     assert scaled.blocks[-1].out_scale == 2.0 ** (model.spec.n_layer - 1)
     check(scaled.forward(PREFILL)[0], model.forward(PREFILL)[0], tol=SELF_TOL, what="rescaled")
@@ -201,28 +207,51 @@ def test_wrong_x052_shape_is_named(tmp_path) -> None:
     assert "blocks.1.ffn.receptance.weight" in load_error(save(sd, tmp_path / "bad.pth"))
 
 
-def test_rwkv5_1_is_refused_as_not_supported(tmp_path) -> None:
-    """RWKV-5.1 has the gate of 5.2 but one decay per head."""
-    sd = random_state_dict(n_layer=1, n_embd=128, vocab_size=VOCAB, generation="x052")
-    sd["blocks.0.att.time_decay"] = torch.zeros(2)
-    sd["blocks.0.att.time_faaaa"] = torch.zeros(2)
-    msg = load_error(save(sd, tmp_path / "v51.pth"))
-    assert "RWKV-5.0/5.1" in msg and "not run yet" in msg
+@pytest.mark.parametrize("gen", ["x051", "x050"])
+def test_a_v5_file_that_stores_the_bonus_itself_runs_as_the_official_package_runs_it(tmp_path, gen) -> None:
+    """RWKV-5.0/5.1 files keep the log of the bonus (`time_first`); one holding `time_faaaa` (the bonus) is
+    read as the official package reads it."""
+    sd = random_state_dict(n_layer=2, n_embd=128, vocab_size=VOCAB, generation=gen)
+    for i in range(2):
+        sd[f"blocks.{i}.att.time_faaaa"] = torch.exp(sd.pop(f"blocks.{i}.att.time_first").float()) * 0.5
+    path = save(sd, tmp_path / f"{gen}-faaaa.pth")
+    model = rwkv_hub.load(path, "cpu fp32")
+    assert model.spec.generation == gen
+    want = official(path, [[PREFILL]])[0][0][0]
+    check(model.forward(PREFILL)[0], want, what="prefill")
 
 
 @pytest.mark.parametrize(
     ("keys", "name"),
     [
-        (["blocks.0.att.ln_x.weight", "blocks.0.att.time_decay", "blocks.0.att.time_first"], "RWKV-5.0/5.1"),
+        (["blocks.0.att.ln_x.weight", "blocks.0.att.time_decay", "blocks.0.att.time_first"], "RWKV-5.0"),
         (["blocks.0.att.time_first", "blocks.0.att.time_decay", "blocks.0.att.time_mix_k"], "RWKV-4"),
     ],
     ids=["x050", "x040"],
 )
-def test_older_generations_get_a_clear_error(tmp_path, keys, name) -> None:
+def test_partial_older_generations_name_what_is_missing(tmp_path, keys, name) -> None:
     sd = {"emb.weight": torch.zeros(32, 64), "head.weight": torch.zeros(32, 64)}
     sd.update({k: torch.zeros(64) for k in keys})
     msg = load_error(save(sd, tmp_path / "old.pth"))
-    assert name in msg and "not run yet" in msg
+    assert f"incomplete {name} checkpoint" in msg and "blocks.0.ln1.weight" in msg
+
+
+def test_missing_x040_and_x051_tensors_are_named(tmp_path) -> None:
+    sd = random_state_dict(n_layer=2, n_embd=128, vocab_size=VOCAB, generation="x040")
+    del sd["blocks.1.att.time_first"]
+    msg = load_error(save(sd, tmp_path / "v4.pth"))
+    assert "RWKV-4" in msg and "blocks.1.att.time_first" in msg
+    sd = random_state_dict(n_layer=2, n_embd=128, vocab_size=VOCAB, generation="x051")
+    sd["blocks.1.att.time_decay"] = torch.zeros(3)
+    assert "blocks.1.att.time_decay" in load_error(save(sd, tmp_path / "v51.pth"))
+
+
+def test_rwkv4_has_no_state_tuning(tmp_path) -> None:
+    from rwkv_hub.core.sessions import load_tuned_state
+
+    torch.save({"blocks.0.att.time_state": torch.zeros(3, 128)}, tmp_path / "persona.pth")
+    with pytest.raises(rwkv_hub.StateError, match="RWKV-4"):
+        load_tuned_state(tmp_path / "persona.pth", StateShape("x040", 1, 128, 1, 128))
 
 
 def test_chunked_recurrence_equals_the_token_loop(monkeypatch) -> None:
