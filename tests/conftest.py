@@ -103,7 +103,8 @@ CheckpointFactory = Callable[..., Path]
 
 @pytest.fixture(scope="session")
 def checkpoint_factory(tmp_path_factory: pytest.TempPathFactory) -> CheckpointFactory:
-    """make(n_layer=, n_embd=, vocab_size=, head_size=64, fmt="pth", layer0_v=False, dtype=bf16, seed=0) -> Path."""
+    """make(n_layer=, n_embd=, vocab_size=, head_size=64, fmt="pth", layer0_v=False, dtype=bf16, seed=0,
+    generation="x070") -> Path."""
     root = tmp_path_factory.mktemp("checkpoints")
     cache: dict[tuple, Path] = {}
 
@@ -117,11 +118,12 @@ def checkpoint_factory(tmp_path_factory: pytest.TempPathFactory) -> CheckpointFa
         layer0_v: bool = False,
         dtype: torch.dtype = torch.bfloat16,
         seed: int = 0,
+        generation: str = "x070",
     ) -> Path:
-        key = (n_layer, n_embd, vocab_size, head_size, fmt, layer0_v, dtype, seed)
+        key = (n_layer, n_embd, vocab_size, head_size, fmt, layer0_v, dtype, seed, generation)
         if key not in cache:
             dt = str(dtype).removeprefix("torch.")
-            name = f"L{n_layer}-C{n_embd}-V{vocab_size}-N{head_size}-{dt}-v0{int(layer0_v)}-s{seed}.{fmt}"
+            name = f"{generation}-L{n_layer}-C{n_embd}-V{vocab_size}-N{head_size}-{dt}-v0{int(layer0_v)}-s{seed}.{fmt}"
             cache[key] = write_random_checkpoint(
                 root / name,
                 n_layer=n_layer,
@@ -131,6 +133,7 @@ def checkpoint_factory(tmp_path_factory: pytest.TempPathFactory) -> CheckpointFa
                 layer0_v=layer0_v,
                 dtype=dtype,
                 seed=seed,
+                generation=generation,
             )
         return cache[key]
 

@@ -1,6 +1,7 @@
-"""Composition end to end on random-weight checkpoints of the music models' vocabularies: the abc and midi
-formats drive a real engine, end at their end tokens, and what comes back, however malformed, becomes
-files the converters accept; through the hub, the daemon's `compose` request and `rwkv-hub compose`."""
+"""Composition end to end on random-weight checkpoints of the published music models' generations and
+vocabularies (RWKV-5 for ABC, RWKV-4 for MIDI): the abc and midi formats drive a real engine, end at their
+end tokens, and what comes back, however malformed, becomes files the converters accept; through the hub,
+the daemon's `compose` request and `rwkv-hub compose`."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from rwkv_hub.music.midi_text import VocabConfig, midi_to_text
 from rwkv_hub.music.notes import MusicError, Note, Tune
 
 TOKEN = "music-test-token-0123456789"
-ABC_SHAPE = dict(n_layer=2, n_embd=128, vocab_size=128, head_size=64)  # ABC models: one id per character
+# ABC models: one id per character, RWKV-5 (as RWKV-5-ABC-82M); MIDI models: RWKV-4 (as RWKV-4-MIDI).
+ABC_SHAPE = dict(n_layer=2, n_embd=128, vocab_size=128, head_size=64, generation="x052")
 MIDI_VOCAB = VocabConfig.default().tokens()
 
 
@@ -40,7 +42,7 @@ def abc_model(checkpoint_factory, model_factory):
 @pytest.fixture(scope="module")
 def midi_path(checkpoint_factory, tmp_path_factory):
     path = tmp_path_factory.mktemp("midi-model") / "rwkv-midi.pth"  # a folder of its own, as a release has
-    shutil.copy(checkpoint_factory(n_layer=2, n_embd=64, vocab_size=len(MIDI_VOCAB), head_size=64), path)
+    shutil.copy(checkpoint_factory(n_layer=2, n_embd=64, vocab_size=len(MIDI_VOCAB), generation="x040"), path)
     vocab = {word: i for i, word in enumerate(MIDI_VOCAB)}
     tokenizer = {"version": "1.0", "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<pad>"}}
     (path.parent / "tokenizer-midi.json").write_text(json.dumps(tokenizer))  # found beside the checkpoint
@@ -60,6 +62,7 @@ def compose(model, request: dict):
 
 def test_abc_ends_at_the_end_of_tune_id_and_becomes_files(abc_model, tmp_path):
     req = {"format": "abc", "preset": "music-abc", "input": {"text": DEFAULT_ABC}, "logit_processors": ["end-after-24"]}
+    assert abc_model.spec.generation == "x052"
     stream, text = compose(abc_model, req | {"params": {"seed": 3, "max_tokens": 200}})
     assert stream.request["prompt"] == "\x02" + DEFAULT_ABC
     assert stream.result.finish_reason == "stop" and len(text) == 24 and "\x03" not in text
@@ -72,7 +75,7 @@ def test_abc_ends_at_the_end_of_tune_id_and_becomes_files(abc_model, tmp_path):
 
 def test_midi_model_with_its_vocabulary_file_composes_and_continues_a_mid(midi_path, tmp_path):
     model = rwkv_hub.load(midi_path, "cpu fp32")
-    assert model.tokenizer.name == "midi"
+    assert model.tokenizer.name == "midi" and model.spec.generation == "x040"
     opening = Tune([Note(0, 60, 480), Note(480, 64, 480), Note(960, 67, 960, program=40, channel=1)]).to_midi()
     start = midi_to_text(opening, close=False)
     stream, text = compose(model, {"format": "midi", "continue": start, "params": {"seed": 1, "max_tokens": 24}})
