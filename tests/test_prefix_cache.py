@@ -19,7 +19,9 @@ def model(checkpoint_factory, model_factory):
     return model_factory(checkpoint_factory(**SHAPE))
 
 
-def test_warm_logits_equal_cold_logits_exactly(model):
+@pytest.mark.parametrize("generation", ["x070", "x060", "x051", "x040"])
+def test_warm_logits_equal_cold_logits_exactly(generation, checkpoint_factory, model_factory):
+    model = model_factory(checkpoint_factory(**SHAPE, generation=generation))
     prompt = [random.Random(0).randrange(256) for _ in range(PREFILL_CHUNK + 37)]
     cache = PrefixCache(2**30)
     _, state = model.forward(prompt[:PREFILL_CHUNK])

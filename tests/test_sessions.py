@@ -24,6 +24,12 @@ def model(checkpoint_factory, model_factory):
     return model_factory(checkpoint_factory(**SHAPE))
 
 
+@pytest.fixture(scope="module", params=["x070", "x060", "x052", "x051", "x050", "x040"])
+def any_model(request, checkpoint_factory, model_factory):
+    """A model of each generation: their states differ in layout, the session machinery must not care."""
+    return model_factory(checkpoint_factory(**SHAPE, generation=request.param))
+
+
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, timeout=120))
 
@@ -34,7 +40,8 @@ async def turn(engine: Engine, sid: str, text: str, params: SamplingParams = GRE
     return stream
 
 
-def test_turns_feed_only_new_tokens_and_equal_one_long_run(model):
+def test_turns_feed_only_new_tokens_and_equal_one_long_run(any_model):
+    model = any_model
     store = SessionStore(model.state_shape)
     store.create("chat")
 
@@ -52,7 +59,8 @@ def test_turns_feed_only_new_tokens_and_equal_one_long_run(model):
     assert two.result.tokens == gen.result.tokens
 
 
-def test_fork_gives_two_independent_continuations(model):
+def test_fork_gives_two_independent_continuations(any_model):
+    model = any_model
     store = SessionStore(model.state_shape)
     store.create("a")
 
@@ -72,7 +80,8 @@ def test_fork_gives_two_independent_continuations(model):
     assert store.get("a").turns == store.get("b").turns == 2
 
 
-def test_sessions_survive_a_restart(model, tmp_path):
+def test_sessions_survive_a_restart(any_model, tmp_path):
+    model = any_model
     store = SessionStore(model.state_shape, tmp_path)
     store.create("keep")
 
