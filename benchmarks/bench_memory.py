@@ -2,11 +2,12 @@
 
     python benchmarks/bench_memory.py [--sizes 1b5,2b9,7b2,13b3] [--strategies "cpu fp32,cpu bf16,cpu bf16i8"]
 
-For each size the guide lists (1B6, 3B, 7B, 14B), a random-weight RWKV-7 checkpoint of the nearest
-released shape is written once into bench-out/ (as safetensors, streamed a layer at a time, so even
-the 13B file is made in a few GB of memory). Each (size, strategy) is measured in a fresh process:
-peak RSS after loading and decoding, and single-sequence decode tokens/s. A combination whose weights
-cannot fit in this machine's memory is not run and says so, as the guide does. The official package
+For each size the guide lists (1B6, 3B, 7B, 14B), a random-weight RWKV-7 (or, with --generations
+x060, RWKV-6) checkpoint of the nearest released shape is written once into bench-out/ (as safetensors,
+streamed a layer at a time, so even the 13B file is made in a few GB of memory). Each (size, strategy)
+is measured in a fresh process: peak RSS after loading and decoding, and single-sequence decode
+tokens/s. A combination whose weights cannot fit in this machine's memory is not run and says so, as
+the guide does. The official package
 runs too where it fits (it holds about twice the fp32 weights while loading). The table goes to
 docs/memory.md, next to the guide's figures.
 """
@@ -263,9 +264,10 @@ def write_doc(rows: list[dict], m: dict) -> None:
         f"{datetime.date.today().isoformat()}: {m['cpu']}, {m['cores']} cores, "
         f"{m['ram_bytes'] / 2**30:.0f} GiB RAM, torch {m['torch']}, no GPU.",
         "",
-        "Random-weight RWKV-7 checkpoints of the released G1 shapes nearest the guide's sizes (vocabulary",
-        "65,536). Peak RSS is the process's high-water mark after loading and decoding 16 tokens; tokens/s",
-        "is single-sequence greedy decode. The guide's column is its figure for the same precision: CPU fp32",
+        "Random-weight RWKV-7 (`x070`, G1) and RWKV-6 (`x060`, World) checkpoints of the released shapes",
+        "nearest the guide's sizes (vocabulary 65,536; both generations use these layer counts and widths).",
+        "Peak RSS is the process's high-water mark after loading and decoding 16 tokens; tokens/s is",
+        "single-sequence greedy decode. The guide's column is its figure for the same precision: CPU fp32",
         "for `cpu fp32`, CUDA fp16 for `cpu bf16` (16-bit weights either way), CUDA int8 for the int8",
         'strategies, with rwkv.cpp\'s Q5_1 beside it. "Does not fit" means the weights alone exceed what',
         "this machine has free, so the run was not started.",
@@ -274,7 +276,7 @@ def write_doc(rows: list[dict], m: dict) -> None:
         "rwkv.cpp is a C program: neither holds a Python interpreter and torch, which take about 0.3 GB of",
         "RSS before any weight is read, and a checkpoint's weights alone can come near the guide's figure",
         "(1.5B in 16 bits: 3.16 GB of weights against the guide's 3.2 GB). And the guide's sizes are the",
-        "RWKV-4/5 models of its time; the G1 shapes here are a few percent larger or smaller.",
+        "RWKV-4/5 models of its time; the shapes here are a few percent larger or smaller.",
         "",
         "| size | params | strategy | rwkv-hub peak RSS | guide | rwkv.cpp Q5_1 | tokens/s"
         " | official peak RSS | official tokens/s |",

@@ -71,7 +71,7 @@ def test_inspect_table(checkpoint: Path) -> None:
     assert fields["n_layer"] == "2"
     assert fields["n_embd"] == "128"
     assert fields["vocab_size"] == "256"
-    assert fields["generation"] == "x070"
+    assert fields["generation"] == "x070 (RWKV-7)"
     assert fields["format"] == checkpoint.suffix.lstrip(".")
     assert "cpu bf16" in fields
 

@@ -1,10 +1,28 @@
-"""The matrix kernels: bf16 weights widened to fp32 for many-row products on CPUs without bf16 packing."""
+"""The matrix kernels: bf16 weights widened to fp32 for many-row products on CPUs without bf16 packing, and
+the C matrix-vector kernels (gemv.c) for decoding, against PyTorch's products of the same weights."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from rwkv_hub.core.linear import WIDEN_BLOCK_FLOATS, WIDEN_MIN_ROWS, DenseLinear
+from rwkv_hub.core import linear
+from rwkv_hub.core.linear import (
+    GEMV_MAX_ROWS,
+    INT8_KERNEL_MAX_ROWS,
+    WIDEN_BLOCK_FLOATS,
+    DenseLinear,
+    NativeInt8Linear,
+    quantize_int8,
+)
+from rwkv_hub.core.native import load_gemv
+
+needs_gemv = pytest.mark.skipif(load_gemv() is None, reason="no C compiler")
+X_BLOCK = 64  # rows of x per pass over the weights in gemv.c
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
 def test_widened_bf16_products_equal_fp32_products_of_the_same_weights():
@@ -13,10 +31,67 @@ def test_widened_bf16_products_equal_fp32_products_of_the_same_weights():
     w = torch.randn(rows, 64, generator=g).bfloat16()
     lin = DenseLinear(w)
     assert lin.widen
-    x = torch.randn(2, WIDEN_MIN_ROWS + 3, 64, generator=g).bfloat16()
+    x = torch.randn(2, GEMV_MAX_ROWS + 3, 64, generator=g).bfloat16()
     y = lin(x)
-    assert y.dtype == torch.bfloat16 and y.shape == (2, WIDEN_MIN_ROWS + 3, rows)
-    assert torch.equal(y, torch.nn.functional.linear(x.float(), w.float()).bfloat16())
-    one = x[:, :1]  # a decode step keeps the bf16 kernel
-    assert torch.allclose(lin(one).float(), y[:, :1].float(), rtol=0.02, atol=0.05)
+    assert y.shape == (2, GEMV_MAX_ROWS + 3, rows)
+    assert torch.equal(y, torch.nn.functional.linear(x.float(), w.float()))
+    one = x[:, :1]  # a decode step takes the matrix-vector kernel
+    assert rel(lin(one), y[:, :1]) < 1e-5
     assert not DenseLinear(w.float()).widen
+
+
+# Shapes with every remainder the kernels handle: columns not a multiple of 4 (the row-group unit), inputs
+# not a multiple of 8 or 16 (the vector widths), and one over SPLIT_MIN_BYTES (split between threads).
+SHAPES = [(5, 8), (7, 24), (64, 40), (130, 768), (3000, 2048)]
+
+
+@needs_gemv
+@pytest.mark.parametrize(("n_out", "n_in"), SHAPES)
+@pytest.mark.parametrize("rows", [1, 3, GEMV_MAX_ROWS])
+def test_bf16_matrix_vector_kernel_equals_fp32_product_of_the_same_weights(n_out, n_in, rows):
+    g = torch.Generator().manual_seed(n_out + rows)
+    w = torch.randn(n_out, n_in, generator=g).bfloat16()
+    x = torch.randn(rows, n_in, generator=g)
+    lin = DenseLinear(w)
+    want = torch.nn.functional.linear(x, w.float())
+    assert rel(lin(x.bfloat16()), torch.nn.functional.linear(x.bfloat16().float(), w.float())) < 1e-5
+    assert rel(lin(x), want) < 1e-5  # an fp32 input is read in full
+    for r in range(rows):  # each row alone gives the same numbers, to the bit
+        assert torch.equal(lin(x[r : r + 1])[0], lin(x)[r])
+
+
+@needs_gemv
+@pytest.mark.parametrize(("n_out", "n_in"), SHAPES)
+@pytest.mark.parametrize("rows", [1, GEMV_MAX_ROWS])
+def test_int8_kernel_equals_the_dequantized_product(n_out, n_in, rows):
+    """15-bit activations and exact integer sums: within 1e-4 of fp32 with the same int8 weights, and the
+    same numbers for a row whatever rows come with it."""
+    g = torch.Generator().manual_seed(n_out)
+    w = torch.randn(n_out, n_in, generator=g)
+    x = torch.randn(rows, n_in, generator=g)
+    lin = NativeInt8Linear(w)
+    q, scale = quantize_int8(w)
+    want = torch.nn.functional.linear(x, q.float() * scale[:, None])
+    assert rel(lin(x), want) < 1e-4
+    copies = X_BLOCK // rows + 2  # more rows than one block of the kernel, fewer than INT8_KERNEL_MAX_ROWS
+    many = lin(x.repeat(copies, 1))
+    assert torch.equal(many, lin(x).repeat(copies, 1))  # exact integer sums: identical rows
+    assert torch.equal(lin(x[:1])[0], lin(x)[0])
+    long = lin(x.repeat(INT8_KERNEL_MAX_ROWS // rows + 1, 1))  # a long prompt: a GEMM, same activations
+    assert rel(long, lin(x).repeat(INT8_KERNEL_MAX_ROWS // rows + 1, 1)) < 1e-5
+    assert lin.nbytes == n_out * n_in + 4 * n_out
+
+
+@needs_gemv
+def test_int8_sums_do_not_overflow_at_the_extremes():
+    """Every weight at +127 and every activation at the top of its range, over a long row."""
+    n_in = 16384 + 48
+    w = torch.ones(8, n_in)
+    lin = NativeInt8Linear(w)
+    x = torch.ones(1, n_in)
+    assert rel(lin(x), torch.full((1, 8), float(n_in))) < 1e-6
+    assert rel(lin(-x), torch.full((1, 8), -float(n_in))) < 1e-6
+
+
+def test_int8_kernel_choice_is_reported():
+    assert linear.cpu_int8_kernel() in ("fbgemm", "native", "weight-only")

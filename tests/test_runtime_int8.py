@@ -12,6 +12,7 @@ import torch
 from conftest import random_tokens, record_figure, rel_err, strategy_name
 
 import rwkv_hub
+from rwkv_hub.core.linear import cpu_int8_kernel
 
 SHAPE = dict(n_layer=2, n_embd=128, vocab_size=512, head_size=64)
 POSITIONS = 256
@@ -58,8 +59,10 @@ def test_int8_picks_the_same_top1_token_as_fp32(int8_run, fp32_logits) -> None:
 
 
 # Activations are quantized per row, so a row's result must not depend on its batch-mates or on how a
-# prompt is chunked: only float rounding of the surrounding fp32 work may differ.
-ROW_INDEPENDENT = 1e-6
+# prompt is chunked: only float rounding of the surrounding fp32 work may differ. fbgemm's 7-bit activations
+# absorb those last-bit differences; the C kernel's 15-bit ones let some through (a value on the edge of a
+# level rounds the other way), about 6e-5 at worst here.
+ROW_INDEPENDENT = {"fbgemm": 1e-6, "native": 1e-4}.get(cpu_int8_kernel(), 1e-5)
 
 
 def test_int8_logits_are_close_to_fp32(int8_run, fp32_logits) -> None:

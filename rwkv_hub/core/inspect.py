@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .checkpoint import open_checkpoint
+from .linear import cpu_int8_kernel
 from .spec import LARGE_MATRICES, ModelSpec, count_params, read_spec
 
 
@@ -34,7 +35,8 @@ class CheckpointInfo:
         """Weight memory per strategy, as the runtime lays it out (state and activations come on top).
 
         The big matrices (attention, feed-forward, head) and the embedding take the strategy's width,
-        int8 keeps the embedding in 16 bits and adds a scale per matrix row, and the small per-layer
+        int8 keeps the embedding in 16 bits and adds a scale per matrix row (its size depends on the
+        kernel: `linear.cpu_int8_kernel()` on the CPU), and the small per-layer
         tensors stay fp32 under every strategy.
         """
         small = self.n_params - self.large_params - self.emb_params
@@ -44,8 +46,9 @@ class CheckpointInfo:
         for name in ("cpu fp32", "cpu bf16", "cuda fp16", "cuda bf16"):
             w = wide["fp32"] if name.endswith("fp32") else wide["16"]
             out[name] = (self.large_params + self.emb_params) * w + small * 4
+        per_row = {"cpu": 8 if cpu_int8_kernel() == "fbgemm" else 4, "cuda": 2}  # each kernel's row scales
         for name in ("cpu bf16i8", "cpu fp32i8", "cuda fp16i8", "cuda bf16i8"):
-            out[name] = self.large_params + rows * 8 + self.emb_params * 2 + small * 4
+            out[name] = self.large_params + rows * per_row[name.split()[0]] + self.emb_params * 2 + small * 4
         return out
 
     def to_dict(self) -> dict:

@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Callable
 from functools import cache
 
 import torch
 import torch.nn.functional as F
 
+from .native import load_gemv
+
 # Rows above which int8 weights are expanded to the compute dtype for a GEMM instead of the weight-only kernel.
 INT8_GEMV_MAX_ROWS = 4
-# Rows above which unpacked bf16 weights are widened to fp32 for the product (see DenseLinear).
-WIDEN_MIN_ROWS = 4
+# Products of at most this many rows are matrix-vector products (decoding) and go to the C kernels where they
+# are used; more rows (prefill) widen the weights to fp32 a block at a time for a GEMM.
+GEMV_MAX_ROWS = 4
 WIDEN_BLOCK_FLOATS = 4 * 2**20  # 16 MB of fp32 weights widened at a time
+SPLIT_MIN_BYTES = 256 * 2**10  # a C product reading this many weight bytes is split between threads
+# The C int8 kernel is faster than a widened fp32 GEMM up to about this many rows (measured at 0.19B shapes).
+INT8_KERNEL_MAX_ROWS = 256
+X_LEVELS = 16383.0  # the activations' levels per sign in the C int8 kernel (X_LEVELS in gemv.c)
 
 
 def quantize_int8(w: torch.Tensor, rows_per_chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,10 +70,9 @@ class Linear:
 
 
 class DenseLinear(Linear):
-    """Plain `F.linear`. bf16 weights on a CPU where oneDNN cannot pack them (AVX2 without AVX-512) make
-    slow bf16 GEMMs: for many rows (prefill) the matrix is widened to fp32 for the product instead, a
-    block of rows at a time into one scratch buffer per thread (about 16 MB), which is reused: fresh
-    blocks for every product would be kept by the C allocator and grow the process by hundreds of MB."""
+    """Plain `F.linear`, except for bf16 weights on a CPU where oneDNN cannot pack them (AVX2 without
+    AVX-512): there PyTorch's bf16 products are slow, so a few rows go to the C kernel and many rows widen
+    the matrix to fp32 for the product (`_widened`)."""
 
     def __init__(self, w: torch.Tensor):
         self.w = w.contiguous()
@@ -74,18 +81,42 @@ class DenseLinear(Linear):
         self.widen = w.device.type == "cpu" and w.dtype == torch.bfloat16
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.widen and x.numel() // x.shape[-1] > WIDEN_MIN_ROWS:
-            xf = x.float()
-            out = torch.empty(*x.shape[:-1], self.out_features, dtype=x.dtype, device=x.device)
-            step = max(1, WIDEN_BLOCK_FLOATS // self.in_features)
-            scratch = _scratch(step * self.in_features)
-            for lo in range(0, self.out_features, step):
-                part = self.w[lo : lo + step]
-                wide = scratch[: part.numel()].view(part.shape)
-                wide.copy_(part)
-                out[..., lo : lo + step] = F.linear(xf, wide)
-            return out
+        if self.widen:
+            if x.numel() // x.shape[-1] > GEMV_MAX_ROWS:
+                return _widened(x, self.out_features, self.in_features, lambda lo, hi, buf: buf.copy_(self.w[lo:hi]))
+            lib = load_gemv()
+            if lib is not None:
+                w, dims = self.w.data_ptr(), (self.in_features, self.out_features)
+                return _gemv(x, self, lambda xp, yp, n, threads: lib.rwkv_gemv_bf16_mt(w, xp, yp, n, *dims, threads))
         return F.linear(x, self.w)
+
+
+def _gemv(x: torch.Tensor, lin: Linear, call: Callable[[int, int, int, int], None]) -> torch.Tensor:
+    """Rows of x times a matrix in C: `call(x_ptr, y_ptr, rows, threads)`. Products that read enough weight
+    bytes run on all of torch's threads (the kernel's OpenMP team is torch's). Returns fp32, which every
+    caller widens to anyway."""
+    xf = x.reshape(-1, lin.in_features).float().contiguous()
+    y = torch.empty(xf.shape[0], lin.out_features, dtype=torch.float32)
+    threads = torch.get_num_threads() if lin.nbytes >= SPLIT_MIN_BYTES else 1
+    call(xf.data_ptr(), y.data_ptr(), xf.shape[0], threads)
+    return y.view(*x.shape[:-1], lin.out_features)
+
+
+def _widened(x: torch.Tensor, n_out: int, n_in: int, fill: Callable[[int, int, torch.Tensor], object]) -> torch.Tensor:
+    """x times a matrix that is widened to fp32 a block of rows at a time: `fill(lo, hi, buf)` writes rows
+    [lo, hi) as fp32 into `buf`. The blocks go into one scratch buffer per thread (about 16 MB), which is
+    reused: fresh blocks for every product would be kept by the C allocator and grow the process by
+    hundreds of MB."""
+    xf = x.float()
+    out = torch.empty(*x.shape[:-1], n_out, dtype=torch.float32, device=x.device)
+    step = max(1, WIDEN_BLOCK_FLOATS // n_in)
+    scratch = _scratch(step * n_in)
+    for lo in range(0, n_out, step):
+        hi = min(n_out, lo + step)
+        wide = scratch[: (hi - lo) * n_in].view(hi - lo, n_in)
+        fill(lo, hi, wide)
+        out[..., lo:hi] = F.linear(xf, wide)
+    return out
 
 
 _local = threading.local()
@@ -135,6 +166,48 @@ class Int8Linear(Linear):
         if self.cpu and rows <= INT8_GEMV_MAX_ROWS:
             return torch._weight_int8pack_mm(x.reshape(rows, -1), self.q, self.scale).view(*x.shape[:-1], -1)
         return F.linear(x, self.q.to(x.dtype)) * self.scale
+
+
+class NativeInt8Linear(Linear):
+    """int8 weights with one scale per output row, kept as stored, multiplied in C (gemv.c) with
+    activations rounded to 15 bits per row and exact integer sums, so a row gives the same result alone or
+    in a batch. Long prompts (more than INT8_KERNEL_MAX_ROWS rows) widen blocks of the weights to fp32 for
+    a GEMM on the same rounded activations instead.
+
+    Used on x86 CPUs without VNNI, where fbgemm's int8 kernel needs 7-bit activations to stay exact and
+    a packed copy of the weights about 11% larger than them."""
+
+    def __init__(self, w: torch.Tensor):
+        self.q, self.scale = quantize_int8(w)
+        self.out_features, self.in_features = self.q.shape
+        self.nbytes = self.q.numel() + 4 * self.out_features
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() // x.shape[-1] > INT8_KERNEL_MAX_ROWS:
+            return _widened(_as_15_bits(x), self.out_features, self.in_features, self._dequantize)
+        lib = load_gemv()
+        xf = x.reshape(-1, self.in_features).float().contiguous()
+        rows = xf.shape[0]
+        xq = torch.empty(rows, self.in_features, dtype=torch.int16)
+        xs = torch.empty(rows, dtype=torch.float32)
+        lib.rwkv_quantize_x(xf.data_ptr(), xq.data_ptr(), xs.data_ptr(), rows, self.in_features)
+        q, sc, xqp, xsp = self.q.data_ptr(), self.scale.data_ptr(), xq.data_ptr(), xs.data_ptr()
+        dims = (self.in_features, self.out_features)
+        return _gemv(x, self, lambda _, yp, n, threads: lib.rwkv_gemv_i8_mt(q, sc, xqp, xsp, yp, n, *dims, threads))
+
+    def _dequantize(self, lo: int, hi: int, buf: torch.Tensor) -> None:
+        buf.copy_(self.q[lo:hi])
+        buf.mul_(self.scale[lo:hi, None])
+
+
+def _as_15_bits(x: torch.Tensor) -> torch.Tensor:
+    """x rounded per row to the 15-bit levels of the C kernel (`rwkv_quantize_x`, the same arithmetic), so
+    that a long prompt's GEMM sees the activations the kernel would."""
+    x = x.float()
+    peak = x.abs().amax(dim=-1, keepdim=True)
+    step = torch.where(peak > 0, peak / X_LEVELS, torch.ones_like(peak))
+    v = x * (1.0 / step)
+    return torch.trunc(v + torch.copysign(torch.full_like(v, 0.5), v)) * step
 
 
 class DynamicInt8Linear(Linear):
@@ -202,11 +275,24 @@ def dynamic_int8_available() -> bool:
     return any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm"))
 
 
+@cache
+def cpu_int8_kernel() -> str:
+    """How int8 strategies multiply on this CPU: "fbgemm" (VNNI), "native" (gemv.c; x86 without VNNI,
+    and any CPU with a C compiler but no fbgemm) or "weight-only" (PyTorch's int8 weight-only kernel)."""
+    if dynamic_int8_available() and _has_vnni():
+        return "fbgemm"
+    if load_gemv() is not None:
+        return "native"
+    return "fbgemm" if dynamic_int8_available() else "weight-only"
+
+
 def make_linear(w: torch.Tensor, device: str, dtype: torch.dtype, int8: bool) -> Linear:
     """Convert one (out, in) weight for a strategy; the source tensor may be freed afterwards."""
     w = w.to(device)
-    if int8 and device == "cpu" and dynamic_int8_available():
+    if int8 and device == "cpu" and cpu_int8_kernel() == "fbgemm":
         return DynamicInt8Linear(w)
+    if int8 and device == "cpu" and cpu_int8_kernel() == "native":
+        return NativeInt8Linear(w)
     if int8:
         return Int8Linear(w, dtype)
     w = w.to(dtype)

@@ -18,7 +18,7 @@ from .builtin import BUILTIN_MODEL, NOTICE
 from .checkpoint import LazyTensor, open_checkpoint
 from .errors import CheckpointError, RWKVHubError, StateError
 from .generate import Generation
-from .linear import Linear, RowChunkedLinear, dynamic_int8_available, make_linear
+from .linear import Linear, RowChunkedLinear, cpu_int8_kernel, make_linear, packing_works
 from .rwkv7 import LORA_ORDER, MIX_ORDER, Block, Layout, channel_mix, time_mix
 from .sampling import SamplingParams
 from .spec import ModelSpec, read_spec
@@ -264,9 +264,13 @@ def _release_freed_memory() -> None:
 
 
 def compute_dtype(strategy: Strategy) -> torch.dtype:
-    """The dtype fed to the big matrices: the strategy's, except int8 on x86 CPUs, whose kernel takes fp32."""
-    if strategy.int8 and strategy.device == "cpu" and dynamic_int8_available():
-        return torch.float32
+    """The dtype fed to the big matrices: the strategy's, except on CPUs whose kernels for it take fp32
+    (int8 outside the weight-only kernel; bf16 where oneDNN cannot pack it: see `linear.DenseLinear`)."""
+    if strategy.device == "cpu":
+        if strategy.int8 and cpu_int8_kernel() != "weight-only":
+            return torch.float32
+        if strategy.dtype == torch.bfloat16 and not packing_works(torch.bfloat16):
+            return torch.float32
     return strategy.dtype
 
 
@@ -293,7 +297,7 @@ def load(
     tensors = open_checkpoint(p)
     spec = read_spec(tensors, p)
     tok = choose_tokenizer(tokenizer, p, spec.vocab_size)
-    dev, dt, i8 = strat.device, compute_dtype(strat), strat.int8
+    dev, dt, i8 = strat.device, strat.dtype, strat.int8
     f32 = torch.float32
 
     def mat(name: str) -> torch.Tensor:
@@ -327,7 +331,7 @@ def load(
             tensors["emb.weight"],
             vec("blocks.0.ln0.weight"),
             vec("blocks.0.ln0.bias"),
-            torch.bfloat16 if i8 and dt == f32 and dev == "cpu" else dt,
+            torch.bfloat16 if i8 and dev == "cpu" else dt,
             dev,
         )
         blocks = []

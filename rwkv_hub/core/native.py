@@ -2,8 +2,8 @@
 
 The WKV recurrence is a long chain of tiny steps; run as PyTorch ops it costs a dozen kernel launches per
 token and layer. In C it is one call. The World tokenizer's longest-match loop is the same story in
-Python. Where no compiler is found, callers keep their pure-Python or PyTorch versions, which compute the
-same thing.
+Python. Decoding's matrix-vector products are C too where PyTorch's are slow (gemv.c). Where no compiler
+is found, callers keep their pure-Python or PyTorch versions, which compute the same thing.
 """
 
 from __future__ import annotations
@@ -48,14 +48,15 @@ def _machine_key() -> str:
 
 
 @cache
-def build_library(source_name: str | Path) -> ctypes.CDLL | None:
+def build_library(source_name: str | Path, extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
     """Compile a C file (a bare name means this folder) on first use and load it; None if that is not possible."""
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
     if cc is None or platform.system() == "Windows":
         return None
     source = Path(__file__).with_name(source_name) if isinstance(source_name, str) else source_name
     src = source.read_bytes()
-    digest = hashlib.sha256(src + " ".join(FLAGS).encode() + _machine_key().encode()).hexdigest()[:16]
+    flags = (*FLAGS, *extra_flags)
+    digest = hashlib.sha256(src + " ".join(flags).encode() + _machine_key().encode()).hexdigest()[:16]
     lib = cache_dir() / f"{source.stem}-{digest}.so"
     if not lib.exists():
         tmp = None
@@ -63,7 +64,7 @@ def build_library(source_name: str | Path) -> ctypes.CDLL | None:
             lib.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
             os.close(fd)
-            subprocess.run([cc, *FLAGS, str(source), "-o", tmp, "-lm"], check=True, capture_output=True, timeout=120)
+            subprocess.run([cc, *flags, str(source), "-o", tmp, "-lm"], check=True, capture_output=True, timeout=120)
             os.replace(tmp, lib)
         except (OSError, subprocess.SubprocessError):
             if tmp and os.path.exists(tmp):
@@ -84,4 +85,27 @@ def load_wkv7() -> ctypes.CDLL | None:
     fn = dll.rwkv7_tmix
     fn.restype = None
     fn.argtypes = [ctypes.c_int] * 5 + [ctypes.c_void_p] * 19 + [ctypes.c_float, ctypes.c_void_p]
+    return dll
+
+
+@cache
+def load_gemv() -> ctypes.CDLL | None:
+    """Return the compiled matrix-vector kernels (gemv.c), compiling them on first use; None if not possible.
+
+    Built with OpenMP so that its threads are torch's (torch must be imported first, which the callers'
+    modules do); without an OpenMP runtime it is built single-threaded."""
+    import torch  # noqa: F401  (its libgomp must be loaded before ours binds to one)
+
+    dll = build_library("gemv.c", ("-fopenmp",)) or build_library("gemv.c")
+    if dll is None:
+        return None
+    ptr, i32 = ctypes.c_void_p, ctypes.c_int
+    for name, args in (
+        ("rwkv_gemv_bf16_mt", [ptr] * 3 + [i32] * 4),
+        ("rwkv_gemv_i8_mt", [ptr] * 5 + [i32] * 4),
+        ("rwkv_quantize_x", [ptr] * 3 + [i32] * 2),
+    ):
+        fn = getattr(dll, name)
+        fn.restype = None
+        fn.argtypes = args
     return dll

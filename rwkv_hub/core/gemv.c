@@ -1,0 +1,209 @@
+/* Matrix-vector products for decoding: y[b][o] = sum_i W[o][i] * x[b][i] for a few rows b of x.
+ *
+ * Decoding one token reads every weight once, so a step is as fast as its weights stream through the
+ * cores. On CPUs where oneDNN cannot prepack bf16 (AVX2 without AVX-512), PyTorch's bf16 product with one
+ * row costs several times the memory traffic, and its int8 paths either need a packed copy of the
+ * weights (fbgemm) or run far below bandwidth. These loops read the weights as stored.
+ *
+ * Both functions compute output rows [r0, r1) so that callers can split a matrix between threads.
+ * W is row-major (out, in). x is (batch, in) fp32, y is (batch, out) fp32.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static void bf16_rows(const uint16_t *w, const float *x, float *y, int batch, int in, int out, int r0, int r1) {
+    for (int o = r0; o < r1; o++) {
+        const uint16_t *row = w + (int64_t)o * in;
+        for (int b = 0; b < batch; b++) {
+            const float *xb = x + (int64_t)b * in;
+            float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+            for (int i = 0; i < in; i++) acc += bf16_to_float(row[i]) * xb[i];
+            y[(int64_t)b * out + o] = acc;
+        }
+    }
+}
+
+#ifdef __AVX2__
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+static inline __m256 load_bf16x8(const uint16_t *p) {
+    __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+#endif
+
+/* bf16 weights: four output rows at a time share each load of x; in must be a multiple of 8 for the
+ * vector loop (other widths take the plain loop). */
+void rwkv_gemv_bf16(const uint16_t *w, const float *x, float *y, int batch, int in, int out, int r0, int r1) {
+    int o = r0;
+#ifdef __AVX2__
+    if (in % 8 == 0) {
+        for (; o + 4 <= r1; o += 4) {
+            const uint16_t *w0 = w + (int64_t)o * in, *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
+            for (int b = 0; b < batch; b++) {
+                const float *xb = x + (int64_t)b * in;
+                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                for (int i = 0; i < in; i += 8) {
+                    __m256 xv = _mm256_loadu_ps(xb + i);
+                    a0 = _mm256_fmadd_ps(load_bf16x8(w0 + i), xv, a0);
+                    a1 = _mm256_fmadd_ps(load_bf16x8(w1 + i), xv, a1);
+                    a2 = _mm256_fmadd_ps(load_bf16x8(w2 + i), xv, a2);
+                    a3 = _mm256_fmadd_ps(load_bf16x8(w3 + i), xv, a3);
+                }
+                float *yb = y + (int64_t)b * out + o;
+                yb[0] = hsum8(a0);
+                yb[1] = hsum8(a1);
+                yb[2] = hsum8(a2);
+                yb[3] = hsum8(a3);
+            }
+        }
+    }
+#endif
+    bf16_rows(w, x, y, batch, in, out, o, r1);
+}
+
+/* int8 activations would lose precision and AVX2 has no 8-bit dot product that keeps it, so x is
+ * quantized to 15 bits per row instead (rwkv_quantize_x) and multiplied with 16-bit products summed in
+ * pairs (vpmaddwd). A pair is at most 2 * 16383 * 127 < 2^22, so an int32 lane can add 2^8 of them
+ * safely: the integer sums are moved to float every I8_BLOCK inputs. */
+#define X_LEVELS 16383.f
+#define I8_BLOCK 4096
+
+/* xq[b][i] = round(x[b][i] / xs[b]) with xs[b] = max|x[b]| / X_LEVELS (1 for an all-zero row). */
+void rwkv_quantize_x(const float *x, int16_t *xq, float *xs, int batch, int in) {
+    for (int b = 0; b < batch; b++) {
+        const float *xb = x + (int64_t)b * in;
+        float peak = 0.f;
+        for (int i = 0; i < in; i++) {
+            float a = xb[i] < 0 ? -xb[i] : xb[i];
+            peak = a > peak ? a : peak;
+        }
+        float s = peak > 0.f ? peak / X_LEVELS : 1.f, inv = 1.f / s;
+        int16_t *qb = xq + (int64_t)b * in;
+        for (int i = 0; i < in; i++) {
+            float v = xb[i] * inv;
+            qb[i] = (int16_t)(v < 0 ? v - 0.5f : v + 0.5f);
+        }
+        xs[b] = s;
+    }
+}
+
+static void i8_rows(const int8_t *q, const float *scale, const int16_t *xq, const float *xs, float *y, int batch,
+                    int in, int out, int r0, int r1) {
+    for (int o = r0; o < r1; o++) {
+        const int8_t *row = q + (int64_t)o * in;
+        for (int b = 0; b < batch; b++) {
+            const int16_t *xb = xq + (int64_t)b * in;
+            float total = 0.f;
+            for (int lo = 0; lo < in; lo += I8_BLOCK) {
+                int hi = lo + I8_BLOCK < in ? lo + I8_BLOCK : in;
+                int64_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+                for (int i = lo; i < hi; i++) acc += (int32_t)row[i] * (int32_t)xb[i];
+                total += (float)acc;
+            }
+            y[(int64_t)b * out + o] = total * scale[o] * xs[b];
+        }
+    }
+}
+
+#ifdef __AVX2__
+/* Four output rows times rows [b0, b1) of x. */
+static void i8_group(const int8_t *w0, const float *scale, const int16_t *xq, const float *xs, float *y, int b0,
+                     int b1, int in, int out, int o) {
+    const int8_t *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
+    for (int b = b0; b < b1; b++) {
+        const int16_t *xb = xq + (int64_t)b * in;
+        __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0;
+        for (int lo = 0; lo < in; lo += I8_BLOCK) {
+            int hi = lo + I8_BLOCK < in ? lo + I8_BLOCK : in;
+            __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+            for (int i = lo; i < hi; i += 16) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(xb + i));
+#define I8_STEP(a, w) a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + i))), xv))
+                I8_STEP(a0, w0);
+                I8_STEP(a1, w1);
+                I8_STEP(a2, w2);
+                I8_STEP(a3, w3);
+#undef I8_STEP
+            }
+            f0 = _mm256_add_ps(f0, _mm256_cvtepi32_ps(a0));
+            f1 = _mm256_add_ps(f1, _mm256_cvtepi32_ps(a1));
+            f2 = _mm256_add_ps(f2, _mm256_cvtepi32_ps(a2));
+            f3 = _mm256_add_ps(f3, _mm256_cvtepi32_ps(a3));
+        }
+        float *yb = y + (int64_t)b * out + o;
+        yb[0] = hsum8(f0) * scale[o] * xs[b];
+        yb[1] = hsum8(f1) * scale[o + 1] * xs[b];
+        yb[2] = hsum8(f2) * scale[o + 2] * xs[b];
+        yb[3] = hsum8(f3) * scale[o + 3] * xs[b];
+    }
+}
+#endif
+
+/* Rows of x per pass over the weights: a block of them stays in cache while every weight row meets it. */
+#define X_BLOCK 64
+
+/* int8 weights with one scale per output row: y[b][o] = scale[o] * xs[b] * sum_i q[o][i] * xq[b][i], any
+ * number of rows b. The integer sums are exact, so a row's result is the same alone or in a batch. */
+void rwkv_gemv_i8(const int8_t *q, const float *scale, const int16_t *xq, const float *xs, float *y, int batch,
+                  int in, int out, int r0, int r1) {
+    for (int b0 = 0; b0 < batch; b0 += X_BLOCK) {
+        int b1 = b0 + X_BLOCK < batch ? b0 + X_BLOCK : batch;
+        int o = r0;
+#ifdef __AVX2__
+        if (in % 16 == 0)
+            for (; o + 4 <= r1; o += 4) i8_group(q + (int64_t)o * in, scale, xq, xs, y, b0, b1, in, out, o);
+#endif
+        i8_rows(q, scale, xq + (int64_t)b0 * in, xs + b0, y + (int64_t)b0 * out, b1 - b0, in, out, o, r1);
+    }
+}
+
+/* ---- Threads ----
+ * One core cannot pull the weights from memory as fast as two, so the products are split between
+ * threads. They must be torch's own OpenMP threads: a second pool of workers spinning beside torch's makes
+ * the two fight over the cores (measured: a decode step three times slower). Built with -fopenmp, this
+ * library binds to the libgomp that torch has already loaded (the same soname), so it shares torch's team. */
+static void split_rows(int out, int part, int parts, int *r0, int *r1) {
+    int groups = (out + 3) / 4; /* four rows per unit: the vector loops' row group */
+    *r0 = 4 * (int)((int64_t)groups * part / parts);
+    *r1 = 4 * (int)((int64_t)groups * (part + 1) / parts);
+    if (*r1 > out) *r1 = out;
+}
+
+/* The products above over all output rows, on `threads` threads (the caller's among them). */
+void rwkv_gemv_bf16_mt(const uint16_t *w, const float *x, float *y, int batch, int in, int out, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int p = 0; p < threads; p++) {
+        int r0, r1;
+        split_rows(out, p, threads, &r0, &r1);
+        if (r0 < r1) rwkv_gemv_bf16(w, x, y, batch, in, out, r0, r1);
+    }
+}
+
+void rwkv_gemv_i8_mt(const int8_t *q, const float *scale, const int16_t *xq, const float *xs, float *y, int batch,
+                     int in, int out, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int p = 0; p < threads; p++) {
+        int r0, r1;
+        split_rows(out, p, threads, &r0, &r1);
+        if (r0 < r1) rwkv_gemv_i8(q, scale, xq, xs, y, batch, in, out, r0, r1);
+    }
+}
