@@ -72,7 +72,9 @@ with torch.inference_mode():
     for t in range(n):
         logits, state = step(int(logits.argmax()), state)
     dt = time.perf_counter() - t0
-print(json.dumps({{"peak_rss": peak_rss_bytes(), "tok_s": n / dt, "load_s": load_s}}))
+from rwkv_hub.core.linear import cpu_int8_kernel
+kernel = cpu_int8_kernel() if "i8" in strategy and not official else None
+print(json.dumps({{"peak_rss": peak_rss_bytes(), "tok_s": n / dt, "load_s": load_s, "int8_kernel": kernel}}))
 """
 
 
@@ -278,6 +280,10 @@ def write_doc(rows: list[dict], m: dict) -> None:
         "(1.5B in 16 bits: 3.16 GB of weights against the guide's 3.2 GB). And the guide's sizes are the",
         "RWKV-4/5 models of its time; the shapes here are a few percent larger or smaller.",
         "",
+        "int8 rows use rwkv-hub's own int8 kernel, which keeps the weights as stored; a row marked",
+        "(fbgemm) was measured with PyTorch's fbgemm kernel (the choice on CPUs with VNNI, and on this",
+        "machine before the own kernel existed), which holds a packed copy about 11% larger than the weights.",
+        "",
         "| size | params | strategy | rwkv-hub peak RSS | guide | rwkv.cpp Q5_1 | tokens/s"
         " | official peak RSS | official tokens/s |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -301,6 +307,8 @@ def write_doc(rows: list[dict], m: dict) -> None:
         guide_text = f"{guide} GB" if guide else ""
         cpp_text = f"{cpp} GB" if cpp else ""
         tok = f"{r['tok_s']:.2f}" if "tok_s" in r else ""
+        if r.get("int8_kernel") == "fbgemm" and "peak_rss" in r:
+            ours += " (fbgemm)"
         lines.append(
             f"| {label} ({generation} {size}) | {r['params'] / 1e9:.2f} B | `{strategy}` | {ours} | {guide_text} |"
             f" {cpp_text} |"
