@@ -1,8 +1,9 @@
-"""Matrix-vector products for each strategy, chosen for speed on the device.
+"""Matrix products for each strategy, chosen for speed on the device.
 
 Decoding one token reads every weight once, so the kernel's bandwidth sets the speed. On the CPU,
-oneDNN's prepacked layout reads bf16 weights about twice as fast as `F.linear`, and the int8
-weight-only kernel reads half the bytes; for many rows at once (prefill) plain GEMMs win.
+oneDNN's prepacked layout reads bf16 weights about twice as fast as `F.linear` where it can pack them
+(AVX-512); where it cannot (AVX2), and for int8 on CPUs without VNNI, the C kernels in gemv.c read the
+weights as stored. For many rows at once (prefill) plain GEMMs win.
 """
 
 from __future__ import annotations
