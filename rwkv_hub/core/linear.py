@@ -20,13 +20,13 @@ from .native import load_gemv
 
 # Rows above which int8 weights are expanded to the compute dtype for a GEMM instead of the weight-only kernel.
 INT8_GEMV_MAX_ROWS = 4
-# Products of at most this many rows are matrix-vector products (decoding) and go to the C kernels where they
-# are used; more rows (prefill) widen the weights to fp32 a block at a time for a GEMM.
-GEMV_MAX_ROWS = 4
+# The C kernels are faster than a GEMM on weights widened to fp32 up to about this many rows (measured at
+# 0.19B shapes on an AVX2 CPU: bf16 breaks even near 32 rows, int8 near 512); more rows widen a block of
+# weights at a time.
+BF16_KERNEL_MAX_ROWS = 16
+INT8_KERNEL_MAX_ROWS = 256
 WIDEN_BLOCK_FLOATS = 4 * 2**20  # 16 MB of fp32 weights widened at a time
 SPLIT_MIN_BYTES = 256 * 2**10  # a C product reading this many weight bytes is split between threads
-# The C int8 kernel is faster than a widened fp32 GEMM up to about this many rows (measured at 0.19B shapes).
-INT8_KERNEL_MAX_ROWS = 256
 X_LEVELS = 16383.0  # the activations' levels per sign in the C int8 kernel (X_LEVELS in gemv.c)
 
 
@@ -72,8 +72,8 @@ class Linear:
 
 class DenseLinear(Linear):
     """Plain `F.linear`, except for bf16 weights on a CPU where oneDNN cannot pack them (AVX2 without
-    AVX-512): there PyTorch's bf16 products are slow, so a few rows go to the C kernel and many rows widen
-    the matrix to fp32 for the product (`_widened`)."""
+    AVX-512): there PyTorch's bf16 products are slow, so up to BF16_KERNEL_MAX_ROWS rows (decoding, small
+    batches) go to the C kernel and more rows widen the matrix to fp32 for the product (`_widened`)."""
 
     def __init__(self, w: torch.Tensor):
         self.w = w.contiguous()
@@ -83,7 +83,7 @@ class DenseLinear(Linear):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.widen:
-            if x.numel() // x.shape[-1] > GEMV_MAX_ROWS:
+            if x.numel() // x.shape[-1] > BF16_KERNEL_MAX_ROWS:
                 return _widened(x, self.out_features, self.in_features, lambda lo, hi, buf: buf.copy_(self.w[lo:hi]))
             lib = load_gemv()
             if lib is not None:
