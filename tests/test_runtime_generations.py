@@ -221,21 +221,6 @@ def test_a_v5_file_that_stores_the_bonus_itself_runs_as_the_official_package_run
     check(model.forward(PREFILL)[0], want, what="prefill")
 
 
-@pytest.mark.parametrize(
-    ("keys", "name"),
-    [
-        (["blocks.0.att.ln_x.weight", "blocks.0.att.time_decay", "blocks.0.att.time_first"], "RWKV-5.0"),
-        (["blocks.0.att.time_first", "blocks.0.att.time_decay", "blocks.0.att.time_mix_k"], "RWKV-4"),
-    ],
-    ids=["x050", "x040"],
-)
-def test_partial_older_generations_name_what_is_missing(tmp_path, keys, name) -> None:
-    sd = {"emb.weight": torch.zeros(32, 64), "head.weight": torch.zeros(32, 64)}
-    sd.update({k: torch.zeros(64) for k in keys})
-    msg = load_error(save(sd, tmp_path / "old.pth"))
-    assert f"incomplete {name} checkpoint" in msg and "blocks.0.ln1.weight" in msg
-
-
 def test_missing_x040_and_x051_tensors_are_named(tmp_path) -> None:
     sd = random_state_dict(n_layer=2, n_embd=128, vocab_size=VOCAB, generation="x040")
     del sd["blocks.1.att.time_first"]

@@ -207,16 +207,18 @@ def test_pickle_with_code_is_refused_and_not_run(tmp_path, monkeypatch) -> None:
     ("keys", "generation"),
     [
         (["blocks.0.att.time_maa_x", "blocks.0.att.time_decay", "blocks.0.att.time_faaaa"], "RWKV-6"),
+        (["blocks.0.att.ln_x.weight", "blocks.0.att.time_decay", "blocks.0.att.time_first"], "RWKV-5.0"),
         (["blocks.0.att.time_first", "blocks.0.att.time_decay", "blocks.0.att.time_mix_k"], "RWKV-4"),
     ],
-    ids=["rwkv6", "rwkv4"],
+    ids=["rwkv6", "rwkv5.0", "rwkv4"],
 )
-def test_checkpoint_of_another_generation_is_named(tmp_path, keys, generation) -> None:
+def test_partial_checkpoint_of_another_generation_is_named(tmp_path, keys, generation) -> None:
+    """A few tensors of an older generation: the error names it and the tensors it lacks."""
     c = 64
     sd = {"emb.weight": torch.zeros(32, c), "head.weight": torch.zeros(32, c)}
     sd.update({k: torch.zeros(c) for k in keys})
     msg = expect_error(rwkv_hub.CheckpointError, save_pth(sd, tmp_path / f"{generation}.pth"))
-    assert generation in msg
+    assert f"incomplete {generation} checkpoint" in msg and "blocks.0.ln1.weight" in msg
 
 
 def test_state_dict_that_is_not_rwkv(tmp_path) -> None:

@@ -187,14 +187,15 @@ class NativeInt8Linear(Linear):
         if x.numel() // x.shape[-1] > INT8_KERNEL_MAX_ROWS:
             return _widened(_as_15_bits(x), self.out_features, self.in_features, self._dequantize)
         lib = load_gemv()
-        xf = x.reshape(-1, self.in_features).float().contiguous()
-        rows = xf.shape[0]
-        xq = torch.empty(rows, self.in_features, dtype=torch.int16)
-        xs = torch.empty(rows, dtype=torch.float32)
-        lib.rwkv_quantize_x(xf.data_ptr(), xq.data_ptr(), xs.data_ptr(), rows, self.in_features)
-        q, sc, xqp, xsp = self.q.data_ptr(), self.scale.data_ptr(), xq.data_ptr(), xs.data_ptr()
-        dims = (self.in_features, self.out_features)
-        return _gemv(x, self, lambda _, yp, n, threads: lib.rwkv_gemv_i8_mt(q, sc, xqp, xsp, yp, n, *dims, threads))
+        q, sc, dims = self.q.data_ptr(), self.scale.data_ptr(), (self.in_features, self.out_features)
+
+        def call(xp: int, yp: int, rows: int, threads: int) -> None:
+            xq = torch.empty(rows, self.in_features, dtype=torch.int16)
+            xs = torch.empty(rows, dtype=torch.float32)
+            lib.rwkv_quantize_x(xp, xq.data_ptr(), xs.data_ptr(), rows, self.in_features)
+            lib.rwkv_gemv_i8_mt(q, sc, xq.data_ptr(), xs.data_ptr(), yp, rows, *dims, threads)
+
+        return _gemv(x, self, call)
 
     def _dequantize(self, lo: int, hi: int, buf: torch.Tensor) -> None:
         buf.copy_(self.q[lo:hi])

@@ -53,25 +53,13 @@ def convert_block(
     rescale: bool,
 ) -> Block:
     """Build layer i from the checkpoint readers of `load` (the same readers as `rwkv56.convert_block`)."""
-    p, a, f = f"blocks.{i}.", f"blocks.{i}.att.", f"blocks.{i}.ffn."
-    scale = float(2 ** (i // rwkv56.RESCALE_LAYER)) if rescale else 1.0
+    a, f = f"blocks.{i}.att.", f"blocks.{i}.ffn."
     return Block(
-        ln1_w=vec(p + "ln1.weight"),
-        ln1_b=vec(p + "ln1.bias"),
-        ln2_w=vec(p + "ln2.weight"),
-        ln2_b=vec(p + "ln2.bias"),
-        maa=(1 - torch.stack([vec(a + "time_mix_" + n) for n in MIX])).unsqueeze(1),
+        **rwkv56.shared_fields(i, vec, linear, rescale),
+        maa=rwkv56.mix_rows(vec, a, MIX),
         decay=-torch.exp(vec(a + "time_decay")),
         first=vec(a + "time_first"),
-        receptance=linear(a + "receptance.weight", 1.0),
-        key=linear(a + "key.weight", 1.0),
-        value=linear(a + "value.weight", 1.0),
-        output=linear(a + "output.weight", scale),
-        ffn_maa=(1 - torch.stack([vec(f + "time_mix_k"), vec(f + "time_mix_r")])).unsqueeze(1),
-        ffn_key=linear(f + "key.weight", 1.0),
-        ffn_receptance=linear(f + "receptance.weight", 1.0),
-        ffn_value=linear(f + "value.weight", scale),
-        out_scale=scale,
+        ffn_maa=rwkv56.mix_rows(vec, f, ("k", "r")),
     )
 
 

@@ -74,45 +74,61 @@ def convert_block(
 ) -> Block:
     """Build layer i from the checkpoint readers of `load` (`linear(name, divisor)` makes a strategy Linear,
     `has(name)` says whether the file holds a tensor)."""
-    p, a, f = f"blocks.{i}.", f"blocks.{i}.att.", f"blocks.{i}.ffn."
+    a, f = f"blocks.{i}.att.", f"blocks.{i}.ffn."
     v6 = spec.generation == "x060"
-    scale = float(2 ** (i // RESCALE_LAYER)) if rescale else 1.0
     if v6:
-        maa = torch.stack([vec(a + "time_maa_" + n) for n in V6_MIX])
-        ffn_maa = torch.stack([vec(f + "time_maa_k"), vec(f + "time_maa_r")])
+        maa = torch.stack([vec(a + "time_maa_" + n) for n in V6_MIX]).unsqueeze(1)
+        ffn_maa = torch.stack([vec(f + "time_maa_k"), vec(f + "time_maa_r")]).unsqueeze(1)
         decay = vec(a + "time_decay")
         decay_lora = (mat(a + "time_decay_w1").t().contiguous(), mat(a + "time_decay_w2").t().contiguous())
     else:
-        mixes = V5_MIX if spec.generation != "x050" else V5_MIX[:3]
-        maa = 1 - torch.stack([vec(a + "time_mix_" + n) for n in mixes])
-        ffn_maa = 1 - torch.stack([vec(f + "time_mix_k"), vec(f + "time_mix_r")])
+        maa = mix_rows(vec, a, V5_MIX if spec.generation != "x050" else V5_MIX[:3])
+        ffn_maa = mix_rows(vec, f, ("k", "r"))
         decay = _per_channel(-torch.exp(vec(a + "time_decay")), spec)
         decay_lora = None
     return Block(
-        ln1_w=vec(p + "ln1.weight"),
-        ln1_b=vec(p + "ln1.bias"),
-        ln2_w=vec(p + "ln2.weight"),
-        ln2_b=vec(p + "ln2.bias"),
-        maa=maa.unsqueeze(1),
+        **shared_fields(i, vec, linear, rescale),
+        maa=maa,
         maa_x=vec(a + "time_maa_x") if v6 else None,
         maa_w1=mat(a + "time_maa_w1").t().contiguous() if v6 else None,
         maa_w2=mat(a + "time_maa_w2") if v6 else None,
         decay=decay,
         decay_lora=decay_lora,
         bonus=_bonus(spec, i, vec, has),
-        receptance=linear(a + "receptance.weight", 1.0),
-        key=linear(a + "key.weight", 1.0),
-        value=linear(a + "value.weight", 1.0),
         gate=linear(a + "gate.weight", 1.0) if spec.generation != "x050" else None,
-        output=linear(a + "output.weight", scale),
         lnx_w=vec(a + "ln_x.weight"),
         lnx_b=vec(a + "ln_x.bias"),
-        ffn_maa=ffn_maa.unsqueeze(1),
-        ffn_key=linear(f + "key.weight", 1.0),
-        ffn_receptance=linear(f + "receptance.weight", 1.0),
-        ffn_value=linear(f + "value.weight", scale),
-        out_scale=scale,
+        ffn_maa=ffn_maa,
     )
+
+
+def shared_fields(
+    i: int, vec: Callable[[str], torch.Tensor], linear: Callable[[str, float], Linear], rescale: bool
+) -> dict[str, object]:
+    """The fields every RWKV-4/5/6 block has, by their `Block` names: layer norms, the attention and
+    feed-forward matrices, and the fp16 rescaling of the two that feed the residual stream."""
+    p, a, f = f"blocks.{i}.", f"blocks.{i}.att.", f"blocks.{i}.ffn."
+    scale = float(2 ** (i // RESCALE_LAYER)) if rescale else 1.0
+    return {
+        "ln1_w": vec(p + "ln1.weight"),
+        "ln1_b": vec(p + "ln1.bias"),
+        "ln2_w": vec(p + "ln2.weight"),
+        "ln2_b": vec(p + "ln2.bias"),
+        "receptance": linear(a + "receptance.weight", 1.0),
+        "key": linear(a + "key.weight", 1.0),
+        "value": linear(a + "value.weight", 1.0),
+        "output": linear(a + "output.weight", scale),
+        "ffn_key": linear(f + "key.weight", 1.0),
+        "ffn_receptance": linear(f + "receptance.weight", 1.0),
+        "ffn_value": linear(f + "value.weight", scale),
+        "out_scale": scale,
+    }
+
+
+def mix_rows(vec: Callable[[str], torch.Tensor], prefix: str, names: tuple[str, ...]) -> torch.Tensor:
+    """(M, 1, C) token-shift mixes in the form x + (x_prev - x) * maa from RWKV-4/5 `time_mix_*` tensors
+    (which hold 1 - maa)."""
+    return (1 - torch.stack([vec(prefix + "time_mix_" + n) for n in names])).unsqueeze(1)
 
 
 def _per_channel(t: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
