@@ -5,8 +5,14 @@
  * row costs several times the memory traffic, and its int8 paths either need a packed copy of the
  * weights (fbgemm) or run far below bandwidth. These loops read the weights as stored.
  *
- * Both functions compute output rows [r0, r1) so that callers can split a matrix between threads.
- * W is row-major (out, in). x is (batch, in) fp32, y is (batch, out) fp32.
+ * Each weight row is read start to end, once, and meets every row of x while it sits in L1, with a
+ * prefetch PREFETCH_BYTES ahead. Walking four weight rows side by side instead (sharing loads of x) looks
+ * cheaper but only reached half the memory bandwidth on a 2-core Zen 3 (13 against 28 GB/s for int8): one
+ * sequential stream per core is what the hardware prefetcher follows best.
+ *
+ * All functions compute output rows [r0, r1) so that callers can split a matrix between threads.
+ * W is row-major (out, in). x is (batch, in), y is (batch, out) fp32. A row of y is computed the same
+ * way whatever the batch, so a sequence's result does not depend on the others decoded with it.
  */
 #include <stdint.h>
 #include <string.h>
@@ -36,6 +42,8 @@ static void bf16_rows(const uint16_t *w, const float *x, float *y, int batch, in
 }
 
 #ifdef __AVX2__
+#define PREFETCH_BYTES 3072
+
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -47,36 +55,53 @@ static inline __m256 load_bf16x8(const uint16_t *p) {
     __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
 }
+
+/* One bf16 weight row times rows [b0, b1) of x, four at a time. Every (row, b) pair sums the same way:
+ * two accumulators (inputs i mod 16 below 8, and the rest) added at the end. */
+static void bf16_row(const uint16_t *row, const float *x, float *y, int b0, int b1, int in, int out, int o) {
+    int b = b0;
+    for (; b + 4 <= b1; b += 4) {
+        const float *x0 = x + (int64_t)b * in, *x1 = x0 + in, *x2 = x1 + in, *x3 = x2 + in;
+        __m256 p0 = _mm256_setzero_ps(), q0 = p0, p1 = p0, q1 = p0, p2 = p0, q2 = p0, p3 = p0, q3 = p0;
+        for (int i = 0; i < in; i += 16) {
+            if (b == b0 && (i & 31) == 0) _mm_prefetch((const char *)(row + i) + PREFETCH_BYTES, _MM_HINT_T0);
+            const __m256 w = load_bf16x8(row + i), v = load_bf16x8(row + i + 8);
+            p0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + i), p0);
+            q0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x0 + i + 8), q0);
+            p1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x1 + i), p1);
+            q1 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x1 + i + 8), q1);
+            p2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x2 + i), p2);
+            q2 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x2 + i + 8), q2);
+            p3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x3 + i), p3);
+            q3 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x3 + i + 8), q3);
+        }
+        y[(int64_t)b * out + o] = hsum8(_mm256_add_ps(p0, q0));
+        y[(int64_t)(b + 1) * out + o] = hsum8(_mm256_add_ps(p1, q1));
+        y[(int64_t)(b + 2) * out + o] = hsum8(_mm256_add_ps(p2, q2));
+        y[(int64_t)(b + 3) * out + o] = hsum8(_mm256_add_ps(p3, q3));
+    }
+    for (; b < b1; b++) {
+        const float *xb = x + (int64_t)b * in;
+        __m256 p = _mm256_setzero_ps(), q = p;
+        for (int i = 0; i < in; i += 16) {
+            if (b == b0 && (i & 31) == 0) _mm_prefetch((const char *)(row + i) + PREFETCH_BYTES, _MM_HINT_T0);
+            p = _mm256_fmadd_ps(load_bf16x8(row + i), _mm256_loadu_ps(xb + i), p);
+            q = _mm256_fmadd_ps(load_bf16x8(row + i + 8), _mm256_loadu_ps(xb + i + 8), q);
+        }
+        y[(int64_t)b * out + o] = hsum8(_mm256_add_ps(p, q));
+    }
+}
 #endif
 
-/* bf16 weights: four output rows at a time share each load of x; in must be a multiple of 8 for the
- * vector loop (other widths take the plain loop). */
+/* bf16 weights; `in` must be a multiple of 16 for the vector loop (other widths take the plain loop). */
 void rwkv_gemv_bf16(const uint16_t *w, const float *x, float *y, int batch, int in, int out, int r0, int r1) {
-    int o = r0;
 #ifdef __AVX2__
-    if (in % 8 == 0) {
-        for (; o + 4 <= r1; o += 4) {
-            const uint16_t *w0 = w + (int64_t)o * in, *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
-            for (int b = 0; b < batch; b++) {
-                const float *xb = x + (int64_t)b * in;
-                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-                for (int i = 0; i < in; i += 8) {
-                    __m256 xv = _mm256_loadu_ps(xb + i);
-                    a0 = _mm256_fmadd_ps(load_bf16x8(w0 + i), xv, a0);
-                    a1 = _mm256_fmadd_ps(load_bf16x8(w1 + i), xv, a1);
-                    a2 = _mm256_fmadd_ps(load_bf16x8(w2 + i), xv, a2);
-                    a3 = _mm256_fmadd_ps(load_bf16x8(w3 + i), xv, a3);
-                }
-                float *yb = y + (int64_t)b * out + o;
-                yb[0] = hsum8(a0);
-                yb[1] = hsum8(a1);
-                yb[2] = hsum8(a2);
-                yb[3] = hsum8(a3);
-            }
-        }
+    if (in % 16 == 0) {
+        for (int o = r0; o < r1; o++) bf16_row(w + (int64_t)o * in, x, y, 0, batch, in, out, o);
+        return;
     }
 #endif
-    bf16_rows(w, x, y, batch, in, out, o, r1);
+    bf16_rows(w, x, y, batch, in, out, r0, r1);
 }
 
 /* int8 activations would lose precision and AVX2 has no 8-bit dot product that keeps it, so x is
@@ -125,35 +150,55 @@ static void i8_rows(const int8_t *q, const float *scale, const int16_t *xq, cons
 }
 
 #ifdef __AVX2__
-/* Four output rows times rows [b0, b1) of x. */
-static void i8_group(const int8_t *w0, const float *scale, const int16_t *xq, const float *xs, float *y, int b0,
-                     int b1, int in, int out, int o) {
-    const int8_t *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
-    for (int b = b0; b < b1; b++) {
-        const int16_t *xb = xq + (int64_t)b * in;
+/* 16 int8 weights widened to int16 times 16 activations, summed in pairs into 8 int32 lanes. */
+static inline __m256i i8_madd(const int8_t *w, const int16_t *x) {
+    return _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w)),
+                             _mm256_loadu_si256((const __m256i *)x));
+}
+
+/* One int8 weight row times rows [b0, b1) of x, four at a time; the integer sums are exact, so how they
+ * are grouped changes nothing. */
+static void i8_row(const int8_t *row, float scale, const int16_t *xq, const float *xs, float *y, int b0, int b1,
+                   int in, int out, int o) {
+    int b = b0;
+    for (; b + 4 <= b1; b += 4) {
+        const int16_t *x0 = xq + (int64_t)b * in, *x1 = x0 + in, *x2 = x1 + in, *x3 = x2 + in;
         __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0;
         for (int lo = 0; lo < in; lo += I8_BLOCK) {
-            int hi = lo + I8_BLOCK < in ? lo + I8_BLOCK : in;
+            const int hi = lo + I8_BLOCK < in ? lo + I8_BLOCK : in;
             __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
             for (int i = lo; i < hi; i += 16) {
-                __m256i xv = _mm256_loadu_si256((const __m256i *)(xb + i));
-#define I8_STEP(a, w) a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + i))), xv))
-                I8_STEP(a0, w0);
-                I8_STEP(a1, w1);
-                I8_STEP(a2, w2);
-                I8_STEP(a3, w3);
-#undef I8_STEP
+                if (b == b0 && (i & 63) == 0) _mm_prefetch((const char *)(row + i) + PREFETCH_BYTES, _MM_HINT_T0);
+                const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(row + i)));
+                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(w, _mm256_loadu_si256((const __m256i *)(x0 + i))));
+                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(w, _mm256_loadu_si256((const __m256i *)(x1 + i))));
+                a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(w, _mm256_loadu_si256((const __m256i *)(x2 + i))));
+                a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(w, _mm256_loadu_si256((const __m256i *)(x3 + i))));
             }
             f0 = _mm256_add_ps(f0, _mm256_cvtepi32_ps(a0));
             f1 = _mm256_add_ps(f1, _mm256_cvtepi32_ps(a1));
             f2 = _mm256_add_ps(f2, _mm256_cvtepi32_ps(a2));
             f3 = _mm256_add_ps(f3, _mm256_cvtepi32_ps(a3));
         }
-        float *yb = y + (int64_t)b * out + o;
-        yb[0] = hsum8(f0) * scale[o] * xs[b];
-        yb[1] = hsum8(f1) * scale[o + 1] * xs[b];
-        yb[2] = hsum8(f2) * scale[o + 2] * xs[b];
-        yb[3] = hsum8(f3) * scale[o + 3] * xs[b];
+        y[(int64_t)b * out + o] = hsum8(f0) * scale * xs[b];
+        y[(int64_t)(b + 1) * out + o] = hsum8(f1) * scale * xs[b + 1];
+        y[(int64_t)(b + 2) * out + o] = hsum8(f2) * scale * xs[b + 2];
+        y[(int64_t)(b + 3) * out + o] = hsum8(f3) * scale * xs[b + 3];
+    }
+    for (; b < b1; b++) {
+        const int16_t *xb = xq + (int64_t)b * in;
+        __m256 f = _mm256_setzero_ps();
+        for (int lo = 0; lo < in; lo += I8_BLOCK) {
+            const int hi = lo + I8_BLOCK < in ? lo + I8_BLOCK : in;
+            __m256i a = _mm256_setzero_si256(), c = a;
+            for (int i = lo; i < hi; i += 32) {
+                if (b == b0 && (i & 63) == 0) _mm_prefetch((const char *)(row + i) + PREFETCH_BYTES, _MM_HINT_T0);
+                a = _mm256_add_epi32(a, i8_madd(row + i, xb + i));
+                c = _mm256_add_epi32(c, i8_madd(row + i + 16, xb + i + 16));
+            }
+            f = _mm256_add_ps(f, _mm256_cvtepi32_ps(_mm256_add_epi32(a, c)));
+        }
+        y[(int64_t)b * out + o] = hsum8(f) * scale * xs[b];
     }
 }
 #endif
@@ -162,17 +207,18 @@ static void i8_group(const int8_t *w0, const float *scale, const int16_t *xq, co
 #define X_BLOCK 64
 
 /* int8 weights with one scale per output row: y[b][o] = scale[o] * xs[b] * sum_i q[o][i] * xq[b][i], any
- * number of rows b. The integer sums are exact, so a row's result is the same alone or in a batch. */
+ * number of rows b. `in` must be a multiple of 32 for the vector loop (other widths take the plain loop). */
 void rwkv_gemv_i8(const int8_t *q, const float *scale, const int16_t *xq, const float *xs, float *y, int batch,
                   int in, int out, int r0, int r1) {
     for (int b0 = 0; b0 < batch; b0 += X_BLOCK) {
-        int b1 = b0 + X_BLOCK < batch ? b0 + X_BLOCK : batch;
-        int o = r0;
+        const int b1 = b0 + X_BLOCK < batch ? b0 + X_BLOCK : batch;
 #ifdef __AVX2__
-        if (in % 16 == 0)
-            for (; o + 4 <= r1; o += 4) i8_group(q + (int64_t)o * in, scale, xq, xs, y, b0, b1, in, out, o);
+        if (in % 32 == 0) {
+            for (int o = r0; o < r1; o++) i8_row(q + (int64_t)o * in, scale[o], xq, xs, y, b0, b1, in, out, o);
+            continue;
+        }
 #endif
-        i8_rows(q, scale, xq + (int64_t)b0 * in, xs + b0, y + (int64_t)b0 * out, b1 - b0, in, out, o, r1);
+        i8_rows(q, scale, xq + (int64_t)b0 * in, xs + b0, y + (int64_t)b0 * out, b1 - b0, in, out, r0, r1);
     }
 }
 

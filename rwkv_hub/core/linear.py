@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 
 import torch
@@ -59,6 +60,21 @@ def packing_works(dtype: torch.dtype) -> bool:
         return False
 
 
+C_BF16, C_INT8 = 0, 1  # gemv.c's weight formats (MAT_BF16, MAT_INT8 in decode7.c)
+
+
+@dataclass(frozen=True)
+class CMatrix:
+    """A matrix as gemv.c reads it, for C code that runs several products in one call (decode7.c)."""
+
+    kind: int  # C_BF16 or C_INT8
+    in_features: int
+    out_features: int
+    weight: int  # address of the (out, in) weights
+    scale: int | None  # int8: address of the per-row scales
+    max_rows: int  # the most rows of x for which the C kernel is the fastest choice
+
+
 class Linear:
     """y = x @ W.T for W of shape (out, in); subclasses pick the kernel."""
 
@@ -68,6 +84,10 @@ class Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def c_matrix(self) -> CMatrix | None:
+        """The weights in a form gemv.c multiplies, if they are kept so."""
+        return None
 
 
 class DenseLinear(Linear):
@@ -90,6 +110,11 @@ class DenseLinear(Linear):
                 w, dims = self.w.data_ptr(), (self.in_features, self.out_features)
                 return _gemv(x, self, lambda xp, yp, n, threads: lib.rwkv_gemv_bf16_mt(w, xp, yp, n, *dims, threads))
         return F.linear(x, self.w)
+
+    def c_matrix(self) -> CMatrix | None:
+        if not self.widen or load_gemv() is None:
+            return None
+        return CMatrix(C_BF16, self.in_features, self.out_features, self.w.data_ptr(), None, BF16_KERNEL_MAX_ROWS)
 
 
 def _gemv(x: torch.Tensor, lin: Linear, call: Callable[[int, int, int, int], None]) -> torch.Tensor:
@@ -196,6 +221,11 @@ class NativeInt8Linear(Linear):
             lib.rwkv_gemv_i8_mt(q, sc, xq.data_ptr(), xs.data_ptr(), yp, rows, *dims, threads)
 
         return _gemv(x, self, call)
+
+    def c_matrix(self) -> CMatrix | None:
+        return CMatrix(
+            C_INT8, self.in_features, self.out_features, self.q.data_ptr(), self.scale.data_ptr(), INT8_KERNEL_MAX_ROWS
+        )
 
     def _dequantize(self, lo: int, hi: int, buf: torch.Tensor) -> None:
         buf.copy_(self.q[lo:hi])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import logging
 import operator
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import rwkv4, rwkv56
+from . import decode7, rwkv4, rwkv56
 from .builtin import BUILTIN_MODEL, NOTICE
 from .checkpoint import LazyTensor, open_checkpoint
 from .errors import CheckpointError, RWKVHubError, StateError
@@ -28,7 +29,9 @@ from .tokenizer import Tokenizer, choose_tokenizer
 
 # Longest run of tokens one sequence feeds through the blocks at once, and most tokens in one pass over
 # all sequences; longer prompts go in chunks so activation memory stays bounded whatever the input.
-PREFILL_CHUNK = 512
+# 256 prefills as fast as 512 on the CPU (0.19B: 480-600 tok/s either way) and peaks 60-70 MB lower,
+# because the C allocator keeps what a larger chunk's temporaries once needed.
+PREFILL_CHUNK = 256
 PASS_TOKENS = 4096
 # Matrices taller than this (the head of a large vocabulary) are converted and stored in row blocks.
 HEAD_BLOCK_ROWS = 8192
@@ -69,6 +72,10 @@ class Model:
     def __repr__(self) -> str:
         s = self.spec
         return f"Model({self.path.name}, {s.n_layer}x{s.n_embd}, vocab {s.vocab_size}, {self.strategy.name!r})"
+
+    @functools.cached_property
+    def _decoder(self) -> decode7.Decoder:
+        return decode7.Decoder(self.blocks, self.spec.n_head, self.spec.head_size)
 
     @property
     def weight_bytes(self) -> int:
@@ -176,6 +183,9 @@ class Model:
             mix = rwkv4.time_mix if spec.generation == "x040" else rwkv56.time_mix
             x, new = rwkv56.run_blocks(self.blocks, x, state, self.state_shape, lay, dt, mix)
             return (x if every_row else lay.last_rows(x)), new
+        if lay.total == lay.batch and decode7.available(x.device, spec.head_size):
+            x, att_x, wkv, ffn_x = self._decoder.run(x, state, lay, dt)
+            return x, State(self.state_shape, att_x, wkv, ffn_x)
         att_x, wkv, ffn_x = [], [], []
         v_first = None
         c = spec.n_embd

@@ -12,6 +12,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -55,6 +56,8 @@ def build_library(source_name: str | Path, extra_flags: tuple[str, ...] = ()) ->
         return None
     source = Path(__file__).with_name(source_name) if isinstance(source_name, str) else source_name
     src = source.read_bytes()
+    for name in re.findall(rb'^#include "([^"]+)"', src, flags=re.M):  # local files it includes
+        src += (source.parent / name.decode()).read_bytes()
     flags = (*FLAGS, *extra_flags)
     digest = hashlib.sha256(src + " ".join(flags).encode() + _machine_key().encode()).hexdigest()[:16]
     lib = cache_dir() / f"{source.stem}-{digest}.so"
@@ -84,28 +87,57 @@ def load_wkv7() -> ctypes.CDLL | None:
         return None
     fn = dll.rwkv7_tmix
     fn.restype = None
-    fn.argtypes = [ctypes.c_int] * 5 + [ctypes.c_void_p] * 19 + [ctypes.c_float, ctypes.c_void_p]
+    fn.argtypes = [ctypes.c_int] * 5 + [ctypes.c_void_p] * 20 + [ctypes.c_float, ctypes.c_void_p]
+    return dll
+
+
+def _with_openmp(source_name: str) -> ctypes.CDLL | None:
+    """Build with OpenMP so that the library's threads are torch's (torch's libgomp must be loaded before
+    ours binds to one, hence the import); without an OpenMP runtime it is built single-threaded."""
+    import torch  # noqa: F401
+
+    return build_library(source_name, ("-fopenmp",)) or build_library(source_name)
+
+
+def _declare(dll: ctypes.CDLL, signatures: tuple[tuple[str, list[type]], ...]) -> ctypes.CDLL:
+    for name, args in signatures:
+        fn = getattr(dll, name)
+        fn.restype = None
+        fn.argtypes = args
     return dll
 
 
 @cache
 def load_gemv() -> ctypes.CDLL | None:
-    """Return the compiled matrix-vector kernels (gemv.c), compiling them on first use; None if not possible.
-
-    Built with OpenMP so that its threads are torch's (torch must be imported first, which the callers'
-    modules do); without an OpenMP runtime it is built single-threaded."""
-    import torch  # noqa: F401  (its libgomp must be loaded before ours binds to one)
-
-    dll = build_library("gemv.c", ("-fopenmp",)) or build_library("gemv.c")
+    """Return the compiled matrix-vector kernels (gemv.c), compiling them on first use; None if not possible."""
+    dll = _with_openmp("gemv.c")
     if dll is None:
         return None
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
-    for name, args in (
-        ("rwkv_gemv_bf16_mt", [ptr] * 3 + [i32] * 4),
-        ("rwkv_gemv_i8_mt", [ptr] * 5 + [i32] * 4),
-        ("rwkv_quantize_x", [ptr] * 3 + [i32] * 2),
-    ):
-        fn = getattr(dll, name)
-        fn.restype = None
-        fn.argtypes = args
-    return dll
+    return _declare(
+        dll,
+        (
+            ("rwkv_gemv_bf16_mt", [ptr] * 3 + [i32] * 4),
+            ("rwkv_gemv_i8_mt", [ptr] * 5 + [i32] * 4),
+            ("rwkv_quantize_x", [ptr] * 3 + [i32] * 2),
+        ),
+    )
+
+
+@cache
+def load_decode7() -> ctypes.CDLL | None:
+    """Return the RWKV-7 decode-step helpers (decode7.c), compiling them on first use; None if not possible."""
+    dll = _with_openmp("decode7.c")
+    if dll is None:
+        return None
+    ptr, i32 = ctypes.c_void_p, ctypes.c_int
+    dll.rwkv7_decode_scratch.restype = ctypes.c_size_t
+    dll.rwkv7_decode_scratch.argtypes = [ptr, i32]
+    return _declare(
+        dll,
+        (
+            ("rwkv7_norm_mix", [i32, i32] + [ptr] * 6 + [i32] + [ptr] * 2),
+            ("rwkv7_loras", [i32, i32] + [ptr] * 6 + [i32]),
+            ("rwkv7_decode_layer", [ptr, i32, i32] + [ptr] * 9 + [i32]),
+        ),
+    )

@@ -156,7 +156,7 @@ def time_mix(
     g = F.linear(torch.sigmoid(F.linear(xg, g1)), g2)
     v_lora = F.linear(F.linear(mixed[3], blk.lora[3][0]), blk.lora[3][1]) if layer else None
     if x.device.type == "cpu" and head_size <= NATIVE_MAX_HEAD_SIZE and load_wkv7() is not None:
-        return _time_mix_native(blk, layer, r, k, v, w_lora, a_lora, v_lora, g, wkv_state, v_first, lay, dtype)
+        return finish_time_mix(blk, layer, r, k, v, w_lora, a_lora, v_lora, g, wkv_state, v_first, lay, dtype)
     a = torch.sigmoid(blk.a0 + a_lora)
     kk = F.normalize((k * blk.k_k).view(t_len, n_head, head_size), dim=-1, p=2.0).view(t_len, c)
     k = k * (1 + (a - 1) * blk.k_a)
@@ -183,12 +183,13 @@ def time_mix(
     return out, new_state, v_first
 
 
-def _time_mix_native(
+def finish_time_mix(
     blk: Block, layer: int, r, k, v, w_lora, a_lora, v_lora, g, wkv_state, v_first, lay: Layout, dtype: torch.dtype
 ):
     """`time_mix` after the matrix products as one C call per layer (same arithmetic as the PyTorch path)."""
     n_head, head_size = wkv_state.shape[1], wkv_state.shape[2]
-    s = wkv_state.clone(memory_format=torch.contiguous_format)
+    s_in = wkv_state.contiguous()
+    s = torch.empty_like(s_in)
     out = torch.empty_like(r)
     v_lora = w_lora if v_lora is None else v_lora  # layer 0: never read by the kernel
     ins = [t.contiguous() for t in (r, k, v, w_lora, a_lora, v_lora, g)]
@@ -217,6 +218,7 @@ def _time_mix_native(
             h1,
             starts,
             lengths,
+            s_in.data_ptr(),
             s.data_ptr(),
             r,
             k,

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* exp(x) as 2^n * 2^f with a degree-6 polynomial for 2^f on [-0.5, 0.5] (relative error about 2e-7).
  * Unlike the library's expf it vectorizes, and the elementwise work around the recurrence is
@@ -31,10 +32,12 @@ static inline float sigmoidf_(float x) { return 1.f / (1.f + exp_(-x)); }
 
 /* The whole time-mix of one layer after its matrix products, for heads [h0, h1).
  * Tokens of sequence bi are rows starts[bi] .. starts[bi]+lengths[bi]-1 of the (rows, C) inputs.
+ * The recurrent state is read from state_in and the new one written to state (they may be the same). A
+ * sequence with no new tokens keeps its state.
  * Inputs per row: r, k, v (big-matrix outputs), w_l, a_l, v_l (LoRA outputs before activation), g.
  * v_first is NULL for layer 0. Writes out = (group_norm(S r) + bonus * v) * g. */
 void rwkv7_tmix(int B, int H, int N, int h0, int h1, const int *starts, const int *lengths,
-                float *state, const float *r, const float *k, const float *v, const float *v_first,
+                const float *state_in, float *state, const float *r, const float *k, const float *v, const float *v_first,
                 const float *w_l, const float *a_l, const float *v_l, const float *g,
                 const float *w0, const float *a0, const float *v0, const float *k_k, const float *k_a,
                 const float *r_k, const float *lnx_w, const float *lnx_b, float eps,
@@ -45,6 +48,8 @@ void rwkv7_tmix(int B, int H, int N, int h0, int h1, const int *starts, const in
     for (int bi = 0; bi < B; bi++) {
         for (int h = h0; h < h1; h++) {
             float *S = state + ((size_t)bi * H + h) * N * N;
+            const float *S_in = state_in + ((size_t)bi * H + h) * N * N;
+            if (lengths[bi] == 0 && S != S_in) memcpy(S, S_in, (size_t)N * N * sizeof(float));
             for (int t = 0; t < lengths[bi]; t++) {
                 const size_t off = (size_t)(starts[bi] + t) * C + (size_t)h * N;
                 const float *rt = r + off;
@@ -78,14 +83,15 @@ void rwkv7_tmix(int B, int H, int N, int h0, int h1, const int *starts, const in
                 float mean = 0.f;
                 for (int i = 0; i < N; i++) {
                     float *row = S + (size_t)i * N;
+                    const float *old = (t == 0 ? S_in : S) + (size_t)i * N;
                     float sa = 0.f;
 #pragma omp simd reduction(+ : sa)
-                    for (int j = 0; j < N; j++) sa += row[j] * aa[j];
+                    for (int j = 0; j < N; j++) sa += old[j] * aa[j];
                     const float vi = vv[i];
                     float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
                     for (int j = 0; j < N; j++) {
-                        float s = row[j] * wv[j] + sa * bb[j] + vi * kv[j];
+                        float s = old[j] * wv[j] + sa * bb[j] + vi * kv[j];
                         row[j] = s;
                         acc += s * rt[j];
                     }

@@ -1,0 +1,257 @@
+/* An RWKV-7 decode step on the CPU for B sequences of one new token each, fp32 around the big products.
+ *
+ * As PyTorch ops the small work of a layer (layer norms, token-shift mixes, the time-mix's four low-rank
+ * products) is about thirty calls, each costing more in dispatch and allocation than its arithmetic: a
+ * 0.19B model spent 5-8 ms of a 14-20 ms token there. `rwkv7_norm_mix` and `rwkv7_loras` do it in two
+ * calls a layer whatever the big matrices are. Where those are gemv.c's own (bf16 or int8 weights),
+ * `rwkv7_decode_layer` runs the whole layer in one call and one team of threads, which also saves the
+ * start of a parallel region per product (seven a layer).
+ * The arithmetic is the PyTorch path's; only the order of some float sums differs.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "gemv.c"
+#include "wkv7.c"
+
+/* layer_norm(x) of one row into out (eps as torch's default). */
+static void layer_norm(const float *x, const float *w, const float *b, float *out, int C) {
+    float mean = 0.f;
+#pragma omp simd reduction(+ : mean)
+    for (int i = 0; i < C; i++) mean += x[i];
+    mean /= (float)C;
+    float var = 0.f;
+#pragma omp simd reduction(+ : var)
+    for (int i = 0; i < C; i++) var += (x[i] - mean) * (x[i] - mean);
+    const float rstd = 1.f / sqrtf(var / (float)C + 1e-5f);
+#pragma omp simd
+    for (int i = 0; i < C; i++) out[i] = (x[i] - mean) * rstd * w[i] + b[i];
+}
+
+/* For each of B rows: x += add (when add is not NULL); xn = layer_norm(x), written to new_prev (the
+ * state's next shift row); mixed[j] = xn + (prev - xn) * mix[j] for j < M, as an (M, B, C) array. */
+void rwkv7_norm_mix(int B, int C, float *x, const float *add, const float *prev, const float *ln_w,
+                    const float *ln_b, const float *mix, int M, float *new_prev, float *mixed) {
+    for (int b = 0; b < B; b++) {
+        float *xb = x + (size_t)b * C;
+        if (add) {
+            const float *ab = add + (size_t)b * C;
+#pragma omp simd
+            for (int i = 0; i < C; i++) xb[i] += ab[i];
+        }
+        float *xn = new_prev + (size_t)b * C;
+        layer_norm(xb, ln_w, ln_b, xn, C);
+        const float *pb = prev + (size_t)b * C;
+        for (int j = 0; j < M; j++) {
+            const float *m = mix + (size_t)j * C;
+            float *out = mixed + ((size_t)j * B + b) * C;
+#pragma omp simd
+            for (int i = 0; i < C; i++) out[i] = xn[i] + (pb[i] - xn[i]) * m[i];
+        }
+    }
+}
+
+static inline float dot(const float *a, const float *b, int n) {
+    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+enum { ACT_NONE = 0, ACT_TANH = 1, ACT_SIGMOID = 2 };
+
+/* A low-rank product out = up @ act(down @ x), down (r, C) and up (C, r) row-major, for B rows, in two
+ * halves so that threads can share each one's rows (`omp for` inside a parallel region; a barrier must
+ * come between them). `hidden` holds B * r floats. */
+static void lora_down(int B, int C, const float *x, const float *down, int r, int act, float *hidden) {
+#pragma omp for schedule(static) nowait
+    for (int k = 0; k < r; k++)
+        for (int b = 0; b < B; b++) {
+            float h = dot(down + (size_t)k * C, x + (size_t)b * C, C);
+            if (act == ACT_TANH) h = tanhf(h);
+            else if (act == ACT_SIGMOID) h = 1.f / (1.f + expf(-h));
+            hidden[(size_t)b * r + k] = h;
+        }
+}
+
+static void lora_up(int B, int C, const float *up, int r, const float *hidden, float *out) {
+#pragma omp for schedule(static) nowait
+    for (int i = 0; i < C; i++)
+        for (int b = 0; b < B; b++) out[(size_t)b * C + i] = dot(up + (size_t)i * r, hidden + (size_t)b * r, r);
+}
+
+static const int LORA_ACT[4] = {ACT_TANH, ACT_NONE, ACT_SIGMOID, ACT_NONE}; /* w, a, g, v */
+
+/* All four LoRAs of a layer from the (4, B, C) inputs into the (4, B, C) outputs; down[3] NULL skips v. */
+static void loras_down(int B, int C, const float *in, const float *const *down, const int *rank, float *hidden) {
+    float *h = hidden;
+    for (int j = 0; j < 4; j++) {
+        if (down[j]) lora_down(B, C, in + (size_t)j * B * C, down[j], rank[j], LORA_ACT[j], h);
+        h += (size_t)B * rank[j];
+    }
+}
+
+static void loras_up(int B, int C, const float *const *down, const float *const *up, const int *rank,
+                     const float *hidden, float *out) {
+    const float *h = hidden;
+    for (int j = 0; j < 4; j++) {
+        if (down[j]) lora_up(B, C, up[j], rank[j], h, out + (size_t)j * B * C);
+        h += (size_t)B * rank[j];
+    }
+}
+
+/* The time-mix LoRAs from rows 0-3 of `mixed` (w, a, g, v inputs; (4, B, C)) into `out` ((4, B, C)):
+ * w_l = W2 tanh(W1 x_w), a_l = A2 A1 x_a, g = G2 sigmoid(G1 x_g), and v_l = V2 V1 x_v unless down[3] is
+ * NULL (layer 0). `hidden` holds B * (sum of ranks) floats. */
+void rwkv7_loras(int B, int C, const float *mixed, const float *const *down, const float *const *up,
+                 const int *rank, float *hidden, float *out, int threads) {
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        loras_down(B, C, mixed, down, rank, hidden);
+#pragma omp barrier
+        loras_up(B, C, down, up, rank, hidden, out);
+    }
+}
+
+/* ---- One whole layer ---- */
+
+enum { MAT_BF16 = 0, MAT_INT8 = 1 };
+
+typedef struct {
+    int kind, in, out;
+    const void *w;
+    const float *scale; /* int8: one per output row */
+} rwkv_mat;
+
+/* A layer's weights, filled once by the caller (rwkv_hub/core/decode7.py mirrors this layout). */
+typedef struct {
+    int C, H, N, F; /* width, heads, head size, feed-forward width */
+    float lnx_eps;  /* the time-mix's group norm */
+    const float *ln1_w, *ln1_b, *ln2_w, *ln2_b, *maa /* (6, C) */, *ffn_x_k;
+    const float *lora_down[4], *lora_up[4];
+    int lora_rank[4];
+    const float *w0, *a0, *v0, *k_k, *k_a, *r_k, *lnx_w, *lnx_b;
+    rwkv_mat receptance, key, value, output, ffn_key, ffn_value;
+} rwkv7_layer;
+
+static void this_thread(int *tid, int *nth) {
+#ifdef _OPENMP
+    *tid = omp_get_thread_num();
+    *nth = omp_get_num_threads();
+#else
+    *tid = 0;
+    *nth = 1;
+#endif
+}
+
+/* This thread's share [r0, r1) of n output rows: the same rows for a product and the work on its output. */
+static void own_rows(int n, int *r0, int *r1) {
+    int tid, nth;
+    this_thread(&tid, &nth);
+    split_rows(n, tid, nth, r0, r1);
+}
+
+/* This thread's rows of y = m x (x quantized into xq, xs beforehand for int8). */
+static void mat_part(const rwkv_mat *m, int B, const float *x, const int16_t *xq, const float *xs, float *y) {
+    int r0, r1;
+    own_rows(m->out, &r0, &r1);
+    if (r0 >= r1) return;
+    if (m->kind == MAT_INT8) rwkv_gemv_i8(m->w, m->scale, xq, xs, y, B, m->in, m->out, r0, r1);
+    else rwkv_gemv_bf16(m->w, x, y, B, m->in, m->out, r0, r1);
+}
+
+static void prepare(const rwkv_mat *m, int B, const float *x, int16_t *xq, float *xs) {
+    if (m->kind == MAT_INT8) rwkv_quantize_x(x, xq, xs, B, m->in);
+}
+
+/* Bytes of scratch `rwkv7_decode_layer` needs for B rows. */
+size_t rwkv7_decode_scratch(const rwkv7_layer *L, int B) {
+    const size_t C = L->C, F = L->F, wide = C > F ? C : F;
+    const size_t ranks = L->lora_rank[0] + L->lora_rank[1] + L->lora_rank[2] + L->lora_rank[3];
+    const size_t floats = B * (6 * C + 4 * C + ranks + 3 * C + C + C + C + F + 3);
+    return floats * sizeof(float) + 3 * B * wide * sizeof(int16_t) + 2 * B * sizeof(int) + 64;
+}
+
+/* One layer for B sequences of one token each. x (B, C) is updated in place; the previous shift rows and
+ * WKV states are read from *_prev / wkv_in and the new ones written to *_new / wkv_out. v_first (B, C) is
+ * written by layer 0 and read by the others. `scratch` holds rwkv7_decode_scratch(L, B) bytes. */
+void rwkv7_decode_layer(const rwkv7_layer *L, int layer, int B, float *x, const float *att_prev, float *att_new,
+                        const float *wkv_in, float *wkv_out, const float *ffn_prev, float *ffn_new,
+                        float *v_first, void *scratch, int threads) {
+    const int C = L->C, F = L->F;
+    const size_t BC = (size_t)B * C, wide = C > F ? C : F;
+    const int ranks = L->lora_rank[0] + L->lora_rank[1] + L->lora_rank[2] + L->lora_rank[3];
+    float *mixed = scratch, *lora = mixed + 6 * BC, *hidden = lora + 4 * BC, *r = hidden + (size_t)B * ranks;
+    float *k = r + BC, *v = layer ? k + BC : v_first, *y = k + 2 * BC, *proj = y + BC, *kin = proj + BC;
+    float *hid = kin + BC, *xs = hid + (size_t)B * F;
+    int16_t *xq = (int16_t *)(xs + 3 * B);
+    int *starts = (int *)(((uintptr_t)(xq + 3 * B * wide) + 3) & ~(uintptr_t)3), *lengths = starts + B;
+    int16_t *xq_r = xq, *xq_k = xq + B * wide, *xq_v = xq + 2 * B * wide;
+    const float *mix_r = mixed + 4 * BC, *mix_k = mixed + 5 * BC, *mix_v = mixed + 3 * BC;
+    const float *const *down = L->lora_down, *const *up = L->lora_up;
+    const float *no_v[4] = {down[0], down[1], down[2], NULL};
+    if (!layer) down = no_v;
+
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+#pragma omp single
+        {
+            rwkv7_norm_mix(B, C, x, NULL, att_prev, L->ln1_w, L->ln1_b, L->maa, 6, att_new, mixed);
+            prepare(&L->receptance, B, mix_r, xq_r, xs);
+            prepare(&L->key, B, mix_k, xq_k, xs + B);
+            prepare(&L->value, B, mix_v, xq_v, xs + 2 * B);
+            for (int b = 0; b < B; b++) starts[b] = b, lengths[b] = 1;
+        }
+        mat_part(&L->receptance, B, mix_r, xq_r, xs, r);
+        mat_part(&L->key, B, mix_k, xq_k, xs + B, k);
+        mat_part(&L->value, B, mix_v, xq_v, xs + 2 * B, v);
+        loras_down(B, C, mixed, down, L->lora_rank, hidden);
+#pragma omp barrier
+        loras_up(B, C, down, up, L->lora_rank, hidden, lora);
+#pragma omp barrier
+        {
+            int tid, nth;
+            this_thread(&tid, &nth);
+            const int h0 = L->H * tid / nth, h1 = L->H * (tid + 1) / nth;
+            if (h0 < h1)
+                rwkv7_tmix(B, L->H, L->N, h0, h1, starts, lengths, wkv_in, wkv_out, r, k, v, layer ? v_first : NULL,
+                           lora, lora + BC, lora + 3 * BC, lora + 2 * BC, L->w0, L->a0, layer ? L->v0 : L->w0,
+                           L->k_k, L->k_a, L->r_k, L->lnx_w, L->lnx_b, L->lnx_eps, y);
+        }
+#pragma omp barrier
+#pragma omp single
+        prepare(&L->output, B, y, xq, xs);
+        mat_part(&L->output, B, y, xq, xs, proj);
+#pragma omp barrier
+#pragma omp single
+        {
+            rwkv7_norm_mix(B, C, x, proj, ffn_prev, L->ln2_w, L->ln2_b, L->ffn_x_k, 1, ffn_new, kin);
+            prepare(&L->ffn_key, B, kin, xq, xs);
+        }
+        {
+            int r0, r1;
+            mat_part(&L->ffn_key, B, kin, xq, xs, hid);
+            own_rows(F, &r0, &r1);
+            for (int b = 0; b < B; b++)
+                for (int o = r0; o < r1; o++) {
+                    const float h = hid[(size_t)b * F + o];
+                    hid[(size_t)b * F + o] = h > 0.f ? h * h : 0.f;
+                }
+        }
+#pragma omp barrier
+#pragma omp single
+        prepare(&L->ffn_value, B, hid, xq, xs);
+        {
+            int r0, r1;
+            mat_part(&L->ffn_value, B, hid, xq, xs, proj);
+            own_rows(C, &r0, &r1);
+            for (int b = 0; b < B; b++)
+                for (int o = r0; o < r1; o++) x[(size_t)b * C + o] += proj[(size_t)b * C + o];
+        }
+    }
+}
