@@ -1,7 +1,8 @@
 """The CPU decode step in C (decode7.c) against the PyTorch blocks it replaces, on the same model.
 
-Three ways to run a decode step: the whole layer in one C call (bf16 and int8 weights that gemv.c
-multiplies), the strategy's own products with the small work in C, and plain PyTorch (GPUs, machines
+Three ways to run a decode step: the whole layer in one C call (weights that gemv.c multiplies: fp32,
+and bf16 or int8 where PyTorch has no fast kernel for them), the strategy's own products with the small
+work in C, and plain PyTorch (GPUs, machines
 without a compiler). They must agree: logits and every part of the new state, for several sequences at
 once and over several steps.
 """
@@ -14,7 +15,13 @@ from conftest import random_tokens, record_figure, rel_err
 
 import rwkv_hub
 from rwkv_hub.core import decode7
-from rwkv_hub.core.linear import BF16_KERNEL_MAX_ROWS, INT8_KERNEL_MAX_ROWS, cpu_int8_kernel, packing_works
+from rwkv_hub.core.linear import (
+    BF16_KERNEL_MAX_ROWS,
+    F32_KERNEL_MAX_ROWS,
+    INT8_KERNEL_MAX_ROWS,
+    cpu_int8_kernel,
+    packing_works,
+)
 
 SHAPE = dict(n_layer=3, n_embd=128, vocab_size=512, head_size=64)
 STEPS = 6
@@ -29,11 +36,11 @@ pytestmark = pytest.mark.skipif(
 
 def fused_expected(strategy: str) -> int:
     """The batch limit of the one-call layer on this CPU (0 where some product is not gemv.c's)."""
-    if strategy == "cpu bf16i8" and cpu_int8_kernel() == "native":
-        return INT8_KERNEL_MAX_ROWS
-    if strategy == "cpu bf16" and not packing_works(torch.bfloat16):
-        return BF16_KERNEL_MAX_ROWS
-    return 0
+    if strategy == "cpu bf16i8":
+        return INT8_KERNEL_MAX_ROWS if cpu_int8_kernel() == "native" else 0
+    if strategy == "cpu bf16":
+        return 0 if packing_works(torch.bfloat16) else BF16_KERNEL_MAX_ROWS
+    return F32_KERNEL_MAX_ROWS
 
 
 def decode(model: rwkv_hub.Model, streams: int, mode: str, monkeypatch) -> list[tuple[torch.Tensor, dict]]:

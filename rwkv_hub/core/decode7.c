@@ -120,10 +120,8 @@ void rwkv7_loras(int B, int C, const float *mixed, const float *const *down, con
 
 /* ---- One whole layer ---- */
 
-enum { MAT_BF16 = 0, MAT_INT8 = 1 };
-
 typedef struct {
-    int kind, in, out;
+    int kind, in, out; /* kind: GEMV_BF16, GEMV_INT8 or GEMV_F32 (gemv.c) */
     const void *w;
     const float *scale; /* int8: one per output row */
 } rwkv_mat;
@@ -161,12 +159,11 @@ static void mat_part(const rwkv_mat *m, int B, const float *x, const int16_t *xq
     int r0, r1;
     own_rows(m->out, &r0, &r1);
     if (r0 >= r1) return;
-    if (m->kind == MAT_INT8) rwkv_gemv_i8(m->w, m->scale, xq, xs, y, B, m->in, m->out, r0, r1);
-    else rwkv_gemv_bf16(m->w, x, y, B, m->in, m->out, r0, r1);
+    rwkv_gemv_rows(m->kind, m->w, m->scale, x, xq, xs, y, B, m->in, m->out, r0, r1);
 }
 
 static void prepare(const rwkv_mat *m, int B, const float *x, int16_t *xq, float *xs) {
-    if (m->kind == MAT_INT8) rwkv_quantize_x(x, xq, xs, B, m->in);
+    if (m->kind == GEMV_INT8) rwkv_quantize_x(x, xq, xs, B, m->in);
 }
 
 /* Bytes of scratch `rwkv7_decode_layer` needs for B rows. */

@@ -15,6 +15,7 @@
  * way whatever the batch, so a sequence's result does not depend on the others decoded with it.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifdef __AVX2__
@@ -43,6 +44,8 @@ static void bf16_rows(const uint16_t *w, const float *x, float *y, int batch, in
 
 #ifdef __AVX2__
 #define PREFETCH_BYTES 3072
+/* With many rows of x, a few weight rows at a time meet four rows of x at a time, so that both stay in L1. */
+#define ROW_BLOCK 4
 
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -56,16 +59,25 @@ static inline __m256 load_bf16x8(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
 }
 
-/* One bf16 weight row times rows [b0, b1) of x, four at a time. Every (row, b) pair sums the same way:
- * two accumulators (inputs i mod 16 below 8, and the rest) added at the end. */
-static void bf16_row(const uint16_t *row, const float *x, float *y, int b0, int b1, int in, int out, int o) {
+/* Eight weights from element i of a row of bf16 (widened in registers) or fp32 weights. */
+static inline __m256 load_w8(const void *row, int i, int bf16) {
+    return bf16 ? load_bf16x8((const uint16_t *)row + i) : _mm256_loadu_ps((const float *)row + i);
+}
+
+/* One weight row times rows [b0, b1) of x, four at a time. Every (row, b) pair sums the same way: two
+ * accumulators (inputs i mod 16 below 8, and the rest) added at the end. `bf16` is a constant at each
+ * call, so the compiler makes one copy of the loop per weight format. */
+static inline __attribute__((always_inline)) void dense_row(const void *row, int bf16, const float *x, float *y,
+                                                            int b0, int b1, int in, int out, int o) {
+    const int line = bf16 ? 32 : 16; /* weights per 64-byte cache line */
+    const char *bytes = row;
     int b = b0;
     for (; b + 4 <= b1; b += 4) {
         const float *x0 = x + (int64_t)b * in, *x1 = x0 + in, *x2 = x1 + in, *x3 = x2 + in;
         __m256 p0 = _mm256_setzero_ps(), q0 = p0, p1 = p0, q1 = p0, p2 = p0, q2 = p0, p3 = p0, q3 = p0;
         for (int i = 0; i < in; i += 16) {
-            if (b == b0 && (i & 31) == 0) _mm_prefetch((const char *)(row + i) + PREFETCH_BYTES, _MM_HINT_T0);
-            const __m256 w = load_bf16x8(row + i), v = load_bf16x8(row + i + 8);
+            if (b == b0 && i % line == 0) _mm_prefetch(bytes + (i << (2 - bf16)) + PREFETCH_BYTES, _MM_HINT_T0);
+            const __m256 w = load_w8(row, i, bf16), v = load_w8(row, i + 8, bf16);
             p0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + i), p0);
             q0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x0 + i + 8), q0);
             p1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x1 + i), p1);
@@ -84,20 +96,56 @@ static void bf16_row(const uint16_t *row, const float *x, float *y, int b0, int 
         const float *xb = x + (int64_t)b * in;
         __m256 p = _mm256_setzero_ps(), q = p;
         for (int i = 0; i < in; i += 16) {
-            if (b == b0 && (i & 31) == 0) _mm_prefetch((const char *)(row + i) + PREFETCH_BYTES, _MM_HINT_T0);
-            p = _mm256_fmadd_ps(load_bf16x8(row + i), _mm256_loadu_ps(xb + i), p);
-            q = _mm256_fmadd_ps(load_bf16x8(row + i + 8), _mm256_loadu_ps(xb + i + 8), q);
+            if (b == b0 && i % line == 0) _mm_prefetch(bytes + (i << (2 - bf16)) + PREFETCH_BYTES, _MM_HINT_T0);
+            p = _mm256_fmadd_ps(load_w8(row, i, bf16), _mm256_loadu_ps(xb + i), p);
+            q = _mm256_fmadd_ps(load_w8(row, i + 8, bf16), _mm256_loadu_ps(xb + i + 8), q);
         }
         y[(int64_t)b * out + o] = hsum8(_mm256_add_ps(p, q));
     }
 }
+
+/* Output rows [r0, r1): a few weight rows at a time meet four rows of x at a time, so both stay in L1. */
+static inline __attribute__((always_inline)) void dense_rows(const void *w, int bf16, const float *x, float *y,
+                                                             int batch, int in, int out, int r0, int r1) {
+    const size_t row_bytes = (size_t)in * (bf16 ? 2 : 4);
+    for (int o0 = r0; o0 < r1; o0 += ROW_BLOCK) {
+        const int o1 = o0 + ROW_BLOCK < r1 ? o0 + ROW_BLOCK : r1;
+        for (int b = 0; b < batch; b += 4)
+            for (int o = o0; o < o1; o++)
+                dense_row((const char *)w + o * row_bytes, bf16, x, y, b, b + 4 < batch ? b + 4 : batch, in, out, o);
+    }
+}
 #endif
+
+static void f32_rows(const float *w, const float *x, float *y, int batch, int in, int out, int r0, int r1) {
+    for (int o = r0; o < r1; o++) {
+        const float *row = w + (int64_t)o * in;
+        for (int b = 0; b < batch; b++) {
+            const float *xb = x + (int64_t)b * in;
+            float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+            for (int i = 0; i < in; i++) acc += row[i] * xb[i];
+            y[(int64_t)b * out + o] = acc;
+        }
+    }
+}
+
+/* fp32 weights; `in` must be a multiple of 16 for the vector loop (other widths take the plain loop). */
+void rwkv_gemv_f32(const float *w, const float *x, float *y, int batch, int in, int out, int r0, int r1) {
+#ifdef __AVX2__
+    if (in % 16 == 0) {
+        dense_rows(w, 0, x, y, batch, in, out, r0, r1);
+        return;
+    }
+#endif
+    f32_rows(w, x, y, batch, in, out, r0, r1);
+}
 
 /* bf16 weights; `in` must be a multiple of 16 for the vector loop (other widths take the plain loop). */
 void rwkv_gemv_bf16(const uint16_t *w, const float *x, float *y, int batch, int in, int out, int r0, int r1) {
 #ifdef __AVX2__
     if (in % 16 == 0) {
-        for (int o = r0; o < r1; o++) bf16_row(w + (int64_t)o * in, x, y, 0, batch, in, out, o);
+        dense_rows(w, 1, x, y, batch, in, out, r0, r1);
         return;
     }
 #endif
@@ -214,7 +262,12 @@ void rwkv_gemv_i8(const int8_t *q, const float *scale, const int16_t *xq, const 
         const int b1 = b0 + X_BLOCK < batch ? b0 + X_BLOCK : batch;
 #ifdef __AVX2__
         if (in % 32 == 0) {
-            for (int o = r0; o < r1; o++) i8_row(q + (int64_t)o * in, scale[o], xq, xs, y, b0, b1, in, out, o);
+            for (int o0 = r0; o0 < r1; o0 += ROW_BLOCK) {
+                const int o1 = o0 + ROW_BLOCK < r1 ? o0 + ROW_BLOCK : r1;
+                for (int b = b0; b < b1; b += 4)
+                    for (int o = o0; o < o1; o++)
+                        i8_row(q + (int64_t)o * in, scale[o], xq, xs, y, b, b + 4 < b1 ? b + 4 : b1, in, out, o);
+            }
             continue;
         }
 #endif
@@ -234,22 +287,38 @@ static void split_rows(int out, int part, int parts, int *r0, int *r1) {
     if (*r1 > out) *r1 = out;
 }
 
-/* The products above over all output rows, on `threads` threads (the caller's among them). */
-void rwkv_gemv_bf16_mt(const uint16_t *w, const float *x, float *y, int batch, int in, int out, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int p = 0; p < threads; p++) {
-        int r0, r1;
-        split_rows(out, p, threads, &r0, &r1);
-        if (r0 < r1) rwkv_gemv_bf16(w, x, y, batch, in, out, r0, r1);
-    }
+enum { GEMV_BF16 = 0, GEMV_INT8 = 1, GEMV_F32 = 2 }; /* C_BF16, C_INT8, C_F32 in linear.py */
+
+/* Output rows [r0, r1) of y = W x for any of the weight formats; int8 reads x as rwkv_quantize_x left it
+ * in xq, xs (the others read x). */
+void rwkv_gemv_rows(int kind, const void *w, const float *scale, const float *x, const int16_t *xq,
+                    const float *xs, float *y, int batch, int in, int out, int r0, int r1) {
+    if (kind == GEMV_INT8) rwkv_gemv_i8(w, scale, xq, xs, y, batch, in, out, r0, r1);
+    else if (kind == GEMV_F32) rwkv_gemv_f32(w, x, y, batch, in, out, r0, r1);
+    else rwkv_gemv_bf16(w, x, y, batch, in, out, r0, r1);
 }
 
-void rwkv_gemv_i8_mt(const int8_t *q, const float *scale, const int16_t *xq, const float *xs, float *y, int batch,
-                     int in, int out, int threads) {
+/* y = W x over all output rows on `threads` threads (the caller's among them); int8 quantizes x first. */
+void rwkv_gemv(int kind, const void *w, const float *scale, const float *x, float *y, int batch, int in, int out,
+               int threads) {
+    int16_t *xq = NULL;
+    float *xs = NULL;
+    if (kind == GEMV_INT8) {
+        xq = malloc((size_t)batch * in * sizeof *xq);
+        xs = malloc((size_t)batch * sizeof *xs);
+        if (!xq || !xs) {
+            free(xq);
+            free(xs);
+            return;
+        }
+        rwkv_quantize_x(x, xq, xs, batch, in);
+    }
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int p = 0; p < threads; p++) {
         int r0, r1;
         split_rows(out, p, threads, &r0, &r1);
-        if (r0 < r1) rwkv_gemv_i8(q, scale, xq, xs, y, batch, in, out, r0, r1);
+        if (r0 < r1) rwkv_gemv_rows(kind, w, scale, x, xq, xs, y, batch, in, out, r0, r1);
     }
+    free(xq);
+    free(xs);
 }

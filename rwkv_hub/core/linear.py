@@ -19,13 +19,17 @@ import torch.nn.functional as F
 
 from .native import load_gemv
 
+C_BF16, C_INT8, C_F32 = 0, 1, 2  # gemv.c's weight formats (MAT_BF16, MAT_INT8, MAT_F32 in decode7.c)
+C_KINDS = {torch.bfloat16: C_BF16, torch.float32: C_F32}
 # Rows above which int8 weights are expanded to the compute dtype for a GEMM instead of the weight-only kernel.
 INT8_GEMV_MAX_ROWS = 4
 # The C kernels are faster than a GEMM on weights widened to fp32 up to about this many rows (measured at
 # 0.19B shapes on an AVX2 CPU: bf16 breaks even near 32 rows, int8 near 512); more rows widen a block of
 # weights at a time.
 BF16_KERNEL_MAX_ROWS = 16
+F32_KERNEL_MAX_ROWS = 16
 INT8_KERNEL_MAX_ROWS = 256
+C_MAX_ROWS = {C_BF16: BF16_KERNEL_MAX_ROWS, C_F32: F32_KERNEL_MAX_ROWS, C_INT8: INT8_KERNEL_MAX_ROWS}
 WIDEN_BLOCK_FLOATS = 4 * 2**20  # 16 MB of fp32 weights widened at a time
 SPLIT_MIN_BYTES = 256 * 2**10  # a C product reading this many weight bytes is split between threads
 X_LEVELS = 16383.0  # the activations' levels per sign in the C int8 kernel (X_LEVELS in gemv.c)
@@ -60,9 +64,6 @@ def packing_works(dtype: torch.dtype) -> bool:
         return False
 
 
-C_BF16, C_INT8 = 0, 1  # gemv.c's weight formats (MAT_BF16, MAT_INT8 in decode7.c)
-
-
 @dataclass(frozen=True)
 class CMatrix:
     """A matrix as gemv.c reads it, for C code that runs several products in one call (decode7.c)."""
@@ -91,40 +92,42 @@ class Linear:
 
 
 class DenseLinear(Linear):
-    """Plain `F.linear`, except for bf16 weights on a CPU where oneDNN cannot pack them (AVX2 without
-    AVX-512): there PyTorch's bf16 products are slow, so up to BF16_KERNEL_MAX_ROWS rows (decoding, small
-    batches) go to the C kernel and more rows widen the matrix to fp32 for the product (`_widened`)."""
+    """Weights as stored, multiplied by gemv.c on the CPU for up to a few rows (decoding, small batches:
+    it reads them at close to memory bandwidth, where PyTorch's kernels reach half of it or less), and by
+    `F.linear` for more. bf16 weights here mean a CPU where oneDNN cannot pack them (AVX2 without
+    AVX-512), whose bf16 GEMMs are slow: longer inputs widen the matrix to fp32 a block at a time."""
 
     def __init__(self, w: torch.Tensor):
         self.w = w.contiguous()
         self.out_features, self.in_features = w.shape
         self.nbytes = w.numel() * w.element_size()
-        self.widen = w.device.type == "cpu" and w.dtype == torch.bfloat16
+        cpu = w.device.type == "cpu"
+        self.widen = cpu and w.dtype == torch.bfloat16
+        self.kind = C_KINDS.get(w.dtype) if cpu and load_gemv() is not None else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind is not None and x.numel() // x.shape[-1] <= C_MAX_ROWS[self.kind]:
+            return _gemv(x, self, self.kind, self.w, None)
         if self.widen:
-            if x.numel() // x.shape[-1] > BF16_KERNEL_MAX_ROWS:
-                return _widened(x, self.out_features, self.in_features, lambda lo, hi, buf: buf.copy_(self.w[lo:hi]))
-            lib = load_gemv()
-            if lib is not None:
-                w, dims = self.w.data_ptr(), (self.in_features, self.out_features)
-                return _gemv(x, self, lambda xp, yp, n, threads: lib.rwkv_gemv_bf16_mt(w, xp, yp, n, *dims, threads))
+            return _widened(x, self.out_features, self.in_features, lambda lo, hi, buf: buf.copy_(self.w[lo:hi]))
         return F.linear(x, self.w)
 
     def c_matrix(self) -> CMatrix | None:
-        if not self.widen or load_gemv() is None:
+        if self.kind is None:
             return None
-        return CMatrix(C_BF16, self.in_features, self.out_features, self.w.data_ptr(), None, BF16_KERNEL_MAX_ROWS)
+        return CMatrix(self.kind, self.in_features, self.out_features, self.w.data_ptr(), None, C_MAX_ROWS[self.kind])
 
 
-def _gemv(x: torch.Tensor, lin: Linear, call: Callable[[int, int, int, int], None]) -> torch.Tensor:
-    """Rows of x times a matrix in C: `call(x_ptr, y_ptr, rows, threads)`. Products that read enough weight
-    bytes run on all of torch's threads (the kernel's OpenMP team is torch's). Returns fp32, which every
-    caller widens to anyway."""
+def _gemv(x: torch.Tensor, lin: Linear, kind: int, w: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """Rows of x times a matrix in gemv.c. Products that read enough weight bytes run on all of torch's
+    threads (the kernel's OpenMP team is torch's). Returns fp32, which every caller widens to anyway."""
     xf = x.reshape(-1, lin.in_features).float().contiguous()
     y = torch.empty(xf.shape[0], lin.out_features, dtype=torch.float32)
     threads = torch.get_num_threads() if lin.nbytes >= SPLIT_MIN_BYTES else 1
-    call(xf.data_ptr(), y.data_ptr(), xf.shape[0], threads)
+    sc = None if scale is None else scale.data_ptr()
+    load_gemv().rwkv_gemv(
+        kind, w.data_ptr(), sc, xf.data_ptr(), y.data_ptr(), xf.shape[0], lin.in_features, lin.out_features, threads
+    )
     return y.view(*x.shape[:-1], lin.out_features)
 
 
@@ -211,21 +214,11 @@ class NativeInt8Linear(Linear):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() // x.shape[-1] > INT8_KERNEL_MAX_ROWS:
             return _widened(_as_15_bits(x), self.out_features, self.in_features, self._dequantize)
-        lib = load_gemv()
-        q, sc, dims = self.q.data_ptr(), self.scale.data_ptr(), (self.in_features, self.out_features)
-
-        def call(xp: int, yp: int, rows: int, threads: int) -> None:
-            xq = torch.empty(rows, self.in_features, dtype=torch.int16)
-            xs = torch.empty(rows, dtype=torch.float32)
-            lib.rwkv_quantize_x(xp, xq.data_ptr(), xs.data_ptr(), rows, self.in_features)
-            lib.rwkv_gemv_i8_mt(q, sc, xq.data_ptr(), xs.data_ptr(), yp, rows, *dims, threads)
-
-        return _gemv(x, self, call)
+        return _gemv(x, self, C_INT8, self.q, self.scale)
 
     def c_matrix(self) -> CMatrix | None:
-        return CMatrix(
-            C_INT8, self.in_features, self.out_features, self.q.data_ptr(), self.scale.data_ptr(), INT8_KERNEL_MAX_ROWS
-        )
+        q, scale = self.q.data_ptr(), self.scale.data_ptr()
+        return CMatrix(C_INT8, self.in_features, self.out_features, q, scale, INT8_KERNEL_MAX_ROWS)
 
     def _dequantize(self, lo: int, hi: int, buf: torch.Tensor) -> None:
         buf.copy_(self.q[lo:hi])
@@ -233,7 +226,7 @@ class NativeInt8Linear(Linear):
 
 
 def _as_15_bits(x: torch.Tensor) -> torch.Tensor:
-    """x rounded per row to the 15-bit levels of the C kernel (`rwkv_quantize_x`, the same arithmetic), so
+    """x rounded per row to the 15-bit levels of the C kernel (`rwkv_quantize_x` in gemv.c, the same arithmetic), so
     that a long prompt's GEMM sees the activations the kernel would."""
     x = x.float()
     peak = x.abs().amax(dim=-1, keepdim=True)
@@ -328,6 +321,9 @@ def make_linear(w: torch.Tensor, device: str, dtype: torch.dtype, int8: bool) ->
     if int8:
         return Int8Linear(w, dtype)
     w = w.to(dtype)
-    if device == "cpu" and dtype in (torch.bfloat16, torch.float32) and packing_works(dtype):
+    # fp32 weights stay as stored where gemv.c exists: it decodes faster than oneDNN's packed layout (0.19B:
+    # 108 against 163 us for a 768x768 matrix, equal for the head) and F.linear prefills as fast.
+    own_fp32 = dtype == torch.float32 and load_gemv() is not None
+    if device == "cpu" and dtype in (torch.bfloat16, torch.float32) and packing_works(dtype) and not own_fp32:
         return PackedLinear(w)
     return DenseLinear(w)

@@ -116,11 +116,7 @@ def load_gemv() -> ctypes.CDLL | None:
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
     return _declare(
         dll,
-        (
-            ("rwkv_gemv_bf16_mt", [ptr] * 3 + [i32] * 4),
-            ("rwkv_gemv_i8_mt", [ptr] * 5 + [i32] * 4),
-            ("rwkv_quantize_x", [ptr] * 3 + [i32] * 2),
-        ),
+        (("rwkv_gemv", [i32] + [ptr] * 4 + [i32] * 4),),
     )
 
 
