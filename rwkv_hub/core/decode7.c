@@ -56,51 +56,63 @@ void rwkv7_norm_mix(int B, int C, float *x, const float *add, const float *prev,
     }
 }
 
-static inline float dot(const float *a, const float *b, int n) {
+/* w . x for n weights stored fp32 or bf16 (`bf16`), summed in fp32. */
+static inline float dot(const void *w, int bf16, const float *x, int n) {
     float s = 0.f;
+    if (bf16) {
+        const uint16_t *h = w;
 #pragma omp simd reduction(+ : s)
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
+        for (int i = 0; i < n; i++) s += bf16_to_float(h[i]) * x[i];
+    } else {
+        const float *f = w;
+#pragma omp simd reduction(+ : s)
+        for (int i = 0; i < n; i++) s += f[i] * x[i];
+    }
     return s;
 }
 
 enum { ACT_NONE = 0, ACT_TANH = 1, ACT_SIGMOID = 2 };
 
-/* A low-rank product out = up @ act(down @ x), down (r, C) and up (C, r) row-major, for B rows, in two
- * halves so that threads can share each one's rows (`omp for` inside a parallel region; a barrier must
- * come between them). `hidden` holds B * r floats. */
-static void lora_down(int B, int C, const float *x, const float *down, int r, int act, float *hidden) {
+/* A low-rank product out = up @ act(down @ x), down (r, C) and up (C, r) row-major (fp32, or bf16 with
+ * `bf16`), for B rows, in two halves so that threads can share each one's rows (`omp for` inside a
+ * parallel region; a barrier must come between them). `hidden` holds B * r floats. */
+static void lora_down(int B, int C, const float *x, const void *down, int bf16, int r, int act, float *hidden) {
+    const size_t row_bytes = (size_t)C * (bf16 ? 2 : 4);
 #pragma omp for schedule(static) nowait
     for (int k = 0; k < r; k++)
         for (int b = 0; b < B; b++) {
-            float h = dot(down + (size_t)k * C, x + (size_t)b * C, C);
+            float h = dot((const char *)down + k * row_bytes, bf16, x + (size_t)b * C, C);
             if (act == ACT_TANH) h = tanhf(h);
             else if (act == ACT_SIGMOID) h = 1.f / (1.f + expf(-h));
             hidden[(size_t)b * r + k] = h;
         }
 }
 
-static void lora_up(int B, int C, const float *up, int r, const float *hidden, float *out) {
+static void lora_up(int B, int C, const void *up, int bf16, int r, const float *hidden, float *out) {
+    const size_t row_bytes = (size_t)r * (bf16 ? 2 : 4);
 #pragma omp for schedule(static) nowait
     for (int i = 0; i < C; i++)
-        for (int b = 0; b < B; b++) out[(size_t)b * C + i] = dot(up + (size_t)i * r, hidden + (size_t)b * r, r);
+        for (int b = 0; b < B; b++)
+            out[(size_t)b * C + i] = dot((const char *)up + i * row_bytes, bf16, hidden + (size_t)b * r, r);
 }
 
 static const int LORA_ACT[4] = {ACT_TANH, ACT_NONE, ACT_SIGMOID, ACT_NONE}; /* w, a, g, v */
 
 /* All four LoRAs of a layer from the (4, B, C) inputs into the (4, B, C) outputs; down[3] NULL skips v. */
-static void loras_down(int B, int C, const float *in, const float *const *down, const int *rank, float *hidden) {
+static void loras_down(int B, int C, const float *in, const void *const *down, int bf16, const int *rank,
+                       float *hidden) {
     float *h = hidden;
     for (int j = 0; j < 4; j++) {
-        if (down[j]) lora_down(B, C, in + (size_t)j * B * C, down[j], rank[j], LORA_ACT[j], h);
+        if (down[j]) lora_down(B, C, in + (size_t)j * B * C, down[j], bf16, rank[j], LORA_ACT[j], h);
         h += (size_t)B * rank[j];
     }
 }
 
-static void loras_up(int B, int C, const float *const *down, const float *const *up, const int *rank,
+static void loras_up(int B, int C, const void *const *down, const void *const *up, int bf16, const int *rank,
                      const float *hidden, float *out) {
     const float *h = hidden;
     for (int j = 0; j < 4; j++) {
-        if (down[j]) lora_up(B, C, up[j], rank[j], h, out + (size_t)j * B * C);
+        if (down[j]) lora_up(B, C, up[j], bf16, rank[j], h, out + (size_t)j * B * C);
         h += (size_t)B * rank[j];
     }
 }
@@ -108,13 +120,13 @@ static void loras_up(int B, int C, const float *const *down, const float *const 
 /* The time-mix LoRAs from rows 0-3 of `mixed` (w, a, g, v inputs; (4, B, C)) into `out` ((4, B, C)):
  * w_l = W2 tanh(W1 x_w), a_l = A2 A1 x_a, g = G2 sigmoid(G1 x_g), and v_l = V2 V1 x_v unless down[3] is
  * NULL (layer 0). `hidden` holds B * (sum of ranks) floats. */
-void rwkv7_loras(int B, int C, const float *mixed, const float *const *down, const float *const *up,
+void rwkv7_loras(int B, int C, const float *mixed, const void *const *down, const void *const *up, int bf16,
                  const int *rank, float *hidden, float *out, int threads) {
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        loras_down(B, C, mixed, down, rank, hidden);
+        loras_down(B, C, mixed, down, bf16, rank, hidden);
 #pragma omp barrier
-        loras_up(B, C, down, up, rank, hidden, out);
+        loras_up(B, C, down, up, bf16, rank, hidden, out);
     }
 }
 
@@ -131,8 +143,8 @@ typedef struct {
     int C, H, N, F; /* width, heads, head size, feed-forward width */
     float lnx_eps;  /* the time-mix's group norm */
     const float *ln1_w, *ln1_b, *ln2_w, *ln2_b, *maa /* (6, C) */, *ffn_x_k;
-    const float *lora_down[4], *lora_up[4];
-    int lora_rank[4];
+    const void *lora_down[4], *lora_up[4];
+    int lora_rank[4], lora_bf16;
     const float *w0, *a0, *v0, *k_k, *k_a, *r_k, *lnx_w, *lnx_b;
     rwkv_mat receptance, key, value, output, ffn_key, ffn_value;
 } rwkv7_layer;
@@ -190,8 +202,8 @@ void rwkv7_decode_layer(const rwkv7_layer *L, int layer, int B, float *x, const 
     int *starts = (int *)(((uintptr_t)(xq + 3 * B * wide) + 3) & ~(uintptr_t)3), *lengths = starts + B;
     int16_t *xq_r = xq, *xq_k = xq + B * wide, *xq_v = xq + 2 * B * wide;
     const float *mix_r = mixed + 4 * BC, *mix_k = mixed + 5 * BC, *mix_v = mixed + 3 * BC;
-    const float *const *down = L->lora_down, *const *up = L->lora_up;
-    const float *no_v[4] = {down[0], down[1], down[2], NULL};
+    const void *const *down = L->lora_down, *const *up = L->lora_up;
+    const void *no_v[4] = {down[0], down[1], down[2], NULL};
     if (!layer) down = no_v;
 
 #pragma omp parallel num_threads(threads) if (threads > 1)
@@ -207,9 +219,9 @@ void rwkv7_decode_layer(const rwkv7_layer *L, int layer, int B, float *x, const 
         mat_part(&L->receptance, B, mix_r, xq_r, xs, r);
         mat_part(&L->key, B, mix_k, xq_k, xs + B, k);
         mat_part(&L->value, B, mix_v, xq_v, xs + 2 * B, v);
-        loras_down(B, C, mixed, down, L->lora_rank, hidden);
+        loras_down(B, C, mixed, down, L->lora_bf16, L->lora_rank, hidden);
 #pragma omp barrier
-        loras_up(B, C, down, up, L->lora_rank, hidden, lora);
+        loras_up(B, C, down, up, L->lora_bf16, L->lora_rank, hidden, lora);
 #pragma omp barrier
         {
             int tid, nth;

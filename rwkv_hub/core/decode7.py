@@ -53,6 +53,7 @@ class _Layer(ctypes.Structure):
         ("lora_down", ctypes.c_void_p * LORAS),
         ("lora_up", ctypes.c_void_p * LORAS),
         ("lora_rank", ctypes.c_int * LORAS),
+        ("lora_bf16", ctypes.c_int),
         *((name, ctypes.c_void_p) for name in _TMIX),
         *((name, _Mat) for name in _MATRICES),
     ]
@@ -84,6 +85,7 @@ def _describe(blk: Block, n_head: int, head_size: int) -> _Layer:
         if pair is not None:
             layer.lora_down[j], layer.lora_up[j] = pair[0].data_ptr(), pair[1].data_ptr()
             layer.lora_rank[j] = pair[0].shape[0]
+            layer.lora_bf16 = int(pair[0].dtype == torch.bfloat16)
     for name in _MATRICES:
         m = getattr(blk, name).c_matrix()
         if m is not None:
@@ -155,7 +157,7 @@ class Decoder:
             loras = x.new_empty(LORAS, bsz, c)
             hidden = x.new_empty(bsz * sum(layer.lora_rank))
             lib.rwkv7_loras(
-                bsz, c, mixed.data_ptr(), layer.lora_down, layer.lora_up, layer.lora_rank,
+                bsz, c, mixed.data_ptr(), layer.lora_down, layer.lora_up, layer.lora_bf16, layer.lora_rank,
                 hidden.data_ptr(), loras.data_ptr(), threads,
             )  # fmt: skip
             w_l, a_l, g, v_l = loras.unbind(0)

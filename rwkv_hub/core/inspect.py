@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import torch
 
 from .checkpoint import open_checkpoint
 from .linear import cpu_int8_kernel
@@ -29,6 +32,8 @@ class CheckpointInfo:
     large_params: int
     large_rows: int
     emb_params: int
+    lora_params: int  # RWKV-7's low-rank pairs, which the CPU keeps bf16 when the file has them so
+    lora_bf16: bool
     file_bytes: int
 
     def bytes_per_strategy(self) -> dict[str, int]:
@@ -36,19 +41,21 @@ class CheckpointInfo:
 
         The big matrices (attention, feed-forward, head) and the embedding take the strategy's width,
         int8 keeps the embedding in 16 bits and adds a scale per matrix row (its size depends on the
-        kernel: `linear.cpu_int8_kernel()` on the CPU), and the small per-layer
-        tensors stay fp32 under every strategy.
+        kernel: `linear.cpu_int8_kernel()` on the CPU), and the small per-layer tensors stay fp32 under
+        every strategy, except RWKV-7's LoRA pairs of a bf16 file on the CPU, which stay bf16.
         """
-        small = self.n_params - self.large_params - self.emb_params
+        small = self.n_params - self.large_params - self.emb_params - self.lora_params
         rows = self.large_rows
         wide = {"fp32": 4, "16": 2}
+        lora = {"cpu": self.lora_params * (2 if self.lora_bf16 else 4), "cuda": self.lora_params * 4}
         out = {}
         for name in ("cpu fp32", "cpu bf16", "cuda fp16", "cuda bf16"):
             w = wide["fp32"] if name.endswith("fp32") else wide["16"]
-            out[name] = (self.large_params + self.emb_params) * w + small * 4
+            out[name] = (self.large_params + self.emb_params) * w + small * 4 + lora[name.split()[0]]
         per_row = {"cpu": 8 if cpu_int8_kernel() == "fbgemm" else 4, "cuda": 2}  # each kernel's row scales
         for name in ("cpu bf16i8", "cpu fp32i8", "cuda fp16i8", "cuda bf16i8"):
-            out[name] = self.large_params + rows * per_row[name.split()[0]] + self.emb_params * 2 + small * 4
+            device = name.split()[0]
+            out[name] = self.large_params + rows * per_row[device] + self.emb_params * 2 + small * 4 + lora[device]
         return out
 
     def to_dict(self) -> dict:
@@ -65,6 +72,8 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     large_keys = [k for k in tensors if k == "head.weight" or k.endswith(LARGE_MATRICES)]
     large = sum(tensors[k].numel for k in large_keys)
     rows = sum(tensors[k].shape[0] for k in large_keys)
+    lora_keys = [k for k in tensors if spec.generation == "x070" and re.search(r"att\.[wagv][12]$", k)]
+    lora_keys = [k for k in lora_keys if not re.match(r"blocks\.0\.att\.v[12]$", k)]  # unused in layer 0
     with open(p, "rb") as f:
         fmt = "pth" if f.read(2) == b"PK" else "safetensors"
     return CheckpointInfo(
@@ -82,5 +91,7 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
         large_params=large,
         large_rows=rows,
         emb_params=tensors["emb.weight"].numel,
+        lora_params=sum(tensors[k].numel for k in lora_keys),
+        lora_bf16=bool(lora_keys) and all(tensors[k].dtype == torch.bfloat16 for k in lora_keys),
         file_bytes=p.stat().st_size,
     )

@@ -150,11 +150,11 @@ def time_mix(
     k = blk.key(xk).float()
     v = blk.value(xv).float()
     xw, xa, xg = mixed[0], mixed[1], mixed[2]
-    (w1, w2), (a1, a2), (g1, g2) = blk.lora[:3]
+    (w1, w2), (a1, a2), (g1, g2) = (tuple(t.float() for t in pair) for pair in blk.lora[:3])
     w_lora = F.linear(torch.tanh(F.linear(xw, w1)), w2)
     a_lora = F.linear(F.linear(xa, a1), a2)
     g = F.linear(torch.sigmoid(F.linear(xg, g1)), g2)
-    v_lora = F.linear(F.linear(mixed[3], blk.lora[3][0]), blk.lora[3][1]) if layer else None
+    v_lora = F.linear(F.linear(mixed[3], blk.lora[3][0].float()), blk.lora[3][1].float()) if layer else None
     if x.device.type == "cpu" and head_size <= NATIVE_MAX_HEAD_SIZE and load_wkv7() is not None:
         return finish_time_mix(blk, layer, r, k, v, w_lora, a_lora, v_lora, g, wkv_state, v_first, lay, dtype)
     a = torch.sigmoid(blk.a0 + a_lora)
