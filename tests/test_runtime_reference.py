@@ -240,8 +240,8 @@ def test_pytorch_wkv_path_matches_official(pair, monkeypatch) -> None:
     """The PyTorch recurrence (GPUs, CPUs without a C compiler) against the reference, with the C kernel off."""
     from rwkv_hub.core import decode7, rwkv7
 
-    record_figure("CPU WKV kernel in the other tests", "native C" if rwkv7.load_wkv7() else "PyTorch")
-    monkeypatch.setattr(rwkv7, "load_wkv7", lambda: None)
+    record_figure("CPU WKV kernel in the other tests", "native C" if rwkv7.load_decode7() else "PyTorch")
+    monkeypatch.setattr(rwkv7, "load_decode7", lambda: None)
     monkeypatch.setattr(decode7, "available", lambda device, head_size: False)
     model, ref = pair
     v = model.spec.vocab_size

@@ -130,6 +130,22 @@ void rwkv7_loras(int B, int C, const float *mixed, const void *const *down, cons
     }
 }
 
+/* rwkv7_tmix (wkv7.c) over all heads, shared between `threads` threads: torch's own OpenMP team, which is
+ * idle between its GEMMs (a pool of other threads would compete with it for the cores). */
+void rwkv7_tmix_mt(int threads, int B, int H, int N, const int *starts, const int *lengths, const float *state_in,
+                   float *state, const float *r, const float *k, const float *v, const float *v_first,
+                   const float *w_l, const float *a_l, const float *v_l, const float *g, const float *w0,
+                   const float *a0, const float *v0, const float *k_k, const float *k_a, const float *r_k,
+                   const float *lnx_w, const float *lnx_b, float eps, float *out) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int p = 0; p < threads; p++) {
+        const int h0 = H * p / threads, h1 = H * (p + 1) / threads;
+        if (h0 < h1)
+            rwkv7_tmix(B, H, N, h0, h1, starts, lengths, state_in, state, r, k, v, v_first, w_l, a_l, v_l, g, w0,
+                       a0, v0, k_k, k_a, r_k, lnx_w, lnx_b, eps, out);
+    }
+}
+
 /* ---- One whole layer ---- */
 
 typedef struct {

@@ -18,7 +18,7 @@ from functools import cached_property
 import torch
 
 from .linear import Linear
-from .native import load_decode7, load_wkv7
+from .native import load_decode7
 from .rwkv7 import GROUP_NORM_EPS, NATIVE_MAX_HEAD_SIZE, Block, Layout, finish_time_mix
 from .state import State
 
@@ -60,13 +60,8 @@ class _Layer(ctypes.Structure):
 
 
 def available(device: torch.device, head_size: int) -> bool:
-    """Whether `Decoder` can run here: on the CPU, with the C libraries built."""
-    return (
-        device.type == "cpu"
-        and head_size <= NATIVE_MAX_HEAD_SIZE
-        and load_wkv7() is not None
-        and load_decode7() is not None
-    )
+    """Whether `Decoder` can run here: on the CPU, with the C library built."""
+    return device.type == "cpu" and head_size <= NATIVE_MAX_HEAD_SIZE and load_decode7() is not None
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:

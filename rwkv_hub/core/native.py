@@ -79,18 +79,6 @@ def build_library(source_name: str | Path, extra_flags: tuple[str, ...] = ()) ->
         return None
 
 
-@cache
-def load_wkv7() -> ctypes.CDLL | None:
-    """Return the compiled WKV kernel library, compiling it on first use; None if that is not possible."""
-    dll = build_library("wkv7.c")
-    if dll is None:
-        return None
-    fn = dll.rwkv7_tmix
-    fn.restype = None
-    fn.argtypes = [ctypes.c_int] * 5 + [ctypes.c_void_p] * 20 + [ctypes.c_float, ctypes.c_void_p]
-    return dll
-
-
 def _with_openmp(source_name: str) -> ctypes.CDLL | None:
     """Build with OpenMP so that the library's threads are torch's (torch's libgomp must be loaded before
     ours binds to one, hence the import); without an OpenMP runtime it is built single-threaded."""
@@ -135,5 +123,6 @@ def load_decode7() -> ctypes.CDLL | None:
             ("rwkv7_norm_mix", [i32, i32] + [ptr] * 6 + [i32] + [ptr] * 2),
             ("rwkv7_loras", [i32, i32, ptr, ptr, ptr, i32] + [ptr] * 3 + [i32]),
             ("rwkv7_decode_layer", [ptr, i32, i32] + [ptr] * 9 + [i32]),
+            ("rwkv7_tmix_mt", [i32] * 4 + [ptr] * 20 + [ctypes.c_float, ptr]),
         ),
     )

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from .linear import Linear
-from .native import load_wkv7
-from .wkv import run_split_heads, wkv7
+from .native import load_decode7
+from .wkv import PARALLEL_MIN_WORK, wkv7
 
 DECAY_SCALE = 0.606531  # exp(-0.5): the decay is exp(-exp(-0.5) * sigmoid(w0 + lora(x)))
 GROUP_NORM_EPS = 64e-5
@@ -155,7 +155,7 @@ def time_mix(
     a_lora = F.linear(F.linear(xa, a1), a2)
     g = F.linear(torch.sigmoid(F.linear(xg, g1)), g2)
     v_lora = F.linear(F.linear(mixed[3], blk.lora[3][0].float()), blk.lora[3][1].float()) if layer else None
-    if x.device.type == "cpu" and head_size <= NATIVE_MAX_HEAD_SIZE and load_wkv7() is not None:
+    if x.device.type == "cpu" and head_size <= NATIVE_MAX_HEAD_SIZE and load_decode7() is not None:
         return finish_time_mix(blk, layer, r, k, v, w_lora, a_lora, v_lora, g, wkv_state, v_first, lay, dtype)
     a = torch.sigmoid(blk.a0 + a_lora)
     kk = F.normalize((k * blk.k_k).view(t_len, n_head, head_size), dim=-1, p=2.0).view(t_len, c)
@@ -196,7 +196,6 @@ def finish_time_mix(
     r, k, v, w_lora, a_lora, v_lora, g = (t.data_ptr() for t in ins)
     vf = v_first.data_ptr() if layer else None  # layer 0's contiguous v, kept alive by the caller
     v0 = blk.v0.data_ptr() if layer else blk.w0.data_ptr()
-    fn = load_wkv7().rwkv7_tmix
     params = (
         blk.w0.data_ptr(),
         blk.a0.data_ptr(),
@@ -207,33 +206,13 @@ def finish_time_mix(
         blk.lnx_w.data_ptr(),
         blk.lnx_b.data_ptr(),
     )
-    starts, lengths = lay.starts32.data_ptr(), lay.lengths32.data_ptr()
-
-    def call(h0: int, h1: int) -> None:
-        fn(
-            lay.batch,
-            n_head,
-            head_size,
-            h0,
-            h1,
-            starts,
-            lengths,
-            s_in.data_ptr(),
-            s.data_ptr(),
-            r,
-            k,
-            v,
-            vf,
-            w_lora,
-            a_lora,
-            v_lora,
-            g,
-            *params,
-            GROUP_NORM_EPS,
-            out.data_ptr(),
-        )
-
-    run_split_heads(call, n_head, lay.total * n_head)
+    # The heads are shared between torch's own OpenMP threads, which are idle between its GEMMs.
+    threads = min(torch.get_num_threads(), n_head) if lay.total * n_head >= PARALLEL_MIN_WORK else 1
+    load_decode7().rwkv7_tmix_mt(
+        threads, lay.batch, n_head, head_size, lay.starts32.data_ptr(), lay.lengths32.data_ptr(),
+        s_in.data_ptr(), s.data_ptr(), r, k, v, vf, w_lora, a_lora, v_lora, g, *params, GROUP_NORM_EPS,
+        out.data_ptr(),
+    )  # fmt: skip
     new_first = ins[2] if layer == 0 else v_first
     return blk.output(out.to(dtype)), s, new_first
 
@@ -242,5 +221,5 @@ def channel_mix(blk: Block, x: torch.Tensor, x_prev: torch.Tensor, lay: Layout, 
     """Feed-forward half of a block (squared ReLU) on fp32 input."""
     xx = lay.shifted(x_prev, x) - x
     k = torch.addcmul(x, xx, blk.ffn_x_k).to(dtype)
-    k = torch.relu(blk.ffn_key(k)).square()
+    k = blk.ffn_key(k).relu_().square_()  # in place: (tokens, 4C) is the largest activation of a prefill
     return blk.ffn_value(k)
