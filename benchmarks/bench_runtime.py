@@ -233,6 +233,15 @@ def verdicts(shape: str, results: dict[tuple[str, str], dict[str, Any]], batches
     else:
         line(None, "single-sequence decode, cpu bf16 >= 2x official cpu bf16: not measured")
 
+    fastest = max((r for r in off.values() if ok(r)), key=lambda r: r["decode_tok_s"], default=None)
+    if fastest is not None:
+        best = next(st for st, r in off.items() if r is fastest)
+        ratios = ", ".join(f"{s} {r['decode_tok_s'] / fastest['decode_tok_s']:.2f}x" for s, r in ours.items() if ok(r))
+        out.append(
+            f"- **for comparison**: the official package's fastest CPU decode in this run is {best} at "
+            f"{fastest['decode_tok_s']:.1f} tok/s; rwkv-hub single-sequence decode against it: {ratios}"
+        )
+
     ref = INT8_REFERENCE_TOK_S.get(shape)
     i8 = ours.get("cpu bf16i8")
     if ref is None:
