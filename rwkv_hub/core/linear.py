@@ -35,7 +35,7 @@ SPLIT_MIN_BYTES = 256 * 2**10  # a C product reading this many weight bytes is s
 X_LEVELS = 16383.0  # the activations' levels per sign in the C int8 kernel (X_LEVELS in gemv.c)
 
 
-def quantize_int8(w: torch.Tensor, rows_per_chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_int8(w: torch.Tensor, rows_per_chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-row int8: w[o, i] ~= q[o, i] * scale[o].
 
     Works through the rows in chunks so that no full-size fp32 copy of a large matrix is ever made.
