@@ -3,9 +3,10 @@
  * As PyTorch ops the small work of a layer (layer norms, token-shift mixes, the time-mix's four low-rank
  * products) is about thirty calls, each costing more in dispatch and allocation than its arithmetic: a
  * 0.19B model spent 5-8 ms of a 14-20 ms token there. `rwkv7_norm_mix` and `rwkv7_loras` do it in two
- * calls a layer whatever the big matrices are. Where those are gemv.c's own (bf16 or int8 weights),
- * `rwkv7_decode_layer` runs the whole layer in one call and one team of threads, which also saves the
- * start of a parallel region per product (seven a layer).
+ * calls a layer whatever the big matrices are. Where those are gemv.c's own (fp32, bf16 or int8
+ * weights), `rwkv7_decode_layer` runs the whole layer in one call and one team of threads, which also
+ * saves the start of a parallel region per product (six a layer). The prefill's time-mix comes through
+ * here too (`rwkv7_tmix_mt`), for its threads.
  * The arithmetic is the PyTorch path's; only the order of some float sums differs.
  */
 #include <math.h>

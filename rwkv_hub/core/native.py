@@ -2,8 +2,9 @@
 
 The WKV recurrence is a long chain of tiny steps; run as PyTorch ops it costs a dozen kernel launches per
 token and layer. In C it is one call. The World tokenizer's longest-match loop is the same story in
-Python. Decoding's matrix-vector products are C too where PyTorch's are slow (gemv.c). Where no compiler
-is found, callers keep their pure-Python or PyTorch versions, which compute the same thing.
+Python. Decoding's matrix-vector products are C too where PyTorch's are slow (gemv.c), and so is the rest
+of an RWKV-7 decode step (decode7.c, which includes the other two). Where no compiler is found, callers
+keep their pure-Python or PyTorch versions, which compute the same thing.
 """
 
 from __future__ import annotations
