@@ -94,6 +94,7 @@ class Decoder:
     def __init__(self, blocks: list[Block], n_head: int, head_size: int):
         self.blocks = blocks
         self.layers = [_describe(b, n_head, head_size) for b in blocks]
+        self._scratch_bytes: dict[int, int] = {}  # by batch size: the most any layer needs
         mats = [getattr(b, name).c_matrix() for b in blocks for name in _MATRICES]
         # The fused layer needs every product in gemv.c; its batch limit is the smallest of theirs.
         self.fused_max_rows = min((m.max_rows for m in mats), default=0) if all(mats) else 0
@@ -117,9 +118,9 @@ class Decoder:
     def _fused(self, x: torch.Tensor, state: State):
         lib, bsz = self._lib, x.shape[0]
         threads = torch.get_num_threads()
-        scratch = torch.empty(
-            max(lib.rwkv7_decode_scratch(ctypes.byref(ly), bsz) for ly in self.layers), dtype=torch.uint8
-        )
+        if bsz not in self._scratch_bytes:
+            self._scratch_bytes[bsz] = max(lib.rwkv7_decode_scratch(ctypes.byref(ly), bsz) for ly in self.layers)
+        scratch = torch.empty(self._scratch_bytes[bsz], dtype=torch.uint8)
         v_first = torch.empty_like(x)
         att_x, wkv, ffn_x = [], [], []
         for i, layer in enumerate(self.layers):

@@ -31,19 +31,6 @@ static inline float bf16_to_float(uint16_t h) {
     return f;
 }
 
-static void bf16_rows(const uint16_t *w, const float *x, float *y, int batch, int in, int out, int r0, int r1) {
-    for (int o = r0; o < r1; o++) {
-        const uint16_t *row = w + (int64_t)o * in;
-        for (int b = 0; b < batch; b++) {
-            const float *xb = x + (int64_t)b * in;
-            float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-            for (int i = 0; i < in; i++) acc += bf16_to_float(row[i]) * xb[i];
-            y[(int64_t)b * out + o] = acc;
-        }
-    }
-}
-
 #ifdef __AVX2__
 #define PREFETCH_BYTES 3072
 /* With many rows of x, a few weight rows at a time meet four rows of x at a time, so that both stay in L1. */
@@ -119,39 +106,35 @@ static inline __attribute__((always_inline)) void dense_rows(const void *w, int 
 }
 #endif
 
-static void f32_rows(const float *w, const float *x, float *y, int batch, int in, int out, int r0, int r1) {
+/* The plain loop for any width: one dot product per (row, b), in the compiler's vector order. */
+static inline __attribute__((always_inline)) void plain_rows(const void *w, int bf16, const float *x, float *y,
+                                                             int batch, int in, int out, int r0, int r1) {
     for (int o = r0; o < r1; o++) {
-        const float *row = w + (int64_t)o * in;
+        const float *row32 = (const float *)w + (int64_t)o * in;
+        const uint16_t *row16 = (const uint16_t *)w + (int64_t)o * in;
         for (int b = 0; b < batch; b++) {
             const float *xb = x + (int64_t)b * in;
             float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
-            for (int i = 0; i < in; i++) acc += row[i] * xb[i];
+            for (int i = 0; i < in; i++) acc += (bf16 ? bf16_to_float(row16[i]) : row32[i]) * xb[i];
             y[(int64_t)b * out + o] = acc;
         }
     }
 }
 
-/* fp32 weights; `in` must be a multiple of 16 for the vector loop (other widths take the plain loop). */
-void rwkv_gemv_f32(const float *w, const float *x, float *y, int batch, int in, int out, int r0, int r1) {
+/* fp32 or bf16 weights (`bf16`); `in` must be a multiple of 16 for the vector loop (other widths take
+ * the plain loop). Each branch passes a constant, so every loop is compiled once per weight format. */
+static void dense_gemv(const void *w, int bf16, const float *x, float *y, int batch, int in, int out, int r0,
+                       int r1) {
 #ifdef __AVX2__
     if (in % 16 == 0) {
-        dense_rows(w, 0, x, y, batch, in, out, r0, r1);
+        if (bf16) dense_rows(w, 1, x, y, batch, in, out, r0, r1);
+        else dense_rows(w, 0, x, y, batch, in, out, r0, r1);
         return;
     }
 #endif
-    f32_rows(w, x, y, batch, in, out, r0, r1);
-}
-
-/* bf16 weights; `in` must be a multiple of 16 for the vector loop (other widths take the plain loop). */
-void rwkv_gemv_bf16(const uint16_t *w, const float *x, float *y, int batch, int in, int out, int r0, int r1) {
-#ifdef __AVX2__
-    if (in % 16 == 0) {
-        dense_rows(w, 1, x, y, batch, in, out, r0, r1);
-        return;
-    }
-#endif
-    bf16_rows(w, x, y, batch, in, out, r0, r1);
+    if (bf16) plain_rows(w, 1, x, y, batch, in, out, r0, r1);
+    else plain_rows(w, 0, x, y, batch, in, out, r0, r1);
 }
 
 /* int8 activations would lose precision and AVX2 has no 8-bit dot product that keeps it, so x is
@@ -296,8 +279,7 @@ enum { GEMV_BF16 = 0, GEMV_INT8 = 1, GEMV_F32 = 2 }; /* C_BF16, C_INT8, C_F32 in
 void rwkv_gemv_rows(int kind, const void *w, const float *scale, const float *x, const int16_t *xq,
                     const float *xs, float *y, int batch, int in, int out, int r0, int r1) {
     if (kind == GEMV_INT8) rwkv_gemv_i8(w, scale, xq, xs, y, batch, in, out, r0, r1);
-    else if (kind == GEMV_F32) rwkv_gemv_f32(w, x, y, batch, in, out, r0, r1);
-    else rwkv_gemv_bf16(w, x, y, batch, in, out, r0, r1);
+    else dense_gemv(w, kind == GEMV_BF16, x, y, batch, in, out, r0, r1);
 }
 
 /* y = W x over all output rows on `threads` threads (the caller's among them); int8 quantizes x first. */
