@@ -1,12 +1,14 @@
 """Benchmark rwkv-hub against the official `rwkv` package on random-weight checkpoints of real shapes.
 
     python benchmarks/bench_runtime.py [--shapes 0.19b,0.45b] [--strategies "cpu fp32,cpu bf16,cpu bf16i8"]
-                                       [--official-strategies "cpu fp32,cpu bf16"] [--quick]
+                                       [--official-strategies "cpu fp32,cpu bf16"] [--llamacpp q8_0,f16]
+                                       [--quick]
 
 Every configuration runs in its own subprocess, one after another, so peak RSS is per configuration and
 runs do not disturb each other. The measurement is `rwkv_hub.bench` for both runtimes (same tokens, same
 warm-up, medians of --repeats). Results go to benchmarks/RESULTS.md, one section per shape (sections of
-shapes not run this time are kept). See benchmarks/README.md.
+shapes not run this time are kept). llama.cpp joins as a peer where `llama-cpp-python` and `gguf` are
+installed (benchmarks/peer_llamacpp.py). See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+import peer_llamacpp  # noqa: E402
+
 from rwkv_hub.bench import machine_info, parse_batches  # noqa: E402
 
 # name -> (n_layer, n_embd, vocab_size); released RWKV-7 "World" shapes, head size 64.
@@ -36,8 +40,9 @@ SHAPES: dict[str, tuple[int, int, int]] = {
 }
 OURS = ("cpu fp32", "cpu bf16", "cpu bf16i8")
 OFFICIAL = ("cpu fp32", "cpu bf16")
-# rwkv.cpp Q8_0 decode speed measured earlier on this kind of machine (2 cores), for the 0.19B model.
-# An absolute figure from another day, not a same-run comparison.
+LLAMACPP = ("q8_0", "f16")
+# rwkv.cpp Q8_0 decode speed the issue quotes for the 0.19B model, measured on another machine (Zen 5 with
+# AVX-512) on another day: an absolute figure, not a same-run comparison (llama.cpp's row is that).
 INT8_REFERENCE_TOK_S = {"0.19b": 129.0}
 MB = 10**6
 CHILD_TIMEOUT_S = 3600
@@ -89,6 +94,14 @@ def ours_command(model: Path, strategy: str, args: argparse.Namespace) -> list[s
 
 def official_command(model: Path, strategy: str, args: argparse.Namespace) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--child-official", *_shared_options(model, strategy, args)]
+
+
+def llamacpp_command(model: Path, kind: str, args: argparse.Namespace) -> list[str]:
+    opts = ["--model", str(model), "--type", kind, "--prompt-tokens", str(args.prompt_tokens)]
+    opts += ["--decode-tokens", str(args.decode_tokens), "--repeats", str(args.repeats)]
+    if args.threads:
+        opts += ["--threads", str(args.threads)]
+    return [sys.executable, str(Path(peer_llamacpp.__file__).resolve()), *opts]
 
 
 def run_child(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
@@ -179,27 +192,29 @@ def shape_table(results: dict[tuple[str, str], dict[str, Any]], batches: list[in
         if "error" in r:
             lines.append(f"| {runtime} | {strategy} | failed: {r['error']} |" + " |" * (len(head) - 3))
             continue
-        off = results.get(("official", _dtype(strategy)), {}) if runtime == "rwkv-hub" else {}
-        agg = r.get("aggregate_tok_s", {})
-        big = agg.get(str(batches[-1])) if runtime == "rwkv-hub" else None
+        ours = runtime == "rwkv-hub"
+        off = results.get(("official", _dtype(strategy)), {}) if ours else {}
+        same = "1.00x" if runtime == "official" else "-"
+        agg = r.get("aggregate_tok_s", {}) if ours else {}
+        big = agg.get(str(batches[-1]))
         row = [
             runtime,
             strategy,
             _num(r["decode_tok_s"]),
-            _ratio(r["decode_tok_s"], off.get("decode_tok_s")) if runtime == "rwkv-hub" else "1.00x",
+            _ratio(r["decode_tok_s"], off.get("decode_tok_s")) if ours else same,
             _num(r["prefill_tok_s"]),
-            _ratio(r["prefill_tok_s"], off.get("prefill_tok_s")) if runtime == "rwkv-hub" else "1.00x",
+            _ratio(r["prefill_tok_s"], off.get("prefill_tok_s")) if ours else same,
         ]
         for b in batches:
             v = agg.get(str(b))
-            row.append(_num(v) if v is not None else ("(= 1-seq)" if runtime == "official" else "-"))
+            row.append(_num(v) if v is not None else ("-" if ours else "(= 1-seq)"))
         row += [
-            _ratio(big, off.get("decode_tok_s")) if runtime == "rwkv-hub" else "-",
+            _ratio(big, off.get("decode_tok_s")) if ours else "-",
             _num(r["load_s"], 2),
             _num(r["weight_bytes"] / 2**20),
             _num(single_stream_peak(r) / 2**20),
-            _num(rss_budget(r["weight_bytes"]) / 2**20) if runtime == "rwkv-hub" else "-",
-            _num(r["peak_rss_bytes"] / 2**20) if runtime == "rwkv-hub" else "-",
+            _num(rss_budget(r["weight_bytes"]) / 2**20) if ours else "-",
+            _num(r["peak_rss_bytes"] / 2**20) if ours else "-",
             _num(r["rss_before_load_bytes"] / 2**20) if r.get("rss_before_load_bytes") else "-",
             _num(r["peak_rss_after_load_bytes"] / 2**20) if r.get("peak_rss_after_load_bytes") else "-",
             str(r.get("torch_threads", "?")),
@@ -242,15 +257,30 @@ def verdicts(shape: str, results: dict[tuple[str, str], dict[str, Any]], batches
             f"{fastest['decode_tok_s']:.1f} tok/s; rwkv-hub single-sequence decode against it: {ratios}"
         )
 
-    ref = INT8_REFERENCE_TOK_S.get(shape)
+    peer = {s: r for (rt, s), r in results.items() if rt == "llama.cpp"}
     i8 = ours.get("cpu bf16i8")
+    for mine, theirs in (("cpu bf16i8", "Q8_0"), ("cpu bf16", "F16")):
+        a, b = ours.get(mine), peer.get(theirs)
+        if ok(a) and ok(b):
+            line(
+                a["decode_tok_s"] > b["decode_tok_s"],
+                f"single-sequence decode, {mine} > llama.cpp {theirs} in this run: "
+                f"{a['decode_tok_s']:.1f} vs {b['decode_tok_s']:.1f} tok/s "
+                f"({a['decode_tok_s'] / b['decode_tok_s']:.2f}x); prefill {a['prefill_tok_s']:.1f} vs "
+                f"{b['prefill_tok_s']:.1f} tok/s; peak RSS {single_stream_peak(a) / MB:,.0f} vs "
+                f"{b['peak_rss_bytes'] / MB:,.0f} MB",
+            )
+        elif theirs in peer:
+            line(None, f"{mine} against llama.cpp {theirs}: not measured ({(b or {}).get('error', 'no result')})")
+
+    ref = INT8_REFERENCE_TOK_S.get(shape)
     if ref is None:
         line(None, f"int8 decode > rwkv.cpp Q8_0: no reference figure for the {shape} shape")
     elif ok(i8):
         line(
             i8["decode_tok_s"] > ref,
-            f"int8 (cpu bf16i8) decode > {ref:g} tok/s (rwkv.cpp Q8_0, measured on "
-            f"another day, not this run): {i8['decode_tok_s']:.1f} tok/s",
+            f"int8 (cpu bf16i8) decode > {ref:g} tok/s (the issue's rwkv.cpp Q8_0 figure, measured on "
+            f"another machine, not this run): {i8['decode_tok_s']:.1f} tok/s",
         )
     else:
         line(None, f"int8 (cpu bf16i8) decode > {ref:g} tok/s: not measured")
@@ -369,6 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--official-strategies", type=_list, default=list(OFFICIAL), help="official package strategies ('' for none)"
     )
+    p.add_argument(
+        "--llamacpp",
+        type=_list,
+        default=list(LLAMACPP),
+        help="llama.cpp GGUF types to measure as a peer, of q8_0,f16 ('' for none; skipped if not installed)",
+    )
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--decode-tokens", type=int, default=64)
     p.add_argument("--batch", type=parse_batches, default=[1, 4, 16])
@@ -380,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.shapes, args.prompt_tokens, args.decode_tokens, args.batch, args.repeats = ["tiny"], 32, 8, [1, 4], 2
+    bad = [k for k in args.llamacpp if k not in LLAMACPP]
+    if bad:
+        p.error(f"unknown llama.cpp type(s) {', '.join(bad)}; choose from {', '.join(LLAMACPP)}")
     unknown = [s for s in args.shapes if s not in SHAPES]
     if unknown:
         p.error(f"unknown shape(s) {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
@@ -404,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
         model = checkpoint(args.cache, shape, env)
         runs = [("rwkv-hub", s, ours_command(model, s, args), env) for s in args.strategies]
         runs += [("official", s, official_command(model, s, args), off_env) for s in args.official_strategies]
+        if args.llamacpp and peer_llamacpp.available() is None:
+            runs += [("llama.cpp", k.upper(), llamacpp_command(model, k, args), env) for k in args.llamacpp]
+        elif args.llamacpp:
+            print(f"llama.cpp not measured: {peer_llamacpp.available()}", flush=True)
         results: dict[tuple[str, str], dict[str, Any]] = {}
         for runtime, strategy, cmd, child_env in runs:
             print(f"[{shape}] {runtime} {strategy} ...", end=" ", flush=True)

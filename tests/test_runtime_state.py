@@ -309,3 +309,17 @@ def test_state_size_does_not_grow_with_the_text(model) -> None:
     _, long = model.forward(random_tokens(700, SHAPE["vocab_size"], seed=5), None)
     assert short.nbytes == long.nbytes == model.new_state().nbytes
     assert {k: t.shape for k, t in short.tensors().items()} == {k: t.shape for k, t in long.tensors().items()}
+
+
+@pytest.mark.parametrize("generation", ["x070", "x060"])
+def test_a_state_holds_no_memory_beyond_its_own_tensors(checkpoint_factory, model_factory, generation) -> None:
+    """A state kept after a prompt must not pin the prompt's activations: the prefix cache and sessions
+    count a state by `nbytes`, and a view of a chunk's rows would hold hundreds of times that."""
+    m = model_factory(checkpoint_factory(**SHAPE, generation=generation))
+    _, one = m.forward(random_tokens(300, SHAPE["vocab_size"], seed=3), None)
+    _, batch = m.forward_batch([random_tokens(40, SHAPE["vocab_size"], seed=4), [7]], m.new_state(2))
+    _, stepped = m.forward([9], one)
+    for name, state in (("prompt", one), ("batch", batch), ("decode", stepped)):
+        for key, t in state.tensors().items():
+            held = t.untyped_storage().nbytes()
+            assert held == t.numel() * t.element_size(), f"{name}: {key} holds {held} bytes for {tuple(t.shape)}"
