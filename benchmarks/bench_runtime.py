@@ -450,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[tuple[str, str], dict[str, Any]] = {}
         for runtime, strategy, cmd, child_env in runs:
             print(f"[{shape}] {runtime} {strategy} ...", end=" ", flush=True)
+            if runtime == "llama.cpp":  # convert in a process of its own, so the measured one only loads
+                subprocess.run([*cmd, "--convert-only"], capture_output=True, env=child_env, cwd=ROOT)
             r = run_child(cmd, child_env)
             results[(runtime, strategy)] = r
             if "error" in r:

@@ -299,3 +299,24 @@ def test_cuda_strategy_without_cuda(good, strategy) -> None:
 def test_errors_share_one_base_class() -> None:
     for exc in (rwkv_hub.CheckpointError, rwkv_hub.StrategyError, rwkv_hub.StateError):
         assert issubclass(exc, rwkv_hub.RWKVHubError)
+
+
+@pytest.mark.parametrize("strategy", ["cpu fp32", "cpu bf16i8"])
+def test_the_embedding_is_mapped_from_the_file_and_survives_a_replaced_file(good, tmp_path, strategy) -> None:
+    """The embedding is read from the file on demand, not copied; replacing the file by rename (how
+    downloads and `replace_file` update a model) leaves a loaded model as it was."""
+    from rwkv_hub.core.atomic import replace_file
+    from rwkv_hub.core.synth import write_random_checkpoint
+
+    path = tmp_path / good.name
+    path.write_bytes(good.read_bytes())
+    model = rwkv_hub.load(path, strategy=strategy)
+    assert model.emb.mapped
+    assert model.emb.table.dtype == torch.bfloat16  # as the file stores it, whatever the strategy
+    tokens = random_tokens(12, SHAPE["vocab_size"], seed=2)
+    before, _ = model.forward(tokens, None)
+    other = write_random_checkpoint(tmp_path / f"other{good.suffix}", **SHAPE, seed=9)
+    replace_file(path, lambda tmp: tmp.write_bytes(other.read_bytes()))
+    after, _ = model.forward(tokens, None)
+    assert torch.equal(before, after)
+    assert not torch.equal(before, rwkv_hub.load(path, strategy=strategy).forward(tokens, None)[0])

@@ -10,6 +10,7 @@ or a JSON header plus raw bytes (safetensors).
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import pickle
 import struct
@@ -84,6 +85,24 @@ class LazyTensor:
             return self.read()[lo:hi]
         start = self.storage_offset + lo * cols
         return self._read_bytes(start, (hi - lo) * cols, itemsize).view(hi - lo, *self.shape[1:])
+
+    def mapped(self) -> torch.Tensor | None:
+        """The tensor as a private, copy-on-write mapping of its bytes in the file, or None where its
+        layout does not allow one (not row-major, or not aligned to its element size).
+
+        Only the pages that are read become resident, and the OS can drop them again under memory
+        pressure: a table read a few rows at a time (the embedding) costs almost no memory this way.
+        Replacing the file by renaming is safe; truncating it in place while a model uses it is not."""
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        start = self.offset + self.storage_offset * itemsize
+        contiguous = self.stride is None or tuple(self.stride) == tuple(torch.empty(self.shape).stride())
+        if not contiguous or start % itemsize or not self.numel:
+            return None
+        with open(self.path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        if start + self.numel * itemsize > len(mm):
+            raise CheckpointError(f"{self.path}: file is truncated (a tensor's data ends early); download it again")
+        return torch.frombuffer(mm, dtype=self.dtype, count=self.numel, offset=start).view(self.shape)
 
     def _read_bytes(self, first: int, count: int, itemsize: int) -> torch.Tensor:
         flat = torch.empty(count, dtype=self.dtype)

@@ -32,6 +32,7 @@ class CheckpointInfo:
     large_params: int
     large_rows: int
     emb_params: int
+    emb_itemsize: int  # the embedding stays as the file stores it (mapped from it on the CPU)
     lora_params: int  # RWKV-7's low-rank pairs, which the CPU keeps bf16 when the file has them so
     lora_bf16: bool
     file_bytes: int
@@ -39,23 +40,25 @@ class CheckpointInfo:
     def bytes_per_strategy(self) -> dict[str, int]:
         """Weight memory per strategy, as the runtime lays it out (state and activations come on top).
 
-        The big matrices (attention, feed-forward, head) and the embedding take the strategy's width,
-        int8 keeps the embedding in 16 bits and adds a scale per matrix row (its size depends on the
-        kernel: `linear.cpu_int8_kernel()` on the CPU), and the small per-layer tensors stay fp32 under
-        every strategy, except RWKV-7's LoRA pairs of a bf16 file on the CPU, which stay bf16.
+        The big matrices (attention, feed-forward, head) take the strategy's width, int8 adds a scale per
+        matrix row (its size depends on the kernel: `linear.cpu_int8_kernel()` on the CPU), the
+        embedding keeps the file's width under every strategy (mapped from the file where it can be, so
+        only the rows tokens read become resident), and the small per-layer tensors stay fp32, except
+        RWKV-7's LoRA pairs of a bf16 file on the CPU, which stay bf16.
         """
         small = self.n_params - self.large_params - self.emb_params - self.lora_params
+        emb = self.emb_params * self.emb_itemsize
         rows = self.large_rows
         wide = {"fp32": 4, "16": 2}
         lora = {"cpu": self.lora_params * (2 if self.lora_bf16 else 4), "cuda": self.lora_params * 4}
         out = {}
         for name in ("cpu fp32", "cpu bf16", "cuda fp16", "cuda bf16"):
             w = wide["fp32"] if name.endswith("fp32") else wide["16"]
-            out[name] = (self.large_params + self.emb_params) * w + small * 4 + lora[name.split()[0]]
+            out[name] = self.large_params * w + emb + small * 4 + lora[name.split()[0]]
         per_row = {"cpu": 8 if cpu_int8_kernel() == "fbgemm" else 4, "cuda": 2}  # each kernel's row scales
         for name in ("cpu bf16i8", "cpu fp32i8", "cuda fp16i8", "cuda bf16i8"):
             device = name.split()[0]
-            out[name] = self.large_params + rows * per_row[device] + self.emb_params * 2 + small * 4 + lora[device]
+            out[name] = self.large_params + rows * per_row[device] + emb + small * 4 + lora[device]
         return out
 
     def to_dict(self) -> dict:
@@ -91,6 +94,7 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
         large_params=large,
         large_rows=rows,
         emb_params=tensors["emb.weight"].numel,
+        emb_itemsize=torch.empty((), dtype=tensors["emb.weight"].dtype).element_size(),
         lora_params=sum(tensors[k].numel for k in lora_keys),
         lora_bf16=bool(lora_keys) and all(tensors[k].dtype == torch.bfloat16 for k in lora_keys),
         file_bytes=p.stat().st_size,

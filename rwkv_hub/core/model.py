@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from . import decode7, rwkv4, rwkv56
 from .builtin import BUILTIN_MODEL, NOTICE
-from .checkpoint import LazyTensor, open_checkpoint
+from .checkpoint import open_checkpoint
+from .embedding import Embedding
 from .errors import CheckpointError, RWKVHubError, StateError
 from .generate import Generation
 from .linear import Linear, RowChunkedLinear, cpu_int8_kernel, make_linear, packing_works
@@ -47,7 +48,7 @@ class Model:
         path: Path,
         spec: ModelSpec,
         strategy: Strategy,
-        emb: torch.Tensor,
+        emb: Embedding,
         blocks: list[Block] | list[rwkv56.Block] | list[rwkv4.Block],
         ln_out: tuple[torch.Tensor, torch.Tensor],
         head: Linear,
@@ -186,8 +187,7 @@ class Model:
 
     def _blocks(self, chunk: list[list[int]], state: State, lay: Layout, every_row: bool) -> tuple[torch.Tensor, State]:
         spec, dt = self.spec, self.dtype
-        flat = torch.tensor([x for t in chunk for x in t], device=self.device)
-        x = self.emb.index_select(0, flat).float()
+        x = self.emb([x for t in chunk for x in t])
         if spec.generation != "x070":
             mix = rwkv4.time_mix if spec.generation == "x040" else rwkv56.time_mix
             x, new = rwkv56.run_blocks(self.blocks, x, state, self.state_shape, lay, dt, mix)
@@ -219,7 +219,7 @@ class Model:
 def _nbytes(obj: object) -> int:
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
-    if isinstance(obj, Linear):
+    if isinstance(obj, (Linear, Embedding)):
         return obj.nbytes
     if isinstance(obj, (list, tuple, ValuesView)):
         return sum(_nbytes(o) for o in obj)
@@ -248,23 +248,6 @@ def _merge(full: State, sub: State, rows: list[int]) -> State:
         return [f.index_copy(0, idx, s) for f, s in zip(parts_full, parts_sub, strict=True)]
 
     return State(full.shape, put(full.att_x, sub.att_x), put(full.wkv, sub.wkv), put(full.ffn_x, sub.ffn_x))
-
-
-def _normalized_embedding(
-    t: LazyTensor, w: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, device: str, rows_per_chunk: int = 2048
-) -> torch.Tensor:
-    """The embedding with the first layer norm applied once at load (as the official package does).
-
-    Done in row chunks so that no full fp32 copy of a large vocabulary's embedding is made. int8
-    strategies keep it in 16 bits: a token reads only its own row.
-    """
-    rows, cols = t.shape
-    out = torch.empty((rows, cols), dtype=dtype, device=device)
-    for lo in range(0, rows, rows_per_chunk):
-        hi = min(rows, lo + rows_per_chunk)
-        out[lo:hi] = F.layer_norm(t.read_rows(lo, hi).to(device, torch.float32), (cols,), w, b)
-    _release_freed_memory()
-    return out
 
 
 def _divided(w: torch.Tensor, divisor: float) -> torch.Tensor:
@@ -352,13 +335,7 @@ def load(
         return RowChunkedLinear(parts)
 
     try:
-        emb = _normalized_embedding(
-            tensors["emb.weight"],
-            vec("blocks.0.ln0.weight"),
-            vec("blocks.0.ln0.bias"),
-            torch.bfloat16 if i8 and dev == "cpu" else dt,
-            dev,
-        )
+        emb = Embedding(tensors["emb.weight"], vec("blocks.0.ln0.weight"), vec("blocks.0.ln0.bias"), dev)
         blocks = []
         for i in range(spec.n_layer):
             a, f = f"blocks.{i}.att.", f"blocks.{i}.ffn."
