@@ -4,8 +4,8 @@
  * products) is about thirty calls, each costing more in dispatch and allocation than its arithmetic: a
  * 0.19B model spent 5-8 ms of a 14-20 ms token there. `rwkv7_norm_mix` and `rwkv7_loras` do it in two
  * calls a layer whatever the big matrices are. Where those are gemv.c's own (fp32, bf16 or int8
- * weights), `rwkv7_decode_layer` runs the whole layer in one call and one team of threads, which also
- * saves the start of a parallel region per product (six a layer). The prefill's time-mix comes through
+ * weights), `rwkv7_decode_layers` runs each whole layer in one team of threads and all layers in one
+ * call, which also saves the start of a parallel region per product (six a layer). The prefill's time-mix comes through
  * here too (`rwkv7_tmix_mt`), for its threads.
  * The arithmetic is the PyTorch path's; only the order of some float sums differs.
  */
@@ -206,7 +206,7 @@ size_t rwkv7_decode_scratch(const rwkv7_layer *L, int B) {
 /* One layer for B sequences of one token each. x (B, C) is updated in place; the previous shift rows and
  * WKV states are read from *_prev / wkv_in and the new ones written to *_new / wkv_out. v_first (B, C) is
  * written by layer 0 and read by the others. `scratch` holds rwkv7_decode_scratch(L, B) bytes. */
-void rwkv7_decode_layer(const rwkv7_layer *L, int layer, int B, float *x, const float *att_prev, float *att_new,
+static void rwkv7_decode_layer(const rwkv7_layer *L, int layer, int B, float *x, const float *att_prev, float *att_new,
                         const float *wkv_in, float *wkv_out, const float *ffn_prev, float *ffn_new,
                         float *v_first, void *scratch, int threads) {
     const int C = L->C, F = L->F;
@@ -279,5 +279,19 @@ void rwkv7_decode_layer(const rwkv7_layer *L, int layer, int B, float *x, const 
             for (int b = 0; b < B; b++)
                 for (int o = r0; o < r1; o++) x[(size_t)b * C + o] += proj[(size_t)b * C + o];
         }
+    }
+}
+
+/* Every layer of a decode step in one call: the n layers lie side by side in `layers`; layer i reads its
+ * previous rows and WKV state through att_prev[i], wkv_in[i], ffn_prev[i], writes its new WKV state to
+ * wkv_out[i] and its new rows to block i of att_new and ffn_new (n, B, C). One call instead of one per
+ * layer saves the interpreter about 40 us a layer (0.5 ms of an 8 ms 0.19B int8 token). */
+void rwkv7_decode_layers(const rwkv7_layer *layers, int n, int B, float *x, const float *const *att_prev,
+                         float *att_new, const float *const *wkv_in, float *const *wkv_out,
+                         const float *const *ffn_prev, float *ffn_new, float *v_first, void *scratch, int threads) {
+    for (int i = 0; i < n; i++) {
+        const size_t BC = (size_t)B * layers[i].C;
+        rwkv7_decode_layer(layers + i, i, B, x, att_prev[i], att_new + i * BC, wkv_in[i], wkv_out[i], ffn_prev[i],
+                           ffn_new + i * BC, v_first, scratch, threads);
     }
 }

@@ -5,7 +5,7 @@ on dispatching small ops and starting thread teams. Two levels here:
 - every CPU strategy: each layer's small work (layer norms, token-shift mixes, the four LoRAs) is two C
   calls, between the strategy's own matrix products;
 - where all six matrices of every layer are gemv.c's (bf16 weights on CPUs without bf16 packing, int8 on
-  CPUs without VNNI), the whole layer is one C call (`rwkv7_decode_layer`).
+  CPUs without VNNI), all layers of a step are one C call (`rwkv7_decode_layers`).
 Both compute what `rwkv7.time_mix` and `rwkv7.channel_mix` compute; only the order of some float sums
 differs.
 """
@@ -68,6 +68,10 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _pointers(tensors: list[torch.Tensor]) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
+
+
 def _describe(blk: Block, n_head: int, head_size: int) -> _Layer:
     """The C description of one block; it points into the block's tensors, which the model keeps alive."""
     layer = _Layer()
@@ -100,6 +104,11 @@ class Decoder:
         self.fused_max_rows = min((m.max_rows for m in mats), default=0) if all(mats) else 0
 
     @cached_property
+    def _layer_array(self) -> ctypes.Array:
+        """The layers' descriptions side by side, as `rwkv7_decode_layers` reads them."""
+        return (_Layer * len(self.layers))(*self.layers)
+
+    @cached_property
     def _lib(self) -> ctypes.CDLL:
         lib = load_decode7()
         assert lib is not None  # `available` was checked before a Decoder was made
@@ -116,26 +125,25 @@ class Decoder:
         return self._stepwise(x, state, lay, dtype)
 
     def _fused(self, x: torch.Tensor, state: State):
-        lib, bsz = self._lib, x.shape[0]
+        lib, bsz, n = self._lib, x.shape[0], len(self.layers)
         threads = torch.get_num_threads()
         if bsz not in self._scratch_bytes:
             self._scratch_bytes[bsz] = max(lib.rwkv7_decode_scratch(ctypes.byref(ly), bsz) for ly in self.layers)
         scratch = torch.empty(self._scratch_bytes[bsz], dtype=torch.uint8)
         v_first = torch.empty_like(x)
-        att_x, wkv, ffn_x = [], [], []
-        for i, layer in enumerate(self.layers):
-            att_prev, ffn_prev = state.att_x[i].contiguous(), state.ffn_x[i].contiguous()
-            wkv_in = state.wkv[i].contiguous()
-            att_new, ffn_new, wkv_out = torch.empty_like(x), torch.empty_like(x), torch.empty_like(wkv_in)
-            lib.rwkv7_decode_layer(
-                ctypes.byref(layer), i, bsz, x.data_ptr(),
-                att_prev.data_ptr(), att_new.data_ptr(), wkv_in.data_ptr(), wkv_out.data_ptr(),
-                ffn_prev.data_ptr(), ffn_new.data_ptr(), v_first.data_ptr(), scratch.data_ptr(), threads,
-            )  # fmt: skip
-            att_x.append(att_new)
-            wkv.append(wkv_out)
-            ffn_x.append(ffn_new)
-        return x, att_x, wkv, ffn_x
+        # The new rows of every layer in one block (each layer's are a view of it); the WKV states one
+        # tensor a layer, since one block of them is large enough (38 MB for 16 rows of 0.19B) for the
+        # C allocator to map it fresh, and fault it in, at every step.
+        att_new = torch.empty(n, *x.shape)
+        ffn_new = torch.empty(n, *x.shape)
+        wkv_out = [torch.empty_like(t) for t in state.wkv]
+        ins = [[t.contiguous() for t in part] for part in (state.att_x, state.wkv, state.ffn_x)]
+        att_in, wkv_in, ffn_in = (_pointers(part) for part in ins)
+        lib.rwkv7_decode_layers(
+            self._layer_array, n, bsz, x.data_ptr(), att_in, att_new.data_ptr(), wkv_in, _pointers(wkv_out),
+            ffn_in, ffn_new.data_ptr(), v_first.data_ptr(), scratch.data_ptr(), threads,
+        )  # fmt: skip
+        return x, list(att_new.unbind(0)), wkv_out, list(ffn_new.unbind(0))
 
     def _stepwise(self, x: torch.Tensor, state: State, lay: Layout, dtype: torch.dtype):
         """The strategy's own matrix products, with each layer's small work in two C calls."""

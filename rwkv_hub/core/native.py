@@ -123,7 +123,7 @@ def load_decode7() -> ctypes.CDLL | None:
         (
             ("rwkv7_norm_mix", [i32, i32] + [ptr] * 6 + [i32] + [ptr] * 2),
             ("rwkv7_loras", [i32, i32, ptr, ptr, ptr, i32] + [ptr] * 3 + [i32]),
-            ("rwkv7_decode_layer", [ptr, i32, i32] + [ptr] * 9 + [i32]),
+            ("rwkv7_decode_layers", [ptr, i32, i32] + [ptr] * 9 + [i32]),
             ("rwkv7_tmix_mt", [i32] * 4 + [ptr] * 20 + [ctypes.c_float, ptr]),
         ),
     )
