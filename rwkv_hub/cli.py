@@ -286,6 +286,8 @@ def _inspect_table(report: dict[str, Any]) -> str:
     strategies = report["bytes_per_strategy"]
     width = max((len(name) for name in strategies), default=0)
     lines.extend(f"  {name:<{width}}  {_human_bytes(size)}" for name, size in strategies.items())
+    emb = _human_bytes(report["emb_params"] * report["emb_itemsize"])
+    lines.append(f"  (each counts the embedding, {emb}, mapped from the file: only the rows read stay resident)")
     return "\n".join(lines)
 
 

@@ -74,6 +74,7 @@ def test_inspect_table(checkpoint: Path) -> None:
     assert fields["generation"] == "x070 (RWKV-7)"
     assert fields["format"] == checkpoint.suffix.lstrip(".")
     assert "cpu bf16" in fields
+    assert "the embedding, 64.0 KiB, mapped from the file" in result.stdout  # 256 x 128 bf16
 
 
 def test_inspect_json(checkpoint: Path) -> None:
