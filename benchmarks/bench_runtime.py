@@ -443,10 +443,11 @@ def main(argv: list[str] | None = None) -> int:
         model = checkpoint(args.cache, shape, env)
         runs = [("rwkv-hub", s, ours_command(model, s, args), env) for s in args.strategies]
         runs += [("official", s, official_command(model, s, args), off_env) for s in args.official_strategies]
-        if args.llamacpp and peer_llamacpp.available() is None:
+        missing = peer_llamacpp.available() if args.llamacpp else None
+        if missing:
+            print(f"llama.cpp not measured: {missing}", flush=True)
+        else:
             runs += [("llama.cpp", k.upper(), llamacpp_command(model, k, args), env) for k in args.llamacpp]
-        elif args.llamacpp:
-            print(f"llama.cpp not measured: {peer_llamacpp.available()}", flush=True)
         results: dict[tuple[str, str], dict[str, Any]] = {}
         for runtime, strategy, cmd, child_env in runs:
             print(f"[{shape}] {runtime} {strategy} ...", end=" ", flush=True)

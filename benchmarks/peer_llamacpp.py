@@ -20,8 +20,10 @@ Printed result: one line `BENCH-RESULT {json}` with the keys `rwkv_hub.bench` us
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -84,15 +86,14 @@ def write_gguf(pth: Path, out: Path, matrices: str = "f16") -> None:
     import torch
 
     from rwkv_hub.core.atomic import replace_file
+    from rwkv_hub.core.checkpoint import open_checkpoint
+    from rwkv_hub.core.spec import read_spec
 
-    sd = torch.load(pth, map_location="cpu", mmap=True, weights_only=True)
-    n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    vocab, n_embd = sd["emb.weight"].shape
-    head_size = sd["blocks.0.att.r_k"].shape[1]
-    ffn = sd["blocks.0.ffn.key.weight"].shape[0]
-
-    def rank(name: str) -> int:
-        return int(sd[f"blocks.1.att.{name}"].shape[1] if n_layer > 1 else sd[f"blocks.0.att.{name}"].shape[1])
+    tensors = open_checkpoint(pth)
+    spec = read_spec(tensors, pth)
+    if spec.generation != "x070":
+        raise ValueError(f"{pth}: an RWKV-7 checkpoint is needed, not {spec.generation}")
+    n_embd = spec.n_embd
 
     def add(w: gguf.GGUFWriter, name: str, t: torch.Tensor, matrix: bool) -> None:
         a = t.float().numpy()
@@ -102,29 +103,29 @@ def write_gguf(pth: Path, out: Path, matrices: str = "f16") -> None:
         w = gguf.GGUFWriter(str(tmp), "rwkv7")
         w.add_context_length(1 << 20)
         w.add_embedding_length(n_embd)
-        w.add_block_count(n_layer)
+        w.add_block_count(spec.n_layer)
         w.add_layer_norm_eps(1e-5)
-        w.add_wkv_head_size(head_size)
-        w.add_decay_lora_rank(rank("w1"))
-        w.add_iclr_lora_rank(rank("a1"))
-        w.add_value_residual_mix_lora_rank(rank("v1"))
-        w.add_gate_lora_rank(rank("g1"))
-        w.add_feed_forward_length(ffn)
+        w.add_wkv_head_size(spec.head_size)
+        w.add_decay_lora_rank(spec.lora["decay"])
+        w.add_iclr_lora_rank(spec.lora["a"])
+        w.add_value_residual_mix_lora_rank(spec.lora["value"])
+        w.add_gate_lora_rank(spec.lora["gate"])
+        w.add_feed_forward_length(spec.ffn_size)
         w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if matrices == "f16" else gguf.LlamaFileType.ALL_F32)
         w.add_head_count(0)
-        _add_vocab(w, vocab)
+        _add_vocab(w, spec.vocab_size)
         for src, dst in GLOBAL_NAMES.items():
-            add(w, dst, sd[src], matrix=sd[src].dim() == 2)
-        for i in range(n_layer):
+            add(w, dst, tensors[src].read(), matrix=len(tensors[src].shape) == 2)
+        for i in range(spec.n_layer):
             p = f"blocks.{i}."
-            mixes = torch.stack([sd[p + f"att.x_{m}"].reshape(1, 1, n_embd) for m in LERP_ORDER])
+            mixes = torch.stack([tensors[p + f"att.x_{m}"].read().reshape(1, 1, n_embd) for m in LERP_ORDER])
             add(w, f"blk.{i}.time_mix_lerp_fused.weight", mixes, matrix=False)
             for src, dst in LAYER_NAMES.items():
                 key = p + src
-                if key not in sd and src.startswith("att.v") and i == 0:
+                if key not in tensors and src.startswith("att.v") and i == 0:
                     # released files have no value-residual LoRA in layer 0 (unused there); llama.cpp wants one
                     key = p + "att.a" + src[5:]
-                t, short = sd[key], src.split(".")[1]
+                t, short = tensors[key].read(), src.split(".")[1]
                 if short in LORA:
                     add(w, f"blk.{i}.{dst}", t.t().contiguous(), matrix=True)
                 elif short in LARGE:
@@ -142,22 +143,17 @@ def write_gguf(pth: Path, out: Path, matrices: str = "f16") -> None:
 
 
 def _add_vocab(w, vocab: int) -> None:
-    """The RWKV "World" vocabulary (from the official package) padded to the model's vocab size."""
-    import ast
-
+    """The RWKV "World" vocabulary (from the official package) padded to the model's vocab size; id 0,
+    which the vocabulary leaves free, is llama.cpp's "<s>"."""
     import gguf
-    import rwkv
 
+    from rwkv_hub.core.tokenizer.world import official_vocab_path, read_vocab
+
+    words = read_vocab(official_vocab_path())
     tokens: list[bytes] = [b"<s>"]
     types = [gguf.TokenType.CONTROL]
-    path = Path(rwkv.__file__).parent / "rwkv_vocab_v20230424.txt"
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if len(tokens) >= vocab:
-            break
-        parts = line.split(" ")
-        tok = ast.literal_eval(" ".join(parts[1:-1]))
-        raw = tok.encode("utf-8") if isinstance(tok, str) else tok
-        tokens.append(repr(raw)[2:-1].encode("utf-8"))
+    while len(tokens) < vocab and len(tokens) in words:
+        tokens.append(repr(words[len(tokens)])[2:-1].encode("utf-8"))
         types.append(gguf.TokenType.NORMAL)
     while len(tokens) < vocab:
         tokens.append(f"[PAD{len(tokens)}]".encode())
@@ -246,13 +242,12 @@ def measure(path: Path, prompt_tokens: int, decode_tokens: int, repeats: int, th
 
     pre = time_prefill(prefill, prompt, repeats)
     weight_bytes = path.stat().st_size
-    med = sorted(decode)[len(decode) // 2], sorted(pre)[len(pre) // 2]
     return {
         "runtime": "llama.cpp",
         "model": str(path),
-        "decode_tok_s": med[0],
-        "prefill_tok_s": med[1],
-        "aggregate_tok_s": {"1": med[0]},
+        "decode_tok_s": statistics.median(decode),
+        "prefill_tok_s": statistics.median(pre),
+        "aggregate_tok_s": {"1": statistics.median(decode)},
         "decode_tok_s_runs": decode,
         "prefill_tok_s_runs": pre,
         "weight_bytes": weight_bytes,
@@ -270,15 +265,9 @@ def measure(path: Path, prompt_tokens: int, decode_tokens: int, repeats: int, th
 
 
 def available() -> str | None:
-    """None when llama.cpp can be measured here, else why not."""
-    missing = []
-    for mod in ("llama_cpp", "gguf"):
-        try:
-            __import__(mod)
-        except ImportError:
-            missing.append(mod)
-        except Exception as e:  # a broken native build: say so rather than fail the whole benchmark
-            return f"{mod} does not import: {e}"
+    """None when llama.cpp's packages are installed, else which are not. Only looked up, not imported:
+    a broken native build shows up as the measuring child's error."""
+    missing = [mod for mod in ("llama_cpp", "gguf") if importlib.util.find_spec(mod) is None]
     return f"not installed: {', '.join(missing)}" if missing else None
 
 
