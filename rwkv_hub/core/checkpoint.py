@@ -63,6 +63,10 @@ class LazyTensor:
     storage_offset: int = 0
 
     @property
+    def itemsize(self) -> int:
+        return self.dtype.itemsize
+
+    @property
     def numel(self) -> int:
         n = 1
         for s in self.shape:
@@ -70,21 +74,19 @@ class LazyTensor:
         return n
 
     def read(self) -> torch.Tensor:
-        itemsize = torch.empty((), dtype=self.dtype).element_size()
-        flat = self._read_bytes(0, self.nbytes // itemsize, itemsize)
+        flat = self._read_bytes(0, self.nbytes // self.itemsize, self.itemsize)
         if self.stride is None:
             return flat.view(self.shape)
         return flat.as_strided(self.shape, self.stride, self.storage_offset).contiguous()
 
     def read_rows(self, lo: int, hi: int) -> torch.Tensor:
         """Rows lo..hi-1 of a matrix, reading only their bytes when the tensor is stored row-major."""
-        itemsize = torch.empty((), dtype=self.dtype).element_size()
         cols = self.numel // self.shape[0]
         row_major = self.stride is None or tuple(self.stride) == (cols, 1)
         if not row_major:
             return self.read()[lo:hi]
         start = self.storage_offset + lo * cols
-        return self._read_bytes(start, (hi - lo) * cols, itemsize).view(hi - lo, *self.shape[1:])
+        return self._read_bytes(start, (hi - lo) * cols, self.itemsize).view(hi - lo, *self.shape[1:])
 
     def mapped(self) -> torch.Tensor | None:
         """The tensor as a private, copy-on-write mapping of its bytes in the file, or None where its
@@ -93,14 +95,13 @@ class LazyTensor:
         Only the pages that are read become resident, and the OS can drop them again under memory
         pressure: a table read a few rows at a time (the embedding) costs almost no memory this way.
         Replacing the file by renaming is safe; truncating it in place while a model uses it is not."""
-        itemsize = torch.empty((), dtype=self.dtype).element_size()
-        start = self.offset + self.storage_offset * itemsize
-        contiguous = self.stride is None or tuple(self.stride) == tuple(torch.empty(self.shape).stride())
-        if not contiguous or start % itemsize or not self.numel:
+        start = self.offset + self.storage_offset * self.itemsize
+        contiguous = self.stride is None or tuple(self.stride) == torch.empty(self.shape, device="meta").stride()
+        if not contiguous or start % self.itemsize or not self.numel:
             return None
         with open(self.path, "rb") as f:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        if start + self.numel * itemsize > len(mm):
+        if start + self.numel * self.itemsize > len(mm):
             raise CheckpointError(f"{self.path}: file is truncated (a tensor's data ends early); download it again")
         return torch.frombuffer(mm, dtype=self.dtype, count=self.numel, offset=start).view(self.shape)
 

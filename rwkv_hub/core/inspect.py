@@ -94,7 +94,7 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
         large_params=large,
         large_rows=rows,
         emb_params=tensors["emb.weight"].numel,
-        emb_itemsize=torch.empty((), dtype=tensors["emb.weight"].dtype).element_size(),
+        emb_itemsize=tensors["emb.weight"].itemsize,
         lora_params=sum(tensors[k].numel for k in lora_keys),
         lora_bf16=bool(lora_keys) and all(tensors[k].dtype == torch.bfloat16 for k in lora_keys),
         file_bytes=p.stat().st_size,
