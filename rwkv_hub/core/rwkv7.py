@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .linear import Linear
 from .native import load_decode7
-from .wkv import PARALLEL_MIN_WORK, wkv7
+from .wkv import head_threads, wkv7
 
 DECAY_SCALE = 0.606531  # exp(-0.5): the decay is exp(-exp(-0.5) * sigmoid(w0 + lora(x)))
 GROUP_NORM_EPS = 64e-5
@@ -209,11 +209,10 @@ def finish_time_mix(
         blk.lnx_b.data_ptr(),
     )
     # The heads are shared between torch's own OpenMP threads, which are idle between its GEMMs.
-    threads = min(torch.get_num_threads(), n_head) if lay.total * n_head >= PARALLEL_MIN_WORK else 1
     load_decode7().rwkv7_tmix_mt(
-        threads, lay.batch, n_head, head_size, lay.starts32.data_ptr(), lay.lengths32.data_ptr(),
-        s_in.data_ptr(), s.data_ptr(), r, k, v, vf, w_lora, a_lora, v_lora, g, *params, GROUP_NORM_EPS,
-        out.data_ptr(),
+        head_threads(n_head, lay.total * n_head), lay.batch, n_head, head_size,
+        lay.starts32.data_ptr(), lay.lengths32.data_ptr(), s_in.data_ptr(), s.data_ptr(),
+        r, k, v, vf, w_lora, a_lora, v_lora, g, *params, GROUP_NORM_EPS, out.data_ptr(),
     )  # fmt: skip
     new_first = ins[2] if layer == 0 else v_first
     return blk.output(out.to(dtype)), s, new_first

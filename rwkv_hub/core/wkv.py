@@ -23,9 +23,14 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="rwkv-hub-wkv")
 
 
+def head_threads(n_head: int, work: int) -> int:
+    """How many threads share `n_head` heads whose recurrence takes `work` head-steps."""
+    return min(torch.get_num_threads(), n_head) if work >= PARALLEL_MIN_WORK else 1
+
+
 def run_split_heads(call: Callable[[int, int], None], n_head: int, work: int) -> None:
     """Run `call(h0, h1)` over all heads, split across threads when `work` is large (ctypes drops the GIL)."""
-    threads = min(torch.get_num_threads(), n_head) if work >= PARALLEL_MIN_WORK else 1
+    threads = head_threads(n_head, work)
     if threads <= 1:
         call(0, n_head)
         return
