@@ -5,8 +5,8 @@
  * 0.19B model spent 5-8 ms of a 14-20 ms token there. `rwkv7_norm_mix` and `rwkv7_loras` do it in two
  * calls a layer whatever the big matrices are. Where those are gemv.c's own (fp32, bf16 or int8
  * weights), `rwkv7_decode_layers` runs each whole layer in one team of threads and all layers in one
- * call, which also saves the start of a parallel region per product (six a layer). The prefill's time-mix comes through
- * here too (`rwkv7_tmix_mt`), for its threads.
+ * call, which also saves the start of a parallel region per product (six a layer). The prefill's
+ * time-mix comes through here too (`rwkv7_tmix_mt`), for its threads.
  * The arithmetic is the PyTorch path's; only the order of some float sums differs.
  */
 #include <math.h>
@@ -206,9 +206,9 @@ size_t rwkv7_decode_scratch(const rwkv7_layer *L, int B) {
 /* One layer for B sequences of one token each. x (B, C) is updated in place; the previous shift rows and
  * WKV states are read from *_prev / wkv_in and the new ones written to *_new / wkv_out. v_first (B, C) is
  * written by layer 0 and read by the others. `scratch` holds rwkv7_decode_scratch(L, B) bytes. */
-static void rwkv7_decode_layer(const rwkv7_layer *L, int layer, int B, float *x, const float *att_prev, float *att_new,
-                        const float *wkv_in, float *wkv_out, const float *ffn_prev, float *ffn_new,
-                        float *v_first, void *scratch, int threads) {
+static void rwkv7_decode_layer(const rwkv7_layer *L, int layer, int B, float *x, const float *att_prev,
+                               float *att_new, const float *wkv_in, float *wkv_out, const float *ffn_prev,
+                               float *ffn_new, float *v_first, void *scratch, int threads) {
     const int C = L->C, F = L->F;
     const size_t BC = (size_t)B * C, wide = C > F ? C : F;
     const int ranks = L->lora_rank[0] + L->lora_rank[1] + L->lora_rank[2] + L->lora_rank[3];
