@@ -41,8 +41,9 @@ def test_widened_bf16_products_equal_fp32_products_of_the_same_weights():
 
 
 # Shapes with every remainder the kernels handle: columns not a multiple of 4 (the row-group unit), inputs
-# not a multiple of 8 or 16 (the vector widths), and one over SPLIT_MIN_BYTES (split between threads).
-SHAPES = [(5, 8), (7, 24), (64, 40), (130, 768), (3000, 2048)]
+# not a multiple of 8 or 16 (the vector widths), 800 inputs (a multiple of 32 but not 64: the int8 AVX2
+# loop where AVX-512 VNNI takes the others), and one over SPLIT_MIN_BYTES (split between threads).
+SHAPES = [(5, 8), (7, 24), (64, 40), (130, 768), (36, 800), (3000, 2048)]
 
 
 @needs_gemv
@@ -91,6 +92,27 @@ def test_int8_sums_do_not_overflow_at_the_extremes():
     x = torch.ones(1, n_in)
     assert rel(lin(x), torch.full((1, 8), float(n_in))) < 1e-6
     assert rel(lin(-x), torch.full((1, 8), -float(n_in))) < 1e-6
+
+
+@needs_gemv
+@pytest.mark.skipif(not linear.int_mm_works(), reason="no VNNI or AMX: many rows stay in the C kernel")
+def test_many_int8_rows_take_the_int8_gemm_and_give_the_kernel_s_bits(monkeypatch):
+    """From INT_MM_MIN_ROWS rows the product is oneDNN's int8 GEMM on the activations' two bytes; joined, its
+    integer sums give the C kernel's result to the bit, extreme activations (+-16383 levels) included."""
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(200, 768, generator=g)
+    x = torch.randn(linear.INT_MM_MIN_ROWS + 3, 768, generator=g) * 5
+    x[0, :] = 0.0
+    x[1, :7] = torch.tensor([1e4, -1e4, 3.0, -3.0, 0.5, -0.5, 1e-30])
+    lin = NativeInt8Linear(w)
+    calls = []
+    real = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: calls.append(a.shape) or real(a, b))
+    many = lin(x)
+    assert calls == [(2 * x.shape[0], 768)]
+    one_by_one = torch.cat([lin(x[r : r + 1]) for r in range(x.shape[0])])
+    assert len(calls) == 1  # single rows stay in the C kernel
+    assert torch.equal(many, one_by_one)
 
 
 def test_int8_kernel_choice_is_reported():

@@ -140,26 +140,66 @@ static void dense_gemv(const void *w, int bf16, const float *x, float *y, int ba
 /* int8 activations would lose precision and AVX2 has no 8-bit dot product that keeps it, so x is
  * quantized to 15 bits per row instead (rwkv_quantize_x) and multiplied with 16-bit products summed in
  * pairs (vpmaddwd). A pair is at most 2 * 16383 * 127 < 2^22, so an int32 lane can add 2^8 of them
- * safely: the integer sums are moved to float every I8_BLOCK inputs. */
+ * safely: every I8_BLOCK inputs the lanes are added into one int64 total. The total is exact and becomes a
+ * float once, at the end, so every path (each vector width, and the int8 GEMM of rwkv_join_bytes) gives
+ * the same bits for a row. */
 #define X_LEVELS 16383.f
 #define I8_BLOCK 4096
+
+#define BYTES_PARALLEL_MIN 65536 /* elements above which the byte split and join use torch's threads */
+
+/* A row's step, max|x| / X_LEVELS (1 for an all-zero row), stored in *xs; returns its inverse. */
+static float row_step(const float *xb, int in, float *xs) {
+    float peak = 0.f;
+#pragma omp simd reduction(max : peak)
+    for (int i = 0; i < in; i++) {
+        float a = xb[i] < 0 ? -xb[i] : xb[i];
+        peak = a > peak ? a : peak;
+    }
+    *xs = peak > 0.f ? peak / X_LEVELS : 1.f;
+    return 1.f / *xs;
+}
+
+static inline int level(float x, float inv) {
+    float v = x * inv;
+    return (int)(v < 0 ? v - 0.5f : v + 0.5f);
+}
 
 /* xq[b][i] = round(x[b][i] / xs[b]) with xs[b] = max|x[b]| / X_LEVELS (1 for an all-zero row). */
 void rwkv_quantize_x(const float *x, int16_t *xq, float *xs, int batch, int in) {
     for (int b = 0; b < batch; b++) {
         const float *xb = x + (int64_t)b * in;
-        float peak = 0.f;
-        for (int i = 0; i < in; i++) {
-            float a = xb[i] < 0 ? -xb[i] : xb[i];
-            peak = a > peak ? a : peak;
-        }
-        float s = peak > 0.f ? peak / X_LEVELS : 1.f, inv = 1.f / s;
+        const float inv = row_step(xb, in, xs + b);
         int16_t *qb = xq + (int64_t)b * in;
+        for (int i = 0; i < in; i++) qb[i] = (int16_t)level(xb[i], inv);
+    }
+}
+
+/* The same levels as two int8 rows each, for an int8 x int8 GEMM (torch._int_mm) where VNNI or AMX makes
+ * one fast: level = 128 * hi + lo with hi in [-128, 127] (rows [0, batch) of `bytes`) and lo in [0, 127]
+ * (rows [batch, 2 * batch)). */
+void rwkv_quantize_x_bytes(const float *x, int8_t *bytes, float *xs, int batch, int in) {
+#pragma omp parallel for schedule(static) if ((int64_t)batch * in >= BYTES_PARALLEL_MIN)
+    for (int b = 0; b < batch; b++) {
+        const float *xb = x + (int64_t)b * in;
+        const float inv = row_step(xb, in, xs + b);
+        int8_t *hi = bytes + (int64_t)b * in, *lo = bytes + (int64_t)(batch + b) * in;
         for (int i = 0; i < in; i++) {
-            float v = xb[i] * inv;
-            qb[i] = (int16_t)(v < 0 ? v - 0.5f : v + 0.5f);
+            const unsigned v = (unsigned)(level(xb[i], inv) + 16384); /* >= 0: shifts are floor division */
+            hi[i] = (int8_t)((int)(v >> 7) - 128);
+            lo[i] = (int8_t)(v & 127);
         }
-        xs[b] = s;
+    }
+}
+
+/* y[b][o] = (128 * sums[b][o] + sums[batch + b][o]) * scale[o] * xs[b]: the integer total of
+ * rwkv_quantize_x_bytes' halves, scaled in the C kernel's order. */
+void rwkv_join_bytes(const int32_t *sums, const float *scale, const float *xs, float *y, int batch, int out) {
+#pragma omp parallel for schedule(static) if ((int64_t)batch * out >= BYTES_PARALLEL_MIN)
+    for (int b = 0; b < batch; b++) {
+        const int32_t *hi = sums + (int64_t)b * out, *lo = sums + (int64_t)(batch + b) * out;
+        float *yb = y + (int64_t)b * out;
+        for (int o = 0; o < out; o++) yb[o] = (float)(128 * (int64_t)hi[o] + lo[o]) * scale[o] * xs[b];
     }
 }
 
@@ -169,15 +209,15 @@ static void i8_rows(const int8_t *q, const float *scale, const int16_t *xq, cons
         const int8_t *row = q + (int64_t)o * in;
         for (int b = 0; b < batch; b++) {
             const int16_t *xb = xq + (int64_t)b * in;
-            float total = 0.f;
+            int64_t total = 0;
             for (int lo = 0; lo < in; lo += I8_BLOCK) {
                 int hi = lo + I8_BLOCK < in ? lo + I8_BLOCK : in;
                 int64_t acc = 0;
 #pragma omp simd reduction(+ : acc)
                 for (int i = lo; i < hi; i++) acc += (int32_t)row[i] * (int32_t)xb[i];
-                total += (float)acc;
+                total += acc;
             }
-            y[(int64_t)b * out + o] = total * scale[o] * xs[b];
+            y[(int64_t)b * out + o] = (float)total * scale[o] * xs[b];
         }
     }
 }
@@ -189,6 +229,14 @@ static inline __m256i i8_madd(const int8_t *w, const int16_t *x) {
                              _mm256_loadu_si256((const __m256i *)x));
 }
 
+/* The eight int32 lanes' sum, in int64 (their sum may not fit 32 bits). */
+static inline int64_t hsum_i32x8(__m256i v) {
+    const __m256i w = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)),
+                                       _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1)));
+    const __m128i h = _mm_add_epi64(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    return _mm_cvtsi128_si64(h) + _mm_extract_epi64(h, 1);
+}
+
 /* One int8 weight row times rows [b0, b1) of x, four at a time; the integer sums are exact, so how they
  * are grouped changes nothing. */
 static void i8_row(const int8_t *row, float scale, const int16_t *xq, const float *xs, float *y, int b0, int b1,
@@ -196,7 +244,7 @@ static void i8_row(const int8_t *row, float scale, const int16_t *xq, const floa
     int b = b0;
     for (; b + 4 <= b1; b += 4) {
         const int16_t *x0 = xq + (int64_t)b * in, *x1 = x0 + in, *x2 = x1 + in, *x3 = x2 + in;
-        __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0;
+        int64_t t0 = 0, t1 = 0, t2 = 0, t3 = 0;
         for (int lo = 0; lo < in; lo += I8_BLOCK) {
             const int hi = lo + I8_BLOCK < in ? lo + I8_BLOCK : in;
             __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
@@ -208,19 +256,19 @@ static void i8_row(const int8_t *row, float scale, const int16_t *xq, const floa
                 a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(w, _mm256_loadu_si256((const __m256i *)(x2 + i))));
                 a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(w, _mm256_loadu_si256((const __m256i *)(x3 + i))));
             }
-            f0 = _mm256_add_ps(f0, _mm256_cvtepi32_ps(a0));
-            f1 = _mm256_add_ps(f1, _mm256_cvtepi32_ps(a1));
-            f2 = _mm256_add_ps(f2, _mm256_cvtepi32_ps(a2));
-            f3 = _mm256_add_ps(f3, _mm256_cvtepi32_ps(a3));
+            t0 += hsum_i32x8(a0);
+            t1 += hsum_i32x8(a1);
+            t2 += hsum_i32x8(a2);
+            t3 += hsum_i32x8(a3);
         }
-        y[(int64_t)b * out + o] = hsum8(f0) * scale * xs[b];
-        y[(int64_t)(b + 1) * out + o] = hsum8(f1) * scale * xs[b + 1];
-        y[(int64_t)(b + 2) * out + o] = hsum8(f2) * scale * xs[b + 2];
-        y[(int64_t)(b + 3) * out + o] = hsum8(f3) * scale * xs[b + 3];
+        y[(int64_t)b * out + o] = (float)t0 * scale * xs[b];
+        y[(int64_t)(b + 1) * out + o] = (float)t1 * scale * xs[b + 1];
+        y[(int64_t)(b + 2) * out + o] = (float)t2 * scale * xs[b + 2];
+        y[(int64_t)(b + 3) * out + o] = (float)t3 * scale * xs[b + 3];
     }
     for (; b < b1; b++) {
         const int16_t *xb = xq + (int64_t)b * in;
-        __m256 f = _mm256_setzero_ps();
+        int64_t t = 0;
         for (int lo = 0; lo < in; lo += I8_BLOCK) {
             const int hi = lo + I8_BLOCK < in ? lo + I8_BLOCK : in;
             __m256i a = _mm256_setzero_si256(), c = a;
@@ -229,11 +277,76 @@ static void i8_row(const int8_t *row, float scale, const int16_t *xq, const floa
                 a = _mm256_add_epi32(a, i8_madd(row + i, xb + i));
                 c = _mm256_add_epi32(c, i8_madd(row + i + 16, xb + i + 16));
             }
-            f = _mm256_add_ps(f, _mm256_cvtepi32_ps(_mm256_add_epi32(a, c)));
+            t += hsum_i32x8(_mm256_add_epi32(a, c));
         }
-        y[(int64_t)b * out + o] = hsum8(f) * scale * xs[b];
+        y[(int64_t)b * out + o] = (float)t * scale * xs[b];
     }
 }
+#endif
+
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+/* The same row with AVX-512 VNNI: vpdpwssd multiplies 32 int16 pairs and adds them into 16 int32 lanes in
+ * one instruction, where AVX2 needs a widening multiply-add and an add for 16. A lane gains at most 2^22
+ * per instruction and sees I8_BLOCK / 32 of them, so the int32 sums stay exact here too. Prompts and
+ * batches are bound by these multiplies (one row of x is bound by memory, and gains little).
+ * `in` must be a multiple of 64. */
+static inline __m512i widen32(const int8_t *w) {
+    return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)w));
+}
+
+static inline __m512i load_x32(const int16_t *x) { return _mm512_loadu_si512((const void *)x); }
+
+static inline int64_t hsum_i32x16(__m512i v) {
+    return _mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)),
+                                                    _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1))));
+}
+
+static void i8_row_vnni(const int8_t *row, float scale, const int16_t *xq, const float *xs, float *y, int b0,
+                        int b1, int in, int out, int o) {
+    int b = b0;
+    for (; b + 4 <= b1; b += 4) {
+        const int16_t *x0 = xq + (int64_t)b * in, *x1 = x0 + in, *x2 = x1 + in, *x3 = x2 + in;
+        int64_t t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+        for (int lo = 0; lo < in; lo += I8_BLOCK) {
+            const int hi = lo + I8_BLOCK < in ? lo + I8_BLOCK : in;
+            __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+            for (int i = lo; i < hi; i += 32) {
+                if (b == b0 && (i & 63) == 0) _mm_prefetch((const char *)(row + i) + PREFETCH_BYTES, _MM_HINT_T0);
+                const __m512i w = widen32(row + i);
+                a0 = _mm512_dpwssd_epi32(a0, w, load_x32(x0 + i));
+                a1 = _mm512_dpwssd_epi32(a1, w, load_x32(x1 + i));
+                a2 = _mm512_dpwssd_epi32(a2, w, load_x32(x2 + i));
+                a3 = _mm512_dpwssd_epi32(a3, w, load_x32(x3 + i));
+            }
+            t0 += hsum_i32x16(a0);
+            t1 += hsum_i32x16(a1);
+            t2 += hsum_i32x16(a2);
+            t3 += hsum_i32x16(a3);
+        }
+        y[(int64_t)b * out + o] = (float)t0 * scale * xs[b];
+        y[(int64_t)(b + 1) * out + o] = (float)t1 * scale * xs[b + 1];
+        y[(int64_t)(b + 2) * out + o] = (float)t2 * scale * xs[b + 2];
+        y[(int64_t)(b + 3) * out + o] = (float)t3 * scale * xs[b + 3];
+    }
+    for (; b < b1; b++) {
+        const int16_t *xb = xq + (int64_t)b * in;
+        int64_t t = 0;
+        for (int lo = 0; lo < in; lo += I8_BLOCK) {
+            const int hi = lo + I8_BLOCK < in ? lo + I8_BLOCK : in;
+            __m512i a = _mm512_setzero_si512(), c = a;
+            for (int i = lo; i < hi; i += 64) {
+                if (b == b0) _mm_prefetch((const char *)(row + i) + PREFETCH_BYTES, _MM_HINT_T0);
+                a = _mm512_dpwssd_epi32(a, widen32(row + i), load_x32(xb + i));
+                c = _mm512_dpwssd_epi32(c, widen32(row + i + 32), load_x32(xb + i + 32));
+            }
+            t += hsum_i32x16(_mm512_add_epi32(a, c));
+        }
+        y[(int64_t)b * out + o] = (float)t * scale * xs[b];
+    }
+}
+#define I8_ROW(in) ((in) % 64 == 0 ? i8_row_vnni : i8_row)
+#else
+#define I8_ROW(in) i8_row
 #endif
 
 /* Rows of x per pass over the weights: a block of them stays in cache while every weight row meets it. */
@@ -247,11 +360,13 @@ void rwkv_gemv_i8(const int8_t *q, const float *scale, const int16_t *xq, const 
         const int b1 = b0 + X_BLOCK < batch ? b0 + X_BLOCK : batch;
 #ifdef __AVX2__
         if (in % 32 == 0) {
+            void (*row_fn)(const int8_t *, float, const int16_t *, const float *, float *, int, int, int, int,
+                           int) = I8_ROW(in);
             for (int o0 = r0; o0 < r1; o0 += ROW_BLOCK) {
                 const int o1 = o0 + ROW_BLOCK < r1 ? o0 + ROW_BLOCK : r1;
                 for (int b = b0; b < b1; b += 4)
                     for (int o = o0; o < o1; o++)
-                        i8_row(q + (int64_t)o * in, scale[o], xq, xs, y, b, b + 4 < b1 ? b + 4 : b1, in, out, o);
+                        row_fn(q + (int64_t)o * in, scale[o], xq, xs, y, b, b + 4 < b1 ? b + 4 : b1, in, out, o);
             }
             continue;
         }

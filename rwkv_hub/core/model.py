@@ -30,9 +30,9 @@ from .tokenizer import Tokenizer, choose_tokenizer
 
 # Longest run of tokens one sequence feeds through the blocks at once, and most tokens in one pass over
 # all sequences; longer prompts go in chunks so activation memory stays bounded whatever the input.
-# 256 prefills as fast as 512 on the CPU (0.19B: 530-650 tok/s either way) and keeps an int8 chunk on
-# the C kernel (linear.INT8_KERNEL_MAX_ROWS): at 512 rows int8 widens weights for a GEMM instead, and a
-# 0.45B prompt peaked 240 MB higher.
+# 256 prefills as fast as 512 on the CPU (0.19B: 530-650 tok/s either way) and, on CPUs without an int8
+# GEMM, keeps an int8 chunk on the C kernel (linear.INT8_KERNEL_MAX_ROWS): at 512 rows int8 widens
+# weights for a GEMM instead, and a 0.45B prompt peaked 240 MB higher.
 PREFILL_CHUNK = 256
 PASS_TOKENS = 4096
 TRIM_AFTER_TOKENS = 64  # passes at least this long hand freed memory back to the OS

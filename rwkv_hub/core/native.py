@@ -105,7 +105,11 @@ def load_gemv() -> ctypes.CDLL | None:
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
     return _declare(
         dll,
-        (("rwkv_gemv", [i32] + [ptr] * 4 + [i32] * 4),),
+        (
+            ("rwkv_gemv", [i32] + [ptr] * 4 + [i32] * 4),
+            ("rwkv_quantize_x_bytes", [ptr] * 3 + [i32] * 2),
+            ("rwkv_join_bytes", [ptr] * 4 + [i32] * 2),
+        ),
     )
 
 
