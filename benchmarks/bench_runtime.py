@@ -324,13 +324,21 @@ def verdicts(shape: str, results: dict[tuple[str, str], dict[str, Any]], batches
     return out
 
 
+def section_key(shape: str, args: argparse.Namespace) -> str:
+    """A section per shape, and per machine where --machine names one, so that runs on several machines
+    stand side by side."""
+    return f"{shape}-{args.machine}" if args.machine else shape
+
+
 def section(shape: str, results: dict, batches: list[int], args: argparse.Namespace, command: str) -> str:
     m = machine_info()
     n_layer, n_embd, vocab = SHAPES[shape]
     ram = f"{m['ram_bytes'] / 2**30:.1f} GiB" if m["ram_bytes"] else "?"
+    key = section_key(shape, args)
+    on = f", on {args.machine}" if args.machine else ""
     lines = [
-        f"<!-- bench:{shape} -->",
-        f"## {shape.upper()}: {n_layer} layers x {n_embd}, vocab {vocab} (random bf16 weights)",
+        f"<!-- bench:{key} -->",
+        f"## {shape.upper()}: {n_layer} layers x {n_embd}, vocab {vocab} (random bf16 weights){on}",
         "",
         f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
         f"- machine: {m['cpu']}, {m['cores']} cores, {ram} RAM; torch {m['torch']}, "
@@ -359,7 +367,7 @@ def section(shape: str, results: dict, batches: list[int], args: argparse.Namesp
         ]
     if args.quick:
         lines += ["", "_Quick smoke-test run: tiny shape and few tokens; the figures and verdicts mean nothing._"]
-    lines.append(f"<!-- /bench:{shape} -->")
+    lines.append(f"<!-- /bench:{key} -->")
     return "\n".join(lines)
 
 
@@ -371,18 +379,31 @@ dtype, measured in the same run (int8 is compared with official bf16).
 """
 
 
+def _section_order(key: str) -> tuple[int, str]:
+    """Shapes in SHAPES order, each followed by its other machines' sections; other sections keep their places
+    after them (the sort is stable)."""
+    shape = key.split("-")[0]
+    return (list(SHAPES).index(shape), key) if shape in SHAPES else (len(SHAPES), "")
+
+
 def write_results(path: Path, sections: dict[str, str]) -> None:
     """Replace the given shapes' sections in `path`, keeping the others (ordered as SHAPES)."""
     old = path.read_text() if path.exists() else ""
-    pattern = r"<!-- bench:([\w.]+) -->\n.*?<!-- /bench:\1 -->"
+    pattern = r"<!-- bench:([\w.-]+) -->\n.*?<!-- /bench:\1 -->"
     kept = {m.group(1): m.group(0) for m in re.finditer(pattern, old, flags=re.S)}
     kept.update(sections)
-    order = [k for k in SHAPES if k in kept] + [k for k in kept if k not in SHAPES]
+    order = sorted(kept, key=_section_order)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(TITLE + "\n" + "\n\n".join(kept[k] for k in order) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------- main
+
+
+def _machine_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9.]*", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits and dots only")
+    return text
 
 
 def _list(text: str) -> list[str]:
@@ -411,6 +432,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, help="torch threads in every run (OMP_NUM_THREADS); default: torch's choice")
     p.add_argument("--cache", type=Path, default=ROOT / "bench-out", help="where checkpoints are written and reused")
+    p.add_argument(
+        "--machine",
+        type=_machine_name,
+        default="",
+        help="a short name for this machine (letters, digits, dots): its results get sections of their own "
+        "instead of replacing the shape's main ones",
+    )
     p.add_argument("--output", type=Path, help="results file (default benchmarks/RESULTS.md; with --quick, in --cache)")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny shape, few tokens, one pass")
     args = p.parse_args(argv)
@@ -466,9 +494,10 @@ def main(argv: list[str] | None = None) -> int:
         raw = args.cache / f"results-{shape}.json"
         rows = [{"runtime": rt, "strategy": st, **r} for (rt, st), r in results.items()]
         raw.write_text(json.dumps({"command": command, "results": rows}, indent=1) + "\n")
-        sections[shape] = section(shape, results, args.batch, args, command)
+        key = section_key(shape, args)
+        sections[key] = section(shape, results, args.batch, args, command)
         print()
-        print(sections[shape])
+        print(sections[key])
         print()
     write_results(output, sections)
     print(f"wrote {output} (every run's figures: {args.cache}/results-<shape>.json)")
