@@ -230,7 +230,8 @@ class NativeInt8Linear(Linear):
     def _int_mm(self, x: torch.Tensor) -> torch.Tensor:
         """The C kernel's arithmetic on oneDNN's int8 GEMM: each 15-bit activation is split into a high and
         a low byte (`rwkv_quantize_x_bytes`), both are multiplied by the int8 weights with exact int32 sums,
-        and the sums are joined, so the result is the kernel's up to float rounding of the integer total."""
+        and the sums are joined into the same exact total the kernel keeps, so both give the same bits. The
+        int32 sums of both halves are a transient twice the size of the output."""
         xf = x.reshape(-1, self.in_features).float().contiguous()
         rows = xf.shape[0]
         halves = torch.empty(2 * rows, self.in_features, dtype=torch.int8)
