@@ -48,12 +48,16 @@ SHAPES = [(5, 8), (7, 24), (64, 40), (130, 768), (36, 800), (3000, 2048)]
 
 @needs_gemv
 @pytest.mark.parametrize(("n_out", "n_in"), SHAPES)
-@pytest.mark.parametrize("rows", [1, 3, BF16_KERNEL_MAX_ROWS])
-def test_bf16_matrix_vector_kernel_equals_fp32_product_of_the_same_weights(n_out, n_in, rows):
+@pytest.mark.parametrize("rows", [1, 3, BF16_KERNEL_MAX_ROWS, BF16_KERNEL_MAX_ROWS - 1])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_dense_matrix_vector_kernel_equals_fp32_product_of_the_same_weights(n_out, n_in, rows, dtype):
+    """Many rows take the AVX-512 4x4 register blocks where the CPU has them (full blocks of four weight
+    rows and of four rows of x, dense_row for the rest); each row still gets the bits it gets alone."""
     g = torch.Generator().manual_seed(n_out + rows)
-    w = torch.randn(n_out, n_in, generator=g).bfloat16()
+    w = torch.randn(n_out, n_in, generator=g).to(dtype)
     x = torch.randn(rows, n_in, generator=g)
     lin = DenseLinear(w)
+    assert lin.kind is not None
     want = torch.nn.functional.linear(x, w.float())
     assert rel(lin(x.bfloat16()), torch.nn.functional.linear(x.bfloat16().float(), w.float())) < 1e-5
     assert rel(lin(x), want) < 1e-5  # an fp32 input is read in full
