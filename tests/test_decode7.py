@@ -25,9 +25,11 @@ from rwkv_hub.core.linear import (
 
 SHAPE = dict(n_layer=3, n_embd=128, vocab_size=512, head_size=64)
 STEPS = 6
-# fp32 and bf16 differ only in the order of float sums; int8 as in test_runtime_int8 (a value on the edge
-# of a 15-bit activation level may round the other way: four steps of 1/16383).
-TOLERANCE = {"cpu fp32": 1e-5, "cpu bf16": 1e-5, "cpu bf16i8": 4 / 16383}
+# The paths differ only in the order of float sums. In fp32 that stays near 1e-7. bf16 rounds activations
+# before each product, and a sum that lands on the edge of a bf16 step rounds the other way on one path:
+# on a 2-core Zen 4 one such input to the head moved the logits by 0.0044 of their largest (the states
+# still agreed to 2e-7). int8 as in test_runtime_int8 (four steps of a 15-bit activation level, 1/16383).
+TOLERANCE = {"cpu fp32": 1e-5, "cpu bf16": 2e-2, "cpu bf16i8": 4 / 16383}
 
 pytestmark = pytest.mark.skipif(
     not decode7.available(torch.device("cpu"), 64), reason="no C compiler: decoding runs in PyTorch"

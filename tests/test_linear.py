@@ -40,6 +40,23 @@ def test_widened_bf16_products_equal_fp32_products_of_the_same_weights():
     assert not DenseLinear(w.float()).widen
 
 
+@pytest.mark.parametrize(
+    "x",
+    [torch.randn(40, 24).t(), torch.randn(2, 30, 48), torch.randn(30, 96)[:, ::2], torch.randn(0, 48)],
+    ids=["transposed", "3-d", "strided", "empty"],
+)
+def test_f32_linear_equals_the_fp32_product_for_any_input_layout(x):
+    """oneDNN's GEMM (where PyTorch has it) takes the weights as stored and inputs of any layout."""
+    w = torch.randn(70, x.shape[-1], generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        y = linear.f32_linear(x, w)
+    want = (x.double() @ w.double().t()).float()
+    assert y.shape == want.shape and y.dtype == torch.float32
+    if x.numel():
+        assert rel(y, want) < 1e-6
+    assert DenseLinear(w)(x).shape == want.shape
+
+
 # Shapes with every remainder the kernels handle: columns not a multiple of 4 (the row-group unit), inputs
 # not a multiple of 8 or 16 (the vector widths), 800 inputs (a multiple of 32 but not 64: the int8 AVX2
 # loop where AVX-512 VNNI takes the others), and one over SPLIT_MIN_BYTES (split between threads).

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from rwkv_hub.core import prefix_cache as pc
-from rwkv_hub.core.model import PREFILL_CHUNK
 from rwkv_hub.core.prefix_cache import PrefixCache
 
 SHAPE = dict(n_layer=2, n_embd=128, vocab_size=256, head_size=64)
@@ -22,12 +21,13 @@ def model(checkpoint_factory, model_factory):
 @pytest.mark.parametrize("generation", ["x070", "x060", "x051", "x040"])
 def test_warm_logits_equal_cold_logits_exactly(generation, checkpoint_factory, model_factory):
     model = model_factory(checkpoint_factory(**SHAPE, generation=generation))
-    prompt = [random.Random(0).randrange(256) for _ in range(PREFILL_CHUNK + 37)]
+    chunk = model.prefill_chunk
+    prompt = [random.Random(0).randrange(256) for _ in range(chunk + 37)]
     cache = PrefixCache(2**30)
-    _, state = model.forward(prompt[:PREFILL_CHUNK])
-    cache.store(prompt[:PREFILL_CHUNK], state)
+    _, state = model.forward(prompt[:chunk])
+    cache.store(prompt[:chunk], state)
     n, cached = cache.lookup(prompt)
-    assert n == PREFILL_CHUNK
+    assert n == chunk
     warm, _ = model.forward(prompt[n:], cached)
     cold, _ = model.forward(prompt)  # reads the same chunks
     assert torch.equal(warm, cold)

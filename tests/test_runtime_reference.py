@@ -139,11 +139,8 @@ def test_prefill_in_pieces_equals_prefill_at_once(pair) -> None:
 
 
 def test_prefill_longer_than_chunk_matches_official(pair) -> None:
-    from rwkv_hub.core import model as model_module
-
-    chunk = getattr(model_module, "PREFILL_CHUNK", 256)
-    n = max(600, 2 * chunk + 88)  # spans at least two chunk boundaries, ending mid-chunk
     model, ref = pair
+    n = 2 * model.prefill_chunk + 88  # spans two chunk boundaries, ending mid-chunk
     toks = random_tokens(n, model.spec.vocab_size, seed=7)
     ours, state = model.forward(toks, None)
     want, ref_state = ref.forward(toks)
@@ -155,10 +152,8 @@ def test_prefill_longer_than_chunk_matches_official(pair) -> None:
 
 
 def test_forward_every_gives_every_position_of_the_official_full_output(pair) -> None:
-    from rwkv_hub.core.model import PREFILL_CHUNK
-
     model, ref = pair
-    toks = random_tokens(PREFILL_CHUNK + 40, model.spec.vocab_size, seed=8)  # crosses a chunk boundary
+    toks = random_tokens(model.prefill_chunk + 40, model.spec.vocab_size, seed=8)  # crosses a chunk boundary
     start, _ = model.forward(toks[:5], None)
     ours, state = model.forward_every(toks[5:], model.forward(toks[:5], None)[1])
     threads = torch.get_num_threads()

@@ -68,6 +68,27 @@ def packing_works(dtype: torch.dtype) -> bool:
         return False
 
 
+@cache
+def onednn_f32_works() -> bool:
+    """Whether oneDNN multiplies fp32 activations by fp32 weights as stored (no packed copy) on this CPU."""
+    if not (getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()):
+        return False
+    try:
+        y = torch.ops.mkldnn._linear_pointwise(torch.ones(3, 8), torch.ones(5, 8), None, "none", [], "")
+        return bool(y.shape == (3, 5) and float(y[2, 4]) == 8.0)
+    except RuntimeError:
+        return False
+
+
+def f32_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w.T for fp32 x and (out, in) fp32 w on any device. On the CPU oneDNN's GEMM reads w as stored and
+    is faster than the MKL one behind `F.linear`: 190-215 against 130-170 GFLOP/s for a 0.19B layer's
+    products at 256-512 rows on a 2-core AMD EPYC (Zen 4), the bulk of an fp32 prefill."""
+    if x.device.type == "cpu" and onednn_f32_works():
+        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+    return F.linear(x, w)
+
+
 @dataclass(frozen=True)
 class CMatrix:
     """A matrix as gemv.c reads it, for C code that runs several products in one call (decode7.c)."""
@@ -114,7 +135,7 @@ class DenseLinear(Linear):
             return _gemv(x, self, self.kind, self.w, None)
         if self.widen:
             return _widened(x, self.out_features, self.in_features, lambda lo, hi, buf: buf.copy_(self.w[lo:hi]))
-        return F.linear(x, self.w)
+        return f32_linear(x, self.w) if self.w.dtype == torch.float32 else F.linear(x, self.w)
 
     def c_matrix(self) -> CMatrix | None:
         if self.kind is None:

@@ -20,7 +20,7 @@ from .checkpoint import open_checkpoint
 from .embedding import Embedding
 from .errors import CheckpointError, RWKVHubError, StateError
 from .generate import Generation
-from .linear import Linear, RowChunkedLinear, cpu_int8_kernel, make_linear, packing_works
+from .linear import Linear, RowChunkedLinear, cpu_int8_kernel, int_mm_works, make_linear, packing_works
 from .rwkv7 import LORA_ORDER, MIX_ORDER, Block, Layout, channel_mix, time_mix
 from .sampling import SamplingParams
 from .spec import ModelSpec, read_spec
@@ -30,10 +30,11 @@ from .tokenizer import Tokenizer, choose_tokenizer
 
 # Longest run of tokens one sequence feeds through the blocks at once, and most tokens in one pass over
 # all sequences; longer prompts go in chunks so activation memory stays bounded whatever the input.
-# 256 prefills as fast as 512 on the CPU (0.19B: 530-650 tok/s either way) and, on CPUs without an int8
-# GEMM, keeps an int8 chunk on the C kernel (linear.INT8_KERNEL_MAX_ROWS): at 512 rows int8 widens
-# weights for a GEMM instead, and a 0.45B prompt peaked 240 MB higher.
-PREFILL_CHUNK = 256
+# 512 rows make the GEMMs about 8% faster than 256 (0.19B cpu fp32 on a 2-core Zen 4: 810 -> 880 tok/s).
+# int8 on CPUs without an int8 GEMM keeps 256, the most rows the C kernel takes (linear.INT8_KERNEL_MAX_ROWS):
+# at 512 such weights are widened for a GEMM instead, and a 0.45B prompt peaked 240 MB higher.
+PREFILL_CHUNK = 512
+INT8_KERNEL_PREFILL_CHUNK = 256
 PASS_TOKENS = 4096
 TRIM_AFTER_TOKENS = 64  # passes at least this long hand freed memory back to the OS
 # Matrices taller than this (the head of a large vocabulary) are converted and stored in row blocks.
@@ -80,6 +81,12 @@ class Model:
     def _decoder(self) -> decode7.Decoder:
         return decode7.Decoder(self.blocks, self.spec.n_head, self.spec.head_size)
 
+    @functools.cached_property
+    def prefill_chunk(self) -> int:
+        """Most tokens of one sequence in one pass through the blocks."""
+        on_c_kernel = self.strategy.int8 and self.device.type == "cpu" and cpu_int8_kernel() == "native"
+        return INT8_KERNEL_PREFILL_CHUNK if on_c_kernel and not int_mm_works() else PREFILL_CHUNK
+
     @property
     def weight_bytes(self) -> int:
         """Bytes of weights held for this strategy."""
@@ -125,8 +132,8 @@ class Model:
         self._check_inputs([toks], state)
         out = torch.empty(len(toks), self.spec.vocab_size, dtype=torch.float32, device=self.device)
         with torch.inference_mode():
-            for pos in range(0, len(toks), PREFILL_CHUNK):
-                chunk = toks[pos : pos + PREFILL_CHUNK]
+            for pos in range(0, len(toks), self.prefill_chunk):
+                chunk = toks[pos : pos + self.prefill_chunk]
                 hidden, state = self._run([chunk], state, every_row=True)
                 out[pos : pos + len(chunk)] = self._head(hidden)
         return out, state
@@ -151,7 +158,7 @@ class Model:
                 active = [b for b, t in enumerate(lists) if pos[b] < len(t)]
                 if not active:
                     break
-                step = max(1, min(PREFILL_CHUNK, PASS_TOKENS // len(active)))
+                step = max(1, min(self.prefill_chunk, PASS_TOKENS // len(active)))
                 chunk = [lists[b][pos[b] : pos[b] + step] for b in active]
                 sub = state if len(active) == len(lists) else state.select(active)
                 hidden, sub = self._run(chunk, sub)

@@ -14,7 +14,7 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-from .linear import Linear
+from .linear import Linear, f32_linear
 from .native import load_decode7
 from .wkv import head_threads, wkv7
 
@@ -153,10 +153,10 @@ def time_mix(
     v = blk.value(xv).float()
     xw, xa, xg = mixed[0], mixed[1], mixed[2]
     (w1, w2), (a1, a2), (g1, g2) = (tuple(t.float() for t in pair) for pair in blk.lora[:3])
-    w_lora = F.linear(torch.tanh(F.linear(xw, w1)), w2)
-    a_lora = F.linear(F.linear(xa, a1), a2)
-    g = F.linear(torch.sigmoid(F.linear(xg, g1)), g2)
-    v_lora = F.linear(F.linear(mixed[3], blk.lora[3][0].float()), blk.lora[3][1].float()) if layer else None
+    w_lora = f32_linear(torch.tanh(f32_linear(xw, w1)), w2)
+    a_lora = f32_linear(f32_linear(xa, a1), a2)
+    g = f32_linear(torch.sigmoid(f32_linear(xg, g1)), g2)
+    v_lora = f32_linear(f32_linear(mixed[3], blk.lora[3][0].float()), blk.lora[3][1].float()) if layer else None
     if x.device.type == "cpu" and head_size <= NATIVE_MAX_HEAD_SIZE and load_decode7() is not None:
         return finish_time_mix(blk, layer, r, k, v, w_lora, a_lora, v_lora, g, wkv_state, v_first, lay, dtype)
     a = torch.sigmoid(blk.a0 + a_lora)
