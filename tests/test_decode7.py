@@ -20,7 +20,7 @@ from rwkv_hub.core.linear import (
     F32_KERNEL_MAX_ROWS,
     INT8_KERNEL_MAX_ROWS,
     cpu_int8_kernel,
-    packing_works,
+    packs,
 )
 
 SHAPE = dict(n_layer=3, n_embd=128, vocab_size=512, head_size=64)
@@ -41,7 +41,7 @@ def fused_expected(strategy: str) -> int:
     if strategy == "cpu bf16i8":
         return INT8_KERNEL_MAX_ROWS if cpu_int8_kernel() == "native" else 0
     if strategy == "cpu bf16":
-        return 0 if packing_works(torch.bfloat16) else BF16_KERNEL_MAX_ROWS
+        return 0 if packs(torch.bfloat16) else BF16_KERNEL_MAX_ROWS
     return F32_KERNEL_MAX_ROWS
 
 
@@ -70,21 +70,34 @@ def test_c_decode_matches_pytorch_blocks(checkpoint_factory, model_factory, monk
     assert model._decoder.fused_max_rows == fused_expected(strategy)
     reference = decode(model, streams, "pytorch", monkeypatch)
     modes = ["stepwise"] + (["fused"] if model._decoder.fused_max_rows else [])
+    runs = {mode: decode(model, streams, mode, monkeypatch) for mode in modes}
     for mode in modes:
-        worst = 0.0
-        for (logits, state), (want, want_state) in zip(
-            decode(model, streams, mode, monkeypatch), reference, strict=True
-        ):
-            worst = max(worst, rel_err(logits, want))
-            for name, tensor in state.items():
-                worst = max(worst, rel_err(tensor, want_state[name]))
+        worst = worst_error(runs[mode], reference)
         record_figure(f"{strategy}, {streams} streams: C decode ({mode}) vs PyTorch, max relative error", worst)
         assert worst <= TOLERANCE[strategy], f"{strategy} {mode}: relative error {worst:.3g} vs PyTorch blocks"
+    if "fused" in runs:
+        # Up to 16 rows the stepwise products are gemv.c's too, on the same inputs (bf16 activations
+        # rounded to bf16 by Python there and by decode7.c in the fused layer), so no rounding flips apart.
+        worst = worst_error(runs["fused"], runs["stepwise"])
+        assert worst <= 1e-5, f"{strategy}: fused vs stepwise relative error {worst:.3g}"
+
+
+def worst_error(runs: list[tuple[torch.Tensor, dict]], reference: list[tuple[torch.Tensor, dict]]) -> float:
+    worst = 0.0
+    for (logits, state), (want, want_state) in zip(runs, reference, strict=True):
+        worst = max(worst, rel_err(logits, want))
+        for name, tensor in state.items():
+            worst = max(worst, rel_err(tensor, want_state[name]))
+    return worst
 
 
 def test_batches_past_the_fused_limit_decode_each_row_as_alone(checkpoint_factory, model_factory) -> None:
-    """bf16 on AVX2 fuses up to 16 rows; 17 streams take the stepwise path and must still match each alone."""
+    """bf16 fuses up to 16 rows where gemv.c reads its weights; 17 streams take the stepwise path, whose
+    products are GEMMs. With fp32 activations (AVX2) rows must match each stream alone to float precision.
+    Where a bf16 GEMM exists the activations are bf16 and the GEMM rounds its outputs to bf16 while gemv.c
+    keeps fp32 sums, so they agree to bf16's precision (0.0067 on a 2-core Zen 4)."""
     model = model_factory(checkpoint_factory(**SHAPE), "cpu bf16")
+    tol = 1e-5 if model.dtype == torch.float32 else 2e-2
     streams = BF16_KERNEL_MAX_ROWS + 1
     prompts = [random_tokens(2 + b % 5, SHAPE["vocab_size"], seed=40 + b) for b in range(streams)]
     _, states = model.forward_batch(prompts, [model.new_state() for _ in prompts])
@@ -93,4 +106,4 @@ def test_batches_past_the_fused_limit_decode_each_row_as_alone(checkpoint_factor
     for b in (0, streams // 2, streams - 1):
         alone, _ = model.forward(prompts[b] + [b], None)
         worst = max(worst, rel_err(logits[b], alone))
-    assert worst <= 1e-5, f"row vs alone relative error {worst:.3g}"
+    assert worst <= tol, f"row vs alone relative error {worst:.3g}"

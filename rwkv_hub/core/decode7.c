@@ -150,7 +150,7 @@ void rwkv7_tmix_mt(int threads, int B, int H, int N, const int *starts, const in
 /* ---- One whole layer ---- */
 
 typedef struct {
-    int kind, in, out; /* kind: GEMV_BF16, GEMV_INT8 or GEMV_F32 (gemv.c) */
+    int kind, in, out; /* kind: GEMV_BF16, GEMV_BF16_RX, GEMV_INT8 or GEMV_F32 (gemv.c) */
     const void *w;
     const float *scale; /* int8: one per output row */
 } rwkv_mat;
@@ -183,23 +183,37 @@ static void own_rows(int n, int *r0, int *r1) {
     split_rows(n, tid, nth, r0, r1);
 }
 
-/* This thread's rows of y = m x (x quantized into xq, xs beforehand for int8). */
-static void mat_part(const rwkv_mat *m, int B, const float *x, const int16_t *xq, const float *xs, float *y) {
+/* f rounded to the nearest bfloat16 (ties to even), as torch's conversion rounds it. */
+static inline float round_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return f; /* NaN */
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* This thread's rows of y = m x, from what `prepare` made of x: int8 reads xq, xs and GEMV_BF16_RX reads xr. */
+static void mat_part(const rwkv_mat *m, int B, const float *x, const int16_t *xq, const float *xs, const float *xr,
+                     float *y) {
     int r0, r1;
     own_rows(m->out, &r0, &r1);
     if (r0 >= r1) return;
-    rwkv_gemv_rows(m->kind, m->w, m->scale, x, xq, xs, y, B, m->in, m->out, r0, r1);
+    rwkv_gemv_rows(m->kind, m->w, m->scale, m->kind == GEMV_BF16_RX ? xr : x, xq, xs, y, B, m->in, m->out, r0, r1);
 }
 
-static void prepare(const rwkv_mat *m, int B, const float *x, int16_t *xq, float *xs) {
+static void prepare(const rwkv_mat *m, int B, const float *x, int16_t *xq, float *xs, float *xr) {
     if (m->kind == GEMV_INT8) rwkv_quantize_x(x, xq, xs, B, m->in);
+    if (m->kind == GEMV_BF16_RX)
+#pragma omp simd
+        for (size_t i = 0; i < (size_t)B * m->in; i++) xr[i] = round_bf16(x[i]);
 }
 
 /* Bytes of scratch `rwkv7_decode_layer` needs for B rows. */
 size_t rwkv7_decode_scratch(const rwkv7_layer *L, int B) {
     const size_t C = L->C, F = L->F, wide = C > F ? C : F;
     const size_t ranks = L->lora_rank[0] + L->lora_rank[1] + L->lora_rank[2] + L->lora_rank[3];
-    const size_t floats = B * (6 * C + 4 * C + ranks + 3 * C + C + C + C + F + 3);
+    const size_t floats = B * (6 * C + 4 * C + ranks + 3 * C + C + C + C + F + 3 + 3 * wide);
     return floats * sizeof(float) + 3 * B * wide * sizeof(int16_t) + 2 * B * sizeof(int) + 64;
 }
 
@@ -214,8 +228,9 @@ static void rwkv7_decode_layer(const rwkv7_layer *L, int layer, int B, float *x,
     const int ranks = L->lora_rank[0] + L->lora_rank[1] + L->lora_rank[2] + L->lora_rank[3];
     float *mixed = scratch, *lora = mixed + 6 * BC, *hidden = lora + 4 * BC, *r = hidden + (size_t)B * ranks;
     float *k = r + BC, *v = layer ? k + BC : v_first, *y = k + 2 * BC, *proj = y + BC, *kin = proj + BC;
-    float *hid = kin + BC, *xs = hid + (size_t)B * F;
-    int16_t *xq = (int16_t *)(xs + 3 * B);
+    float *hid = kin + BC, *xs = hid + (size_t)B * F, *xr = xs + 3 * B;
+    float *xr_r = xr, *xr_k = xr + B * wide, *xr_v = xr + 2 * B * wide;
+    int16_t *xq = (int16_t *)(xr + 3 * B * wide);
     int *starts = (int *)(((uintptr_t)(xq + 3 * B * wide) + 3) & ~(uintptr_t)3), *lengths = starts + B;
     int16_t *xq_r = xq, *xq_k = xq + B * wide, *xq_v = xq + 2 * B * wide;
     const float *mix_r = mixed + 4 * BC, *mix_k = mixed + 5 * BC, *mix_v = mixed + 3 * BC;
@@ -228,14 +243,14 @@ static void rwkv7_decode_layer(const rwkv7_layer *L, int layer, int B, float *x,
 #pragma omp single
         {
             rwkv7_norm_mix(B, C, x, NULL, att_prev, L->ln1_w, L->ln1_b, L->maa, 6, att_new, mixed);
-            prepare(&L->receptance, B, mix_r, xq_r, xs);
-            prepare(&L->key, B, mix_k, xq_k, xs + B);
-            prepare(&L->value, B, mix_v, xq_v, xs + 2 * B);
+            prepare(&L->receptance, B, mix_r, xq_r, xs, xr_r);
+            prepare(&L->key, B, mix_k, xq_k, xs + B, xr_k);
+            prepare(&L->value, B, mix_v, xq_v, xs + 2 * B, xr_v);
             for (int b = 0; b < B; b++) starts[b] = b, lengths[b] = 1;
         }
-        mat_part(&L->receptance, B, mix_r, xq_r, xs, r);
-        mat_part(&L->key, B, mix_k, xq_k, xs + B, k);
-        mat_part(&L->value, B, mix_v, xq_v, xs + 2 * B, v);
+        mat_part(&L->receptance, B, mix_r, xq_r, xs, xr_r, r);
+        mat_part(&L->key, B, mix_k, xq_k, xs + B, xr_k, k);
+        mat_part(&L->value, B, mix_v, xq_v, xs + 2 * B, xr_v, v);
         loras_down(B, C, mixed, down, L->lora_bf16, L->lora_rank, hidden);
 #pragma omp barrier
         loras_up(B, C, down, up, L->lora_bf16, L->lora_rank, hidden, lora);
@@ -251,17 +266,17 @@ static void rwkv7_decode_layer(const rwkv7_layer *L, int layer, int B, float *x,
         }
 #pragma omp barrier
 #pragma omp single
-        prepare(&L->output, B, y, xq, xs);
-        mat_part(&L->output, B, y, xq, xs, proj);
+        prepare(&L->output, B, y, xq, xs, xr);
+        mat_part(&L->output, B, y, xq, xs, xr, proj);
 #pragma omp barrier
 #pragma omp single
         {
             rwkv7_norm_mix(B, C, x, proj, ffn_prev, L->ln2_w, L->ln2_b, L->ffn_x_k, 1, ffn_new, kin);
-            prepare(&L->ffn_key, B, kin, xq, xs);
+            prepare(&L->ffn_key, B, kin, xq, xs, xr);
         }
         {
             int r0, r1;
-            mat_part(&L->ffn_key, B, kin, xq, xs, hid);
+            mat_part(&L->ffn_key, B, kin, xq, xs, xr, hid);
             own_rows(F, &r0, &r1);
             for (int b = 0; b < B; b++)
                 for (int o = r0; o < r1; o++) {
@@ -271,10 +286,10 @@ static void rwkv7_decode_layer(const rwkv7_layer *L, int layer, int B, float *x,
         }
 #pragma omp barrier
 #pragma omp single
-        prepare(&L->ffn_value, B, hid, xq, xs);
+        prepare(&L->ffn_value, B, hid, xq, xs, xr);
         {
             int r0, r1;
-            mat_part(&L->ffn_value, B, hid, xq, xs, proj);
+            mat_part(&L->ffn_value, B, hid, xq, xs, xr, proj);
             own_rows(C, &r0, &r1);
             for (int b = 0; b < B; b++)
                 for (int o = r0; o < r1; o++) x[(size_t)b * C + o] += proj[(size_t)b * C + o];

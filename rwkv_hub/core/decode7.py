@@ -4,8 +4,8 @@ Decoding is bound by reading the weights, yet as PyTorch ops a 0.19B model spent
 on dispatching small ops and starting thread teams. Two levels here:
 - every CPU strategy: each layer's small work (layer norms, token-shift mixes, the four LoRAs) is two C
   calls, between the strategy's own matrix products;
-- where all six matrices of every layer are gemv.c's (bf16 weights on CPUs without bf16 packing, int8 on
-  CPUs without VNNI), all layers of a step are one C call (`rwkv7_decode_layers`).
+- where all six matrices of every layer are gemv.c's (fp32, bf16 on CPUs without AMX, int8), all layers
+  of a step are one C call (`rwkv7_decode_layers`).
 Both compute what `rwkv7.time_mix` and `rwkv7.channel_mix` compute; only the order of some float sums
 differs.
 """
@@ -17,12 +17,13 @@ from functools import cached_property
 
 import torch
 
-from .linear import Linear
+from .linear import C_BF16, Linear
 from .native import load_decode7
 from .rwkv7 import GROUP_NORM_EPS, NATIVE_MAX_HEAD_SIZE, Block, Layout, finish_time_mix
 from .state import State
 
 LORAS = 4
+C_BF16_RX = 3  # gemv.c's GEMV_BF16_RX: bf16 weights whose inputs decode7.c rounds to bf16 first
 
 
 class _Mat(ctypes.Structure):
@@ -72,8 +73,9 @@ def _pointers(tensors: list[torch.Tensor]) -> ctypes.Array:
     return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
 
 
-def _describe(blk: Block, n_head: int, head_size: int) -> _Layer:
-    """The C description of one block; it points into the block's tensors, which the model keeps alive."""
+def _describe(blk: Block, n_head: int, head_size: int, round_bf16: bool) -> _Layer:
+    """The C description of one block; it points into the block's tensors, which the model keeps alive.
+    With `round_bf16`, bf16 matrices get their inputs rounded to bf16, as the strategy's GEMMs do."""
     layer = _Layer()
     layer.C, layer.H, layer.N = n_head * head_size, n_head, head_size
     layer.F = blk.ffn_key.out_features
@@ -88,16 +90,17 @@ def _describe(blk: Block, n_head: int, head_size: int) -> _Layer:
     for name in _MATRICES:
         m = getattr(blk, name).c_matrix()
         if m is not None:
-            setattr(layer, name, _Mat(m.kind, m.in_features, m.out_features, m.weight, m.scale))
+            kind = C_BF16_RX if m.kind == C_BF16 and round_bf16 else m.kind
+            setattr(layer, name, _Mat(kind, m.in_features, m.out_features, m.weight, m.scale))
     return layer
 
 
 class Decoder:
     """Runs the blocks of one model for decode steps; built once per model, on its first decode."""
 
-    def __init__(self, blocks: list[Block], n_head: int, head_size: int):
+    def __init__(self, blocks: list[Block], n_head: int, head_size: int, dtype: torch.dtype):
         self.blocks = blocks
-        self.layers = [_describe(b, n_head, head_size) for b in blocks]
+        self.layers = [_describe(b, n_head, head_size, dtype == torch.bfloat16) for b in blocks]
         self._scratch_bytes: dict[int, int] = {}  # by batch size: the most any layer needs
         mats = [getattr(b, name).c_matrix() for b in blocks for name in _MATRICES]
         # The fused layer needs every product in gemv.c; its batch limit is the smallest of theirs.

@@ -451,14 +451,16 @@ static void split_rows(int out, int part, int parts, int *r0, int *r1) {
     if (*r1 > out) *r1 = out;
 }
 
-enum { GEMV_BF16 = 0, GEMV_INT8 = 1, GEMV_F32 = 2 }; /* C_BF16, C_INT8, C_F32 in linear.py */
+/* C_BF16, C_INT8, C_F32 in linear.py. GEMV_BF16_RX is bf16 weights whose input the caller rounds to bf16
+ * first, as a bf16 GEMM sees it (decode7.c does; the product itself is GEMV_BF16's). */
+enum { GEMV_BF16 = 0, GEMV_INT8 = 1, GEMV_F32 = 2, GEMV_BF16_RX = 3 };
 
 /* Output rows [r0, r1) of y = W x for any of the weight formats; int8 reads x as rwkv_quantize_x left it
  * in xq, xs (the others read x). */
 void rwkv_gemv_rows(int kind, const void *w, const float *scale, const float *x, const int16_t *xq,
                     const float *xs, float *y, int batch, int in, int out, int r0, int r1) {
     if (kind == GEMV_INT8) rwkv_gemv_i8(w, scale, xq, xs, y, batch, in, out, r0, r1);
-    else dense_gemv(w, kind == GEMV_BF16, x, y, batch, in, out, r0, r1);
+    else dense_gemv(w, kind != GEMV_F32, x, y, batch, in, out, r0, r1);
 }
 
 /* y = W x over all output rows on `threads` threads (the caller's among them); int8 quantizes x first. */

@@ -1,10 +1,9 @@
 """Matrix products for each strategy, chosen for speed on the device.
 
-Decoding one token reads every weight once, so the kernel's bandwidth sets the speed. On the CPU,
-oneDNN's prepacked layout reads bf16 weights about twice as fast as `F.linear` where it can pack them
-(AVX-512); where it cannot (AVX2), for fp32, and for int8, the C kernels in gemv.c read the weights as
-stored. For many rows at once (prefill) GEMMs win: plain ones, and for int8 oneDNN's int8 GEMM where
-VNNI or AMX makes it fast.
+Decoding one token reads every weight once, so the kernel's bandwidth sets the speed. On the CPU the C
+kernels in gemv.c read fp32, bf16 and int8 weights as stored, at close to memory bandwidth. For many rows
+at once (prefill) GEMMs win: oneDNN's on the same plain weights, and for int8 oneDNN's int8 GEMM where
+VNNI or AMX makes it fast. bf16 on CPUs with AMX is the exception: oneDNN's prepacked layout (`packs`).
 """
 
 from __future__ import annotations
@@ -119,15 +118,15 @@ class Linear:
 class DenseLinear(Linear):
     """Weights as stored, multiplied by gemv.c on the CPU for up to a few rows (decoding, small batches:
     it reads them at close to memory bandwidth, where PyTorch's kernels reach half of it or less), and by
-    `F.linear` for more. bf16 weights here mean a CPU where oneDNN cannot pack them (AVX2 without
-    AVX-512), whose bf16 GEMMs are slow: longer inputs widen the matrix to fp32 a block at a time."""
+    a GEMM for more. Where oneDNN has no bf16 kernel (AVX2 without AVX-512) PyTorch's bf16 GEMM is slow,
+    so longer inputs widen a bf16 matrix to fp32 a block at a time."""
 
     def __init__(self, w: torch.Tensor):
         self.w = w.contiguous()
         self.out_features, self.in_features = w.shape
         self.nbytes = w.numel() * w.element_size()
         cpu = w.device.type == "cpu"
-        self.widen = cpu and w.dtype == torch.bfloat16
+        self.widen = cpu and w.dtype == torch.bfloat16 and not packing_works(torch.bfloat16)
         self.kind = C_KINDS.get(w.dtype) if cpu and load_gemv() is not None else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -332,13 +331,16 @@ class RowChunkedLinear(Linear):
 
 
 @cache
-def _has_vnni() -> bool:
+def _cpu_flags() -> frozenset[str]:
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
+            return frozenset(next((line for line in f if line.startswith("flags")), "").split())
     except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+        return frozenset()
+
+
+def _has_vnni() -> bool:
+    return bool(_cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 @cache
@@ -380,9 +382,21 @@ def make_linear(w: torch.Tensor, device: str, dtype: torch.dtype, int8: bool) ->
     if int8:
         return Int8Linear(w, dtype)
     w = w.to(dtype)
-    # fp32 weights stay as stored where gemv.c exists: it decodes faster than oneDNN's packed layout (0.19B:
-    # 108 against 163 us for a 768x768 matrix, equal for the head) and F.linear prefills as fast.
-    own_fp32 = dtype == torch.float32 and load_gemv() is not None
-    if device == "cpu" and dtype in (torch.bfloat16, torch.float32) and packing_works(dtype) and not own_fp32:
+    if device == "cpu" and packs(dtype):
         return PackedLinear(w)
     return DenseLinear(w)
+
+
+def packs(dtype: torch.dtype) -> bool:
+    """Whether CPU weights of `dtype` are prepacked for oneDNN rather than kept as stored for gemv.c.
+
+    gemv.c decodes faster than the packed layout: fp32 0.19B 108 against 163 us for a 768x768 matrix;
+    bf16 on a 2-core Zen 4 91 against 52 tok/s for a whole 0.19B step. Prompts lose nothing, since oneDNN's
+    GEMMs read plain weights as fast (`f32_linear`, and `F.linear` for bf16). The exception is bf16 with
+    AMX, whose packed products of a batch far outrun gemv.c's: 16 streams of 0.19B on a 2-core Xeon, 487
+    against about 320 tok/s."""
+    if dtype not in (torch.bfloat16, torch.float32) or not packing_works(dtype):
+        return False
+    if load_gemv() is None:
+        return True
+    return dtype == torch.bfloat16 and "amx_bf16" in _cpu_flags()

@@ -79,7 +79,7 @@ class Model:
 
     @functools.cached_property
     def _decoder(self) -> decode7.Decoder:
-        return decode7.Decoder(self.blocks, self.spec.n_head, self.spec.head_size)
+        return decode7.Decoder(self.blocks, self.spec.n_head, self.spec.head_size, self.dtype)
 
     @functools.cached_property
     def prefill_chunk(self) -> int:
@@ -275,7 +275,7 @@ def _release_freed_memory() -> None:
 
 def compute_dtype(strategy: Strategy) -> torch.dtype:
     """The dtype fed to the big matrices: the strategy's, except on CPUs whose kernels for it take fp32
-    (int8 outside the weight-only kernel; bf16 where oneDNN cannot pack it: see `linear.DenseLinear`)."""
+    (int8 outside the weight-only kernel; bf16 where oneDNN has no bf16 GEMM: see `linear.DenseLinear`)."""
     if strategy.device == "cpu":
         if strategy.int8 and cpu_int8_kernel() != "weight-only":
             return torch.float32
