@@ -20,7 +20,7 @@ from .checkpoint import open_checkpoint
 from .embedding import Embedding
 from .errors import CheckpointError, RWKVHubError, StateError
 from .generate import Generation
-from .linear import Linear, RowChunkedLinear, cpu_int8_kernel, int_mm_works, make_linear, packing_works
+from .linear import Linear, RowChunkedLinear, cpu_int8_kernel, make_linear, packing_works
 from .rwkv7 import LORA_ORDER, MIX_ORDER, Block, Layout, channel_mix, time_mix
 from .sampling import SamplingParams
 from .spec import ModelSpec, read_spec
@@ -31,8 +31,10 @@ from .tokenizer import Tokenizer, choose_tokenizer
 # Longest run of tokens one sequence feeds through the blocks at once, and most tokens in one pass over
 # all sequences; longer prompts go in chunks so activation memory stays bounded whatever the input.
 # 512 rows make the GEMMs about 8% faster than 256 (0.19B cpu fp32 on a 2-core Zen 4: 810 -> 880 tok/s).
-# int8 on CPUs without an int8 GEMM keeps 256, the most rows the C kernel takes (linear.INT8_KERNEL_MAX_ROWS):
-# at 512 such weights are widened for a GEMM instead, and a 0.45B prompt peaked 240 MB higher.
+# int8 on the C kernel keeps 256. Without an int8 GEMM that is the most rows the kernel takes
+# (linear.INT8_KERNEL_MAX_ROWS): at 512 the weights are widened for a GEMM instead, and a 0.45B prompt
+# peaked 240 MB higher. With oneDNN's int8 GEMM, 512 prefilled 0.45B 15% faster on a 2-core Zen 4 but
+# peaked 36-60 MiB higher, past the memory target (1.2x the weights + 300 MB).
 PREFILL_CHUNK = 512
 INT8_KERNEL_PREFILL_CHUNK = 256
 PASS_TOKENS = 4096
@@ -85,7 +87,7 @@ class Model:
     def prefill_chunk(self) -> int:
         """Most tokens of one sequence in one pass through the blocks."""
         on_c_kernel = self.strategy.int8 and self.device.type == "cpu" and cpu_int8_kernel() == "native"
-        return INT8_KERNEL_PREFILL_CHUNK if on_c_kernel and not int_mm_works() else PREFILL_CHUNK
+        return INT8_KERNEL_PREFILL_CHUNK if on_c_kernel else PREFILL_CHUNK
 
     @property
     def weight_bytes(self) -> int:
