@@ -72,7 +72,8 @@ SHAPES = [(5, 8), (7, 24), (64, 40), (130, 768), (36, 800), (3000, 2048)]
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_dense_matrix_vector_kernel_equals_fp32_product_of_the_same_weights(n_out, n_in, rows, dtype):
     """Many rows take the AVX-512 4x4 register blocks where the CPU has them (full blocks of four weight
-    rows and of four rows of x, dense_row for the rest); each row still gets the bits it gets alone."""
+    rows and of four rows of x, dense_row for the rest); each row still gets the bits it gets alone. bf16
+    inputs to bf16 weights take the AVX-512 BF16 tiles where the CPU has them (rx_rows), with the same rule."""
     g = torch.Generator().manual_seed(n_out + rows)
     w = torch.randn(n_out, n_in, generator=g).to(dtype)
     x = torch.randn(rows, n_in, generator=g)
@@ -81,8 +82,9 @@ def test_dense_matrix_vector_kernel_equals_fp32_product_of_the_same_weights(n_ou
     want = torch.nn.functional.linear(x, w.float())
     assert rel(lin(x.bfloat16()), torch.nn.functional.linear(x.bfloat16().float(), w.float())) < 1e-5
     assert rel(lin(x), want) < 1e-5  # an fp32 input is read in full
-    for r in range(rows):  # each row alone gives the same numbers, to the bit
-        assert torch.equal(lin(x[r : r + 1])[0], lin(x)[r])
+    for xi in (x, x.bfloat16()):
+        for r in range(rows):  # each row alone gives the same numbers, to the bit
+            assert torch.equal(lin(xi[r : r + 1])[0], lin(xi)[r])
 
 
 @needs_gemv

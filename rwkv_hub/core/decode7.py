@@ -17,13 +17,12 @@ from functools import cached_property
 
 import torch
 
-from .linear import C_BF16, Linear
+from .linear import C_BF16, C_BF16_RX, Linear
 from .native import load_decode7
 from .rwkv7 import GROUP_NORM_EPS, NATIVE_MAX_HEAD_SIZE, Block, Layout, finish_time_mix
 from .state import State
 
 LORAS = 4
-C_BF16_RX = 3  # gemv.c's GEMV_BF16_RX: bf16 weights whose inputs decode7.c rounds to bf16 first
 
 
 class _Mat(ctypes.Structure):

@@ -451,16 +451,97 @@ static void split_rows(int out, int part, int parts, int *r0, int *r1) {
     if (*r1 > out) *r1 = out;
 }
 
-/* C_BF16, C_INT8, C_F32 in linear.py. GEMV_BF16_RX is bf16 weights whose input the caller rounds to bf16
- * first, as a bf16 GEMM sees it (decode7.c does; the product itself is GEMV_BF16's). */
+/* C_BF16, C_INT8, C_F32, C_BF16_RX in linear.py. GEMV_BF16_RX is bf16 weights times inputs that the
+ * caller has rounded to bf16, as a bf16 GEMM sees them (rx_gemv). */
 enum { GEMV_BF16 = 0, GEMV_INT8 = 1, GEMV_F32 = 2, GEMV_BF16_RX = 3 };
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+/* bf16 weights times bf16 inputs with vdpbf16ps: 32 products a step summed in pairs into 16 fp32 lanes,
+ * where the widening loop needs two conversions and two multiply-adds for them. A tile is nr weight rows
+ * times nb rows of x, one accumulator per (row, x row) pair that every tile shape fills the same way, so a
+ * row's result has the same bits alone or batched. The next weight rows (pf, pf_lines cache lines) are
+ * prefetched a share per step. nr and nb are constants at each call, so each shape is its own loop. */
+static inline __attribute__((always_inline)) void rx_tile(const uint16_t *w, const uint16_t *xb, float *y, int in,
+                                                          int out, int o, int b, int nr, int nb, const char *pf,
+                                                          int pf_lines) {
+    __m512 a[4][4];
+    for (int r = 0; r < nr; r++)
+        for (int c = 0; c < nb; c++) a[r][c] = _mm512_setzero_ps();
+    const int steps = in / 32;
+    int owed = 0;
+    for (int i = 0; i < in; i += 32) {
+        for (owed += pf_lines; owed >= steps; owed -= steps, pf += 64) _mm_prefetch(pf, _MM_HINT_T0);
+        __m512bh v[4], u[4];
+        for (int c = 0; c < nb; c++) v[c] = (__m512bh)_mm512_loadu_si512((const void *)(xb + (size_t)(b + c) * in + i));
+        for (int r = 0; r < nr; r++) u[r] = (__m512bh)_mm512_loadu_si512((const void *)(w + (size_t)(o + r) * in + i));
+        for (int r = 0; r < nr; r++)
+            for (int c = 0; c < nb; c++) a[r][c] = _mm512_dpbf16_ps(a[r][c], u[r], v[c]);
+    }
+    for (int c = 0; c < nb; c++)
+        for (int r = 0; r < nr; r++) y[(int64_t)(b + c) * out + o + r] = hsum16(a[r][c]);
+}
+
+/* Output rows [r0, r1) for bf16 inputs xb (batch, in), in a multiple of 32. Blocks of four weight rows meet
+ * four rows of x at a time while the next block is prefetched. Fewer rows of x are bound by memory, which
+ * one weight row at a time reads fastest (the hardware prefetcher follows one stream best), with a
+ * prefetch PREFETCH_BYTES ahead on the first pass. */
+static void rx_rows(const uint16_t *w, const uint16_t *xb, float *y, int batch, int in, int out, int r0, int r1) {
+    const int steps = in / 32;
+    for (int o = r0; o < r1; o += 4) {
+        const int nr = r1 - o < 4 ? r1 - o : 4, next = r1 - o - nr < 4 ? r1 - o - nr : 4;
+        const char *pf = (const char *)(w + (size_t)(o + nr) * in);
+        const int lines = (int)((size_t)next * in * 2 / 64), groups = batch / 4;
+        for (int b = 0; b < batch; b += 4) {
+            const int nb = batch - b < 4 ? batch - b : 4;
+            if (nr == 4 && nb == 4) {
+                const int g = b / 4, l0 = (int)((int64_t)lines * g / groups), l1 = (int)((int64_t)lines * (g + 1) / groups);
+                rx_tile(w, xb, y, in, out, o, b, 4, 4, pf + 64 * (size_t)l0, l1 - l0);
+                continue;
+            }
+            for (int r = 0; r < nr; r++) {
+                const char *ahead = (const char *)(w + (size_t)(o + r) * in) + PREFETCH_BYTES;
+                const int pl = b == 0 ? steps : 0;
+                if (nb == 4) rx_tile(w, xb, y, in, out, o + r, b, 1, 4, ahead, pl);
+                else if (nb == 3) rx_tile(w, xb, y, in, out, o + r, b, 1, 3, ahead, pl);
+                else if (nb == 2) rx_tile(w, xb, y, in, out, o + r, b, 1, 2, ahead, pl);
+                else rx_tile(w, xb, y, in, out, o + r, b, 1, 1, ahead, pl);
+            }
+        }
+    }
+}
+#define RX_TILES 1
+#else
+#define RX_TILES 0
+#endif
+
+/* bf16 weights times inputs already rounded to bf16 (as floats). With AVX-512 BF16 the inputs are packed to
+ * bf16 (exactly: they are bf16 values) for rx_rows; elsewhere the widening loop multiplies them. */
+static void rx_gemv(const void *w, const float *x, float *y, int batch, int in, int out, int r0, int r1) {
+#if RX_TILES
+    if (in % 32 == 0) {
+        uint16_t *xb = malloc((size_t)batch * in * sizeof *xb);
+        if (xb) {
+            for (size_t i = 0; i < (size_t)batch * in; i++) {
+                uint32_t u;
+                memcpy(&u, x + i, sizeof u);
+                xb[i] = (uint16_t)(u >> 16);
+            }
+            rx_rows(w, xb, y, batch, in, out, r0, r1);
+            free(xb);
+            return;
+        }
+    }
+#endif
+    dense_gemv(w, 1, x, y, batch, in, out, r0, r1);
+}
 
 /* Output rows [r0, r1) of y = W x for any of the weight formats; int8 reads x as rwkv_quantize_x left it
  * in xq, xs (the others read x). */
 void rwkv_gemv_rows(int kind, const void *w, const float *scale, const float *x, const int16_t *xq,
                     const float *xs, float *y, int batch, int in, int out, int r0, int r1) {
     if (kind == GEMV_INT8) rwkv_gemv_i8(w, scale, xq, xs, y, batch, in, out, r0, r1);
-    else dense_gemv(w, kind != GEMV_F32, x, y, batch, in, out, r0, r1);
+    else if (kind == GEMV_BF16_RX) rx_gemv(w, x, y, batch, in, out, r0, r1);
+    else dense_gemv(w, kind == GEMV_BF16, x, y, batch, in, out, r0, r1);
 }
 
 /* y = W x over all output rows on `threads` threads (the caller's among them); int8 quantizes x first. */

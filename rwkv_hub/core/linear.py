@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from .native import load_gemv
 
-C_BF16, C_INT8, C_F32 = 0, 1, 2  # gemv.c's weight formats (MAT_BF16, MAT_INT8, MAT_F32 in decode7.c)
+C_BF16, C_INT8, C_F32 = 0, 1, 2  # gemv.c's weight formats (GEMV_BF16, GEMV_INT8, GEMV_F32)
+C_BF16_RX = 3  # bf16 weights times inputs rounded to bf16, as a bf16 GEMM takes them (GEMV_BF16_RX)
 C_KINDS = {torch.bfloat16: C_BF16, torch.float32: C_F32}
 # Rows above which int8 weights are expanded to the compute dtype for a GEMM instead of the weight-only kernel.
 INT8_GEMV_MAX_ROWS = 4
@@ -131,7 +132,8 @@ class DenseLinear(Linear):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind is not None and x.numel() // x.shape[-1] <= C_MAX_ROWS[self.kind]:
-            return _gemv(x, self, self.kind, self.w, None)
+            kind = C_BF16_RX if self.kind == C_BF16 and x.dtype == torch.bfloat16 else self.kind
+            return _gemv(x, self, kind, self.w, None)
         if self.widen:
             return _widened(x, self.out_features, self.in_features, lambda lo, hi, buf: buf.copy_(self.w[lo:hi]))
         return f32_linear(x, self.w) if self.w.dtype == torch.float32 else F.linear(x, self.w)
