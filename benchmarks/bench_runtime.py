@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -102,6 +103,28 @@ def llamacpp_command(model: Path, kind: str, args: argparse.Namespace) -> list[s
     if args.threads:
         opts += ["--threads", str(args.threads)]
     return [sys.executable, str(Path(peer_llamacpp.__file__).resolve()), *opts]
+
+
+def combine_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row's figures from its rounds: the median of each speed, the largest of each memory figure
+    (a peak is a bound), every run of the `*_runs` lists; an error only if every round failed."""
+    ok = [r for r in rounds if "error" not in r]
+    if not ok:
+        return rounds[0]
+
+    def merge(key: str, values: list[Any]) -> Any:
+        first = values[0]
+        if isinstance(first, bool) or not isinstance(first, (int, float, dict, list)):
+            return first
+        if isinstance(first, dict):
+            return {k: merge(k, [v[k] for v in values if isinstance(v, dict) and k in v]) for k in first}
+        if isinstance(first, list):
+            return [x for v in values for x in v]
+        if "rss" in key or "bytes" in key:
+            return max(values)
+        return statistics.median(values)
+
+    return {k: merge(k, [r[k] for r in ok if k in r]) for k in ok[0]}
 
 
 def run_child(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
@@ -330,6 +353,10 @@ def section_key(shape: str, args: argparse.Namespace) -> str:
     return f"{shape}-{args.machine}" if args.machine else shape
 
 
+def _rounds(args: argparse.Namespace) -> str:
+    return f" in {args.rounds} rounds (the median of the rounds; peaks: the largest)" if args.rounds > 1 else ""
+
+
 def section(shape: str, results: dict, batches: list[int], args: argparse.Namespace, command: str) -> str:
     m = machine_info()
     n_layer, n_embd, vocab = SHAPES[shape]
@@ -345,7 +372,7 @@ def section(shape: str, results: dict, batches: list[int], args: argparse.Namesp
         f"rwkv {m['rwkv']}, rwkv-hub {m['rwkv_hub']}, Python {m['python']}",
         f"- command: `{command}`",
         f"- settings: prefill {args.prompt_tokens} tokens, decode runs of {args.decode_tokens} tokens, "
-        f"medians of {args.repeats} runs, one subprocess per row, run one after another, "
+        f"medians of {args.repeats} runs, one subprocess per row, run one after another{_rounds(args)}, "
         f"threads: {args.threads or 'torch default'}",
         "",
         *shape_table(results, batches),
@@ -430,6 +457,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-tokens", type=int, default=64)
     p.add_argument("--batch", type=parse_batches, default=[1, 4, 16])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every row this many times, all rows once per round, and report the median of the "
+        "rounds: on a shared machine whose speed drifts over minutes, rows run minutes apart are otherwise "
+        "compared at different speeds",
+    )
     p.add_argument("--threads", type=int, help="torch threads in every run (OMP_NUM_THREADS); default: torch's choice")
     p.add_argument("--cache", type=Path, default=ROOT / "bench-out", help="where checkpoints are written and reused")
     p.add_argument(
@@ -444,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.shapes, args.prompt_tokens, args.decode_tokens, args.batch, args.repeats = ["tiny"], 32, 8, [1, 4], 2
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, not {args.rounds}")
     bad = [k for k in args.llamacpp if k not in LLAMACPP]
     if bad:
         p.error(f"unknown llama.cpp type(s) {', '.join(bad)}; choose from {', '.join(LLAMACPP)}")
@@ -476,21 +513,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"llama.cpp not measured: {missing}", flush=True)
         else:
             runs += [("llama.cpp", k.upper(), llamacpp_command(model, k, args), env) for k in args.llamacpp]
-        results: dict[tuple[str, str], dict[str, Any]] = {}
-        for runtime, strategy, cmd, child_env in runs:
-            print(f"[{shape}] {runtime} {strategy} ...", end=" ", flush=True)
-            if runtime == "llama.cpp":  # convert in a process of its own, so the measured one only loads
-                subprocess.run([*cmd, "--convert-only"], capture_output=True, env=child_env, cwd=ROOT)
-            r = run_child(cmd, child_env)
-            results[(runtime, strategy)] = r
-            if "error" in r:
-                print(f"FAILED ({r['error']})", flush=True)
-            else:
-                print(
-                    f"decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} tok/s, "
-                    f"peak RSS {r['peak_rss_bytes'] / 2**20:,.0f} MiB ({r['wall_s']:.0f} s)",
-                    flush=True,
-                )
+        rounds: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for n in range(args.rounds):
+            for runtime, strategy, cmd, child_env in runs:
+                tag = f" (round {n + 1} of {args.rounds})" if args.rounds > 1 else ""
+                print(f"[{shape}] {runtime} {strategy}{tag} ...", end=" ", flush=True)
+                if runtime == "llama.cpp" and n == 0:  # convert in a process of its own, so the measured one only loads
+                    subprocess.run([*cmd, "--convert-only"], capture_output=True, env=child_env, cwd=ROOT)
+                r = run_child(cmd, child_env)
+                rounds.setdefault((runtime, strategy), []).append(r)
+                if "error" in r:
+                    print(f"FAILED ({r['error']})", flush=True)
+                else:
+                    print(
+                        f"decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} tok/s, "
+                        f"peak RSS {r['peak_rss_bytes'] / 2**20:,.0f} MiB ({r['wall_s']:.0f} s)",
+                        flush=True,
+                    )
+        results = {key: combine_rounds(rs) for key, rs in rounds.items()}
         raw = args.cache / f"results-{shape}.json"
         rows = [{"runtime": rt, "strategy": st, **r} for (rt, st), r in results.items()]
         raw.write_text(json.dumps({"command": command, "results": rows}, indent=1) + "\n")

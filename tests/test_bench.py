@@ -104,3 +104,37 @@ def test_cli_bench_missing_model(tmp_path: Path) -> None:
     assert result.stdout == ""
     assert result.stderr.startswith("rwkv-hub: error: ")
     assert "nope.pth" in result.stderr
+
+
+def test_bench_runtime_rounds_combine_to_medians_and_peaks() -> None:
+    """benchmarks/bench_runtime.py --rounds: speeds are the median of the rounds, memory the largest, every
+    run is kept, and a failed round does not hide the others."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_runtime", root / "benchmarks" / "bench_runtime.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+
+    def one(speed: float, rss: int) -> dict:
+        return {
+            "decode_tok_s": speed,
+            "aggregate_tok_s": {"16": 10 * speed},
+            "decode_tok_s_runs": [speed],
+            "peak_rss_bytes": rss,
+            "strategy": "cpu fp32",
+        }
+
+    got = mod.combine_rounds([one(30.0, 5), {"error": "exit 1"}, one(10.0, 9), one(20.0, 7)])
+    assert got == {
+        "decode_tok_s": 20.0,
+        "aggregate_tok_s": {"16": 200.0},
+        "decode_tok_s_runs": [30.0, 10.0, 20.0],
+        "peak_rss_bytes": 9,
+        "strategy": "cpu fp32",
+    }
+    assert mod.combine_rounds([{"error": "exit 1"}]) == {"error": "exit 1"}
