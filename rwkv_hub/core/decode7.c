@@ -183,17 +183,8 @@ static void own_rows(int n, int *r0, int *r1) {
     split_rows(n, tid, nth, r0, r1);
 }
 
-/* f rounded to the nearest bfloat16 (ties to even), as torch's conversion rounds it. */
-static inline float round_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return f; /* NaN */
-    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-/* This thread's rows of y = m x, from what `prepare` made of x: int8 reads xq, xs and GEMV_BF16_RX reads xr. */
+/* This thread's rows of y = m x, from what `prepare` made of x: int8 reads xq, xs and GEMV_BF16_RX reads xr
+ * or xq (rx_prepare). */
 static void mat_part(const rwkv_mat *m, int B, const float *x, const int16_t *xq, const float *xs, const float *xr,
                      float *y) {
     int r0, r1;
@@ -204,9 +195,7 @@ static void mat_part(const rwkv_mat *m, int B, const float *x, const int16_t *xq
 
 static void prepare(const rwkv_mat *m, int B, const float *x, int16_t *xq, float *xs, float *xr) {
     if (m->kind == GEMV_INT8) rwkv_quantize_x(x, xq, xs, B, m->in);
-    if (m->kind == GEMV_BF16_RX)
-#pragma omp simd
-        for (size_t i = 0; i < (size_t)B * m->in; i++) xr[i] = round_bf16(x[i]);
+    if (m->kind == GEMV_BF16_RX) rx_prepare(x, (uint16_t *)xq, xr, (size_t)B * m->in, m->in);
 }
 
 /* Bytes of scratch `rwkv7_decode_layer` needs for B rows. */

@@ -456,6 +456,7 @@ static void split_rows(int out, int part, int parts, int *r0, int *r1) {
 enum { GEMV_BF16 = 0, GEMV_INT8 = 1, GEMV_F32 = 2, GEMV_BF16_RX = 3 };
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#define RX_TILES
 /* bf16 weights times bf16 inputs with vdpbf16ps: 32 products a step summed in pairs into 16 fp32 lanes,
  * where the widening loop needs two conversions and two multiply-adds for them. A tile is nr weight rows
  * times nb rows of x, one accumulator per (row, x row) pair that every tile shape fills the same way, so a
@@ -509,46 +510,62 @@ static void rx_rows(const uint16_t *w, const uint16_t *xb, float *y, int batch, 
         }
     }
 }
-#define RX_TILES 1
+#define RX_BITS(in) ((in) % 32 == 0) /* the widths the tiles take */
 #else
-#define RX_TILES 0
+#define RX_BITS(in) 0
 #endif
 
-/* bf16 weights times inputs already rounded to bf16 (as floats). With AVX-512 BF16 the inputs are packed to
- * bf16 (exactly: they are bf16 values) for rx_rows; elsewhere the widening loop multiplies them. */
-static void rx_gemv(const void *w, const float *x, float *y, int batch, int in, int out, int r0, int r1) {
-#if RX_TILES
-    if (in % 32 == 0) {
-        uint16_t *xb = malloc((size_t)batch * in * sizeof *xb);
-        if (xb) {
-            for (size_t i = 0; i < (size_t)batch * in; i++) {
-                uint32_t u;
-                memcpy(&u, x + i, sizeof u);
-                xb[i] = (uint16_t)(u >> 16);
-            }
-            rx_rows(w, xb, y, batch, in, out, r0, r1);
-            free(xb);
-            return;
-        }
+/* f rounded to the nearest bfloat16 (ties to even), as torch's conversion rounds it; a NaN stays one. */
+static inline uint16_t float_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)(u >> 16);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* n inputs of GEMV_BF16_RX (rows of `in`) rounded to bf16 as its kernel reads them, once before threads
+ * share the rows: packed into xb where the AVX-512 BF16 tiles take the width, else as floats into xr. */
+static void rx_prepare(const float *x, uint16_t *xb, float *xr, size_t n, int in) {
+    if (RX_BITS(in))
+        for (size_t i = 0; i < n; i++) xb[i] = float_to_bf16(x[i]);
+    else
+        for (size_t i = 0; i < n; i++) xr[i] = bf16_to_float(float_to_bf16(x[i]));
+}
+
+/* bf16 weights times inputs rounded to bf16 by rx_prepare: the AVX-512 BF16 tiles on xb where they take
+ * the width, else the widening loop on xr. */
+static void rx_gemv(const void *w, const float *xr, const uint16_t *xb, float *y, int batch, int in, int out,
+                    int r0, int r1) {
+#ifdef RX_TILES
+    if (RX_BITS(in)) {
+        rx_rows(w, xb, y, batch, in, out, r0, r1);
+        return;
     }
 #endif
-    dense_gemv(w, 1, x, y, batch, in, out, r0, r1);
+    dense_gemv(w, 1, xr, y, batch, in, out, r0, r1);
 }
 
 /* Output rows [r0, r1) of y = W x for any of the weight formats; int8 reads x as rwkv_quantize_x left it
- * in xq, xs (the others read x). */
+ * in xq, xs, GEMV_BF16_RX as rx_prepare left it in x (floats) or xq (packed bf16), the others read x. */
 void rwkv_gemv_rows(int kind, const void *w, const float *scale, const float *x, const int16_t *xq,
                     const float *xs, float *y, int batch, int in, int out, int r0, int r1) {
     if (kind == GEMV_INT8) rwkv_gemv_i8(w, scale, xq, xs, y, batch, in, out, r0, r1);
-    else if (kind == GEMV_BF16_RX) rx_gemv(w, x, y, batch, in, out, r0, r1);
+    else if (kind == GEMV_BF16_RX) rx_gemv(w, x, (const uint16_t *)xq, y, batch, in, out, r0, r1);
     else dense_gemv(w, kind == GEMV_BF16, x, y, batch, in, out, r0, r1);
 }
 
-/* y = W x over all output rows on `threads` threads (the caller's among them); int8 quantizes x first. */
+/* y = W x over all output rows on `threads` threads (the caller's among them); int8 quantizes x first and
+ * GEMV_BF16_RX, whose x comes rounded to bf16, packs it for the tiles (or, short of memory for that, takes
+ * the widening loop on x as it is). */
 void rwkv_gemv(int kind, const void *w, const float *scale, const float *x, float *y, int batch, int in, int out,
                int threads) {
     int16_t *xq = NULL;
     float *xs = NULL;
+    if (kind == GEMV_BF16_RX && RX_BITS(in)) {
+        xq = malloc((size_t)batch * in * sizeof *xq);
+        if (xq) rx_prepare(x, (uint16_t *)xq, NULL, (size_t)batch * in, in);
+        else kind = GEMV_BF16;
+    }
     if (kind == GEMV_INT8) {
         xq = malloc((size_t)batch * in * sizeof *xq);
         xs = malloc((size_t)batch * sizeof *xs);
