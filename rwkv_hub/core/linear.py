@@ -55,29 +55,30 @@ def quantize_int8(w: torch.Tensor, rows_per_chunk: int = 1024) -> tuple[torch.Te
 
 
 @cache
-def packing_works(dtype: torch.dtype) -> bool:
-    """Whether oneDNN can prepack weights of `dtype` on this CPU. Its bf16 path needs AVX-512 (BW, VL,
-    DQ) or AVX-NE-CONVERT and raises elsewhere (AVX2-only CPUs), so a tiny matrix is tried once."""
+def _onednn_linear_works(dtype: torch.dtype, packed: bool) -> bool:
+    """Whether oneDNN's linear runs on this CPU for `dtype`, on prepacked weights or on weights as stored.
+    Its bf16 path needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT and raises elsewhere (AVX2-only CPUs), so a
+    tiny product is tried once."""
     if not (getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()):
         return False
     try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(torch.ones(8, 8, dtype=dtype), 1)
-        y = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 8, dtype=dtype), packed, None, "none", [], "")
-        return bool(y.shape == (1, 8) and float(y[0, 0]) == 8.0)
-    except RuntimeError:
-        return False
-
-
-@cache
-def onednn_f32_works() -> bool:
-    """Whether oneDNN multiplies fp32 activations by fp32 weights as stored (no packed copy) on this CPU."""
-    if not (getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()):
-        return False
-    try:
-        y = torch.ops.mkldnn._linear_pointwise(torch.ones(3, 8), torch.ones(5, 8), None, "none", [], "")
+        w = torch.ones(5, 8, dtype=dtype)
+        if packed:
+            w = torch.ops.mkldnn._reorder_linear_weight(w, 1)
+        y = torch.ops.mkldnn._linear_pointwise(torch.ones(3, 8, dtype=dtype), w, None, "none", [], "")
         return bool(y.shape == (3, 5) and float(y[2, 4]) == 8.0)
     except RuntimeError:
         return False
+
+
+def packing_works(dtype: torch.dtype) -> bool:
+    """Whether oneDNN can prepack weights of `dtype` on this CPU."""
+    return _onednn_linear_works(dtype, True)
+
+
+def onednn_f32_works() -> bool:
+    """Whether oneDNN multiplies fp32 activations by fp32 weights as stored (no packed copy) on this CPU."""
+    return _onednn_linear_works(torch.float32, False)
 
 
 def f32_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
