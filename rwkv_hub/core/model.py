@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import functools
 import logging
@@ -14,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import decode7, rwkv4, rwkv56
+from . import decode7, heap, rwkv4, rwkv56
 from .builtin import BUILTIN_MODEL, NOTICE
 from .checkpoint import open_checkpoint
 from .embedding import Embedding
@@ -38,7 +37,10 @@ from .tokenizer import Tokenizer, choose_tokenizer
 PREFILL_CHUNK = 512
 INT8_KERNEL_PREFILL_CHUNK = 256
 PASS_TOKENS = 4096
-TRIM_AFTER_TOKENS = 64  # passes at least this long hand freed memory back to the OS
+TRIM_AFTER_TOKENS = 64  # passes at least this long may hand freed memory back to the OS
+# Freed memory kept for the next pass, in floats per token and channel of a prompt chunk: a 512-token chunk of
+# a 768-wide model grows an fp32 process by about 44 (70 MB), bf16 by about 31.
+KEEP_FREED_FLOATS = 64
 # Matrices taller than this (the head of a large vocabulary) are converted and stored in row blocks.
 HEAD_BLOCK_ROWS = 8192
 
@@ -88,6 +90,13 @@ class Model:
         """Most tokens of one sequence in one pass through the blocks."""
         on_c_kernel = self.strategy.int8 and self.device.type == "cpu" and cpu_int8_kernel() == "native"
         return INT8_KERNEL_PREFILL_CHUNK if on_c_kernel else PREFILL_CHUNK
+
+    @functools.cached_property
+    def _kept_freed_bytes(self) -> int:
+        """How far the process may grow above its size after the last trim before freed memory goes back
+        to the OS (see `heap`): about what the temporaries of one prompt chunk take, so they are reused
+        instead of faulted in again, while growth beyond them (fragments no chunk can fit into) is not kept."""
+        return KEEP_FREED_FLOATS * 4 * self.prefill_chunk * self.spec.n_embd
 
     @property
     def weight_bytes(self) -> int:
@@ -190,9 +199,7 @@ class Model:
         lay = Layout([len(t) for t in chunk], self.device)
         out = self._blocks(chunk, state, lay, every_row)
         if lay.total >= TRIM_AFTER_TOKENS and self.device.type == "cpu":
-            # The C allocator keeps what a prefill chunk freed, in pieces the next chunk cannot always reuse:
-            # 0.19B int8 peaked 86 MB higher over a 512-token prompt without this (about 1 ms a chunk).
-            _release_freed_memory()
+            heap.trim_if_grown(self._kept_freed_bytes)
         return out
 
     def _blocks(self, chunk: list[list[int]], state: State, lay: Layout, every_row: bool) -> tuple[torch.Tensor, State]:
@@ -264,17 +271,6 @@ def _divided(w: torch.Tensor, divisor: float) -> torch.Tensor:
     return w if divisor == 1.0 else w / divisor
 
 
-def _release_freed_memory() -> None:
-    """Hand memory freed by load-time temporaries back to the OS (glibc keeps it otherwise).
-
-    Called after every layer: the temporaries of one layer are freed before the next one's are made.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def compute_dtype(strategy: Strategy) -> torch.dtype:
     """The dtype fed to the big matrices: the strategy's, except on CPUs whose kernels for it take fp32
     (int8 outside the weight-only kernel; bf16 where oneDNN has no bf16 GEMM: see `linear.DenseLinear`)."""
@@ -341,7 +337,7 @@ def load(
         for lo in range(0, rows, HEAD_BLOCK_ROWS):
             part = _divided(t.read_rows(lo, min(rows, lo + HEAD_BLOCK_ROWS)), divisor)
             parts.append(make_linear(part, dev, dt, i8))
-            _release_freed_memory()
+            heap.release_freed_memory()
         return RowChunkedLinear(parts)
 
     try:
@@ -352,7 +348,7 @@ def load(
             if spec.generation != "x070":
                 convert = rwkv4.convert_block if spec.generation == "x040" else rwkv56.convert_block
                 blocks.append(convert(spec, i, vec, mat, linear, tensors.__contains__, strat.dtype == torch.float16))
-                _release_freed_memory()
+                heap.release_freed_memory()
                 continue
             blocks.append(
                 Block(
@@ -379,7 +375,7 @@ def load(
                     ffn_value=linear(f + "value.weight"),
                 )
             )
-            _release_freed_memory()
+            heap.release_freed_memory()
         ln_out = (vec("ln_out.weight"), vec("ln_out.bias"))
         head = linear("head.weight")
     except torch.cuda.OutOfMemoryError:
@@ -388,5 +384,5 @@ def load(
         if "memory" in str(e).lower():
             raise CheckpointError(f"{p}: not enough memory for strategy {strat.name!r} ({e})") from None
         raise
-    _release_freed_memory()
+    heap.release_freed_memory()
     return Model(p, spec, strat, emb, blocks, ln_out, head, tok)
