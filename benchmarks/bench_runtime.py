@@ -120,6 +120,8 @@ def combine_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             return {k: merge(k, [v[k] for v in values if isinstance(v, dict) and k in v]) for k in first}
         if isinstance(first, list):
             return [x for v in values for x in v]
+        if all(v == first for v in values):
+            return first  # a setting (prompt tokens, threads) stays as it was: the median of 512 and 512 is 512.0
         if "rss" in key or "bytes" in key:
             return max(values)
         return statistics.median(values)

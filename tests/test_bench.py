@@ -127,8 +127,10 @@ def test_bench_runtime_rounds_combine_to_medians_and_peaks() -> None:
             "decode_tok_s_runs": [speed],
             "peak_rss_bytes": rss,
             "strategy": "cpu fp32",
+            "prompt_tokens": 512,
         }
 
+    assert repr(mod.combine_rounds([one(30.0, 5), one(10.0, 9)])["prompt_tokens"]) == "512"  # not 512.0 in the table
     got = mod.combine_rounds([one(30.0, 5), {"error": "exit 1"}, one(10.0, 9), one(20.0, 7)])
     assert got == {
         "decode_tok_s": 20.0,
@@ -136,5 +138,6 @@ def test_bench_runtime_rounds_combine_to_medians_and_peaks() -> None:
         "decode_tok_s_runs": [30.0, 10.0, 20.0],
         "peak_rss_bytes": 9,
         "strategy": "cpu fp32",
+        "prompt_tokens": 512,
     }
     assert mod.combine_rounds([{"error": "exit 1"}]) == {"error": "exit 1"}
