@@ -68,11 +68,12 @@ SHAPES = [(5, 8), (7, 24), (64, 40), (130, 768), (36, 800), (3000, 2048)]
 
 @needs_gemv
 @pytest.mark.parametrize(("n_out", "n_in"), SHAPES)
-@pytest.mark.parametrize("rows", [1, 3, BF16_KERNEL_MAX_ROWS, BF16_KERNEL_MAX_ROWS - 1])
+@pytest.mark.parametrize("rows", [1, 2, 3, BF16_KERNEL_MAX_ROWS, BF16_KERNEL_MAX_ROWS - 1, BF16_KERNEL_MAX_ROWS - 2])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_dense_matrix_vector_kernel_equals_fp32_product_of_the_same_weights(n_out, n_in, rows, dtype):
-    """Many rows take the AVX-512 4x4 register blocks where the CPU has them (full blocks of four weight
-    rows and of four rows of x, dense_row for the rest); each row still gets the bits it gets alone. bf16
+    """Two or more rows take the AVX-512 register blocks where the CPU has them (four weight rows by two to
+    four rows of x; dense_row for one row and for weight rows short of a block); each row still gets the
+    bits it gets alone. bf16
     inputs to bf16 weights take the AVX-512 BF16 tiles where the CPU has them (rx_rows), with the same rule."""
     g = torch.Generator().manual_seed(n_out + rows)
     w = torch.randn(n_out, n_in, generator=g).to(dtype)
