@@ -90,10 +90,11 @@ def test_dense_matrix_vector_kernel_equals_fp32_product_of_the_same_weights(n_ou
 
 @needs_gemv
 @pytest.mark.parametrize(("n_out", "n_in"), SHAPES)
-@pytest.mark.parametrize("rows", [1, 4])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
 def test_int8_kernel_equals_the_dequantized_product(n_out, n_in, rows):
     """15-bit activations and exact integer sums: within 1e-4 of fp32 with the same int8 weights, and the
-    same numbers for a row whatever rows come with it."""
+    same numbers for a row whatever rows come with it (2 to 4 rows meet four weight rows at a time in
+    i8_block4_vnni where the CPU has VNNI and the width is a multiple of 64)."""
     g = torch.Generator().manual_seed(n_out)
     w = torch.randn(n_out, n_in, generator=g)
     x = torch.randn(rows, n_in, generator=g)
@@ -111,14 +112,16 @@ def test_int8_kernel_equals_the_dequantized_product(n_out, n_in, rows):
 
 
 @needs_gemv
-def test_int8_sums_do_not_overflow_at_the_extremes():
-    """Every weight at +127 and every activation at the top of its range, over a long row."""
-    n_in = 16384 + 48
+@pytest.mark.parametrize("n_in", [16384 + 48, 16384 + 64])
+@pytest.mark.parametrize("rows", [1, 4])
+def test_int8_sums_do_not_overflow_at_the_extremes(n_in, rows):
+    """Every weight at +127 and every activation at the top of its range, over a long row (one row at a
+    time, and four weight rows by four rows of x where the width takes the VNNI blocks)."""
     w = torch.ones(8, n_in)
     lin = NativeInt8Linear(w)
-    x = torch.ones(1, n_in)
-    assert rel(lin(x), torch.full((1, 8), float(n_in))) < 1e-6
-    assert rel(lin(-x), torch.full((1, 8), -float(n_in))) < 1e-6
+    x = torch.ones(rows, n_in)
+    assert rel(lin(x), torch.full((rows, 8), float(n_in))) < 1e-6
+    assert rel(lin(-x), torch.full((rows, 8), -float(n_in))) < 1e-6
 
 
 @needs_gemv

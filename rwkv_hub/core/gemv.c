@@ -446,6 +446,66 @@ static void i8_row_vnni(const int8_t *row, float scale, const int16_t *xq, const
     }
 }
 #define I8_ROW(in) ((in) % 64 == 0 ? i8_row_vnni : i8_row)
+
+/* Four weight rows times nb (2 to 4, a constant at each call) rows of x with VNNI: sixteen sums in
+ * registers, so each loaded vector feeds up to four vpdpwssd instead of one weight row meeting four rows of
+ * x (five loads for four multiplies, which bound batches). The vectors are pinned to registers as in
+ * dense_block4. Integer sums are exact, so every (row, b) pair gets i8_row_vnni's total. The weight rows
+ * are prefetched ahead on the first group of x (`first`), whose pass brings them from memory. */
+static inline __attribute__((always_inline)) void i8_block4_vnni(const int8_t *q, const float *scale,
+                                                                 const int16_t *xq, const float *xs, float *y,
+                                                                 int b, int nb, int in, int out, int o,
+                                                                 int first) {
+    const int8_t *w0 = q + (int64_t)o * in;
+    const int16_t *x0 = xq + (int64_t)b * in;
+    const size_t xs_ = (size_t)in, ws = (size_t)in;
+    int64_t t[4][4] = {{0}};
+    for (int lo = 0; lo < in; lo += I8_BLOCK) {
+        const int hi = lo + I8_BLOCK < in ? lo + I8_BLOCK : in;
+        __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00,
+                a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+        __m512i v1 = a00, v2 = a00, v3 = a00;
+        for (int i = lo; i < hi; i += 32) {
+            if (first && (i & 63) == 0)
+                for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(w0 + r * ws + i) + PREFETCH_BYTES, _MM_HINT_T0);
+            __m512i v0 = load_x32(x0 + i);
+            __asm__("" : "+v"(v0));
+            if (nb > 1) {
+                v1 = load_x32(x0 + xs_ + i);
+                __asm__("" : "+v"(v1));
+            }
+            if (nb > 2) {
+                v2 = load_x32(x0 + 2 * xs_ + i);
+                __asm__("" : "+v"(v2));
+            }
+            if (nb > 3) {
+                v3 = load_x32(x0 + 3 * xs_ + i);
+                __asm__("" : "+v"(v3));
+            }
+#define I8_ROW4(k)                                                   \
+    do {                                                             \
+        __m512i wr = widen32(w0 + k * ws + i);                       \
+        __asm__("" : "+v"(wr));                                      \
+        a##k##0 = _mm512_dpwssd_epi32(a##k##0, wr, v0);              \
+        if (nb > 1) a##k##1 = _mm512_dpwssd_epi32(a##k##1, wr, v1);  \
+        if (nb > 2) a##k##2 = _mm512_dpwssd_epi32(a##k##2, wr, v2);  \
+        if (nb > 3) a##k##3 = _mm512_dpwssd_epi32(a##k##3, wr, v3);  \
+    } while (0)
+            I8_ROW4(0);
+            I8_ROW4(1);
+            I8_ROW4(2);
+            I8_ROW4(3);
+#undef I8_ROW4
+        }
+        t[0][0] += hsum_i32x16(a00), t[1][0] += hsum_i32x16(a10), t[2][0] += hsum_i32x16(a20), t[3][0] += hsum_i32x16(a30);
+        if (nb > 1) t[0][1] += hsum_i32x16(a01), t[1][1] += hsum_i32x16(a11), t[2][1] += hsum_i32x16(a21), t[3][1] += hsum_i32x16(a31);
+        if (nb > 2) t[0][2] += hsum_i32x16(a02), t[1][2] += hsum_i32x16(a12), t[2][2] += hsum_i32x16(a22), t[3][2] += hsum_i32x16(a32);
+        if (nb > 3) t[0][3] += hsum_i32x16(a03), t[1][3] += hsum_i32x16(a13), t[2][3] += hsum_i32x16(a23), t[3][3] += hsum_i32x16(a33);
+    }
+    for (int c = 0; c < nb; c++)
+        for (int r = 0; r < 4; r++) y[(int64_t)(b + c) * out + o + r] = (float)t[r][c] * scale[o + r] * xs[b + c];
+}
+#define I8_BLOCKS
 #else
 #define I8_ROW(in) i8_row
 #endif
@@ -465,9 +525,19 @@ void rwkv_gemv_i8(const int8_t *q, const float *scale, const int16_t *xq, const 
                            int) = I8_ROW(in);
             for (int o0 = r0; o0 < r1; o0 += ROW_BLOCK) {
                 const int o1 = o0 + ROW_BLOCK < r1 ? o0 + ROW_BLOCK : r1;
-                for (int b = b0; b < b1; b += 4)
+                for (int b = b0; b < b1; b += 4) {
+#ifdef I8_BLOCKS
+                    const int nb = b1 - b < 4 ? b1 - b : 4;
+                    if (in % 64 == 0 && o1 - o0 == 4 && nb > 1) {
+                        if (nb == 4) i8_block4_vnni(q, scale, xq, xs, y, b, 4, in, out, o0, b == b0);
+                        else if (nb == 3) i8_block4_vnni(q, scale, xq, xs, y, b, 3, in, out, o0, b == b0);
+                        else i8_block4_vnni(q, scale, xq, xs, y, b, 2, in, out, o0, b == b0);
+                        continue;
+                    }
+#endif
                     for (int o = o0; o < o1; o++)
                         row_fn(q + (int64_t)o * in, scale[o], xq, xs, y, b, b + 4 < b1 ? b + 4 : b1, in, out, o);
+                }
             }
             continue;
         }
