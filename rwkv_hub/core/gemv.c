@@ -109,6 +109,28 @@ static inline float hsum16(__m512 v) {
     return hsum8(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
 }
 
+/* Holds v in a register from here on: left to itself, GCC reloads a block's vectors for every
+ * multiply-add that uses them (see dense_block4). */
+#define PIN(v) __asm__("" : "+v"(v))
+/* v0 .. v(nb-1) = LOAD(p + c * stride) for the nb rows of x of a block, each pinned. */
+#define LOAD_X_PINNED(LOAD, p, stride)      \
+    do {                                    \
+        v0 = LOAD(p);                       \
+        PIN(v0);                            \
+        if (nb > 1) {                       \
+            v1 = LOAD((p) + (stride));      \
+            PIN(v1);                        \
+        }                                   \
+        if (nb > 2) {                       \
+            v2 = LOAD((p) + 2 * (stride));  \
+            PIN(v2);                        \
+        }                                   \
+        if (nb > 3) {                       \
+            v3 = LOAD((p) + 3 * (stride));  \
+            PIN(v3);                        \
+        }                                   \
+    } while (0)
+
 /* Four weight rows times nb (2 to 4, a constant at each call) rows of x with AVX-512: up to sixteen
  * accumulators in registers, so each load feeds up to four multiply-adds (dense_row's inner loop has ten
  * loads for eight 8-lane ones and is bound by them once x has many rows). Lane j of an accumulator holds
@@ -125,29 +147,16 @@ static inline __attribute__((always_inline)) void dense_block4(const void *w, si
     const size_t rs = row_bytes, xs = (size_t)in;
     __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00,
            a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;
-    __m512 v1 = a00, v2 = a00, v3 = a00;
+    __m512 v0, v1 = a00, v2 = a00, v3 = a00;
     const int steps = in / 16;
     int owed = 0; /* pf_lines spread evenly over the steps, without a division in the loop */
     for (int i = 0; i < in; i += 16) {
         for (owed += pf_lines; owed >= steps; owed -= steps, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
-        __m512 v0 = _mm512_loadu_ps(x0 + i);
-        __asm__("" : "+v"(v0));
-        if (nb > 1) {
-            v1 = _mm512_loadu_ps(x0 + xs + i);
-            __asm__("" : "+v"(v1));
-        }
-        if (nb > 2) {
-            v2 = _mm512_loadu_ps(x0 + 2 * xs + i);
-            __asm__("" : "+v"(v2));
-        }
-        if (nb > 3) {
-            v3 = _mm512_loadu_ps(x0 + 3 * xs + i);
-            __asm__("" : "+v"(v3));
-        }
+        LOAD_X_PINNED(_mm512_loadu_ps, x0 + i, xs);
 #define DENSE_ROW4(k, row)                                       \
     do {                                                         \
         __m512 wr = load_w16(row, i, bf16);                      \
-        __asm__("" : "+v"(wr));                                  \
+        PIN(wr);                                                 \
         a##k##0 = _mm512_fmadd_ps(wr, v0, a##k##0);              \
         if (nb > 1) a##k##1 = _mm512_fmadd_ps(wr, v1, a##k##1);  \
         if (nb > 2) a##k##2 = _mm512_fmadd_ps(wr, v2, a##k##2);  \
@@ -464,28 +473,15 @@ static inline __attribute__((always_inline)) void i8_block4_vnni(const int8_t *q
         const int hi = lo + I8_BLOCK < in ? lo + I8_BLOCK : in;
         __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00,
                 a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;
-        __m512i v1 = a00, v2 = a00, v3 = a00;
+        __m512i v0, v1 = a00, v2 = a00, v3 = a00;
         for (int i = lo; i < hi; i += 32) {
             if (first && (i & 63) == 0)
                 for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(w0 + r * ws + i) + PREFETCH_BYTES, _MM_HINT_T0);
-            __m512i v0 = load_x32(x0 + i);
-            __asm__("" : "+v"(v0));
-            if (nb > 1) {
-                v1 = load_x32(x0 + xs_ + i);
-                __asm__("" : "+v"(v1));
-            }
-            if (nb > 2) {
-                v2 = load_x32(x0 + 2 * xs_ + i);
-                __asm__("" : "+v"(v2));
-            }
-            if (nb > 3) {
-                v3 = load_x32(x0 + 3 * xs_ + i);
-                __asm__("" : "+v"(v3));
-            }
+            LOAD_X_PINNED(load_x32, x0 + i, xs_);
 #define I8_ROW4(k)                                                   \
     do {                                                             \
         __m512i wr = widen32(w0 + k * ws + i);                       \
-        __asm__("" : "+v"(wr));                                      \
+        PIN(wr);                                                     \
         a##k##0 = _mm512_dpwssd_epi32(a##k##0, wr, v0);              \
         if (nb > 1) a##k##1 = _mm512_dpwssd_epi32(a##k##1, wr, v1);  \
         if (nb > 2) a##k##2 = _mm512_dpwssd_epi32(a##k##2, wr, v2);  \
