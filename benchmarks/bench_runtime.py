@@ -72,6 +72,19 @@ def checkpoint(cache: Path, shape: str, env: dict[str, str]) -> Path:
     return path
 
 
+def measure_bandwidth(env: dict[str, str]) -> float | None:
+    """The machine's memory read bandwidth in bytes/s (`rwkv_hub.bench.read_bandwidth_bytes_per_s`), measured in
+    a process of its own so that its 512 MiB buffer stays out of every measured one; None if that fails."""
+    code = "from rwkv_hub.bench import read_bandwidth_bytes_per_s as r; print(r())"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+        )
+        return float(done.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+        return None
+
+
 def _shared_options(model: Path, strategy: str, args: argparse.Namespace) -> list[str]:
     """The options both runtimes' children take, so that both measure the same thing."""
     return [
@@ -249,8 +262,11 @@ def shape_table(results: dict[tuple[str, str], dict[str, Any]], batches: list[in
     return lines
 
 
-def verdicts(shape: str, results: dict[tuple[str, str], dict[str, Any]], batches: list[int]) -> list[str]:
-    """One MET / NOT MET line per target and strategy."""
+def verdicts(
+    shape: str, results: dict[tuple[str, str], dict[str, Any]], batches: list[int], bandwidth: float | None = None
+) -> list[str]:
+    """One MET / NOT MET line per target and strategy, and with the memory read `bandwidth` (bytes/s) the
+    most each strategy's single-stream decode could reach."""
     out: list[str] = []
 
     def ok(r: dict[str, Any] | None) -> bool:
@@ -280,6 +296,18 @@ def verdicts(shape: str, results: dict[tuple[str, str], dict[str, Any]], batches
         out.append(
             f"- **for comparison**: the official package's fastest CPU decode in this run is {best} at "
             f"{fastest['decode_tok_s']:.1f} tok/s; rwkv-hub single-sequence decode against it: {ratios}"
+        )
+
+    if bandwidth:
+        _, n_embd, vocab = SHAPES[shape]
+        mapped = vocab * n_embd * 2  # the embedding: mapped from the bf16 file, one row read per token
+        read = {s: r["weight_bytes"] - mapped for s, r in ours.items() if ok(r) and r["weight_bytes"] > mapped}
+        ceilings = ", ".join(
+            f"{s} {bandwidth / n:.0f} (reached {ours[s]['decode_tok_s'] * n / bandwidth:.0%})" for s, n in read.items()
+        )
+        out.append(
+            f"- **for comparison**: at this machine's {bandwidth / 1e9:.1f} GB/s, reading every weight once per "
+            f"token (the embedding aside), single-sequence decode can reach at most (tok/s): {ceilings}"
         )
 
     peer = {s: r for (rt, s), r in results.items() if rt == "llama.cpp"}
@@ -355,11 +383,24 @@ def section_key(shape: str, args: argparse.Namespace) -> str:
     return f"{shape}-{args.machine}" if args.machine else shape
 
 
+def _bandwidth_text(bandwidth: float | None) -> str:
+    if not bandwidth:
+        return "not measured"
+    return f"{bandwidth / 1e9:.1f} GB/s (the fastest of 5 sums over 512 MiB on torch's threads, before the rows)"
+
+
 def _rounds(args: argparse.Namespace) -> str:
     return f" in {args.rounds} rounds (the median of the rounds; peaks: the largest)" if args.rounds > 1 else ""
 
 
-def section(shape: str, results: dict, batches: list[int], args: argparse.Namespace, command: str) -> str:
+def section(
+    shape: str,
+    results: dict,
+    batches: list[int],
+    args: argparse.Namespace,
+    command: str,
+    bandwidth: float | None = None,
+) -> str:
     m = machine_info()
     n_layer, n_embd, vocab = SHAPES[shape]
     ram = f"{m['ram_bytes'] / 2**30:.1f} GiB" if m["ram_bytes"] else "?"
@@ -376,12 +417,13 @@ def section(shape: str, results: dict, batches: list[int], args: argparse.Namesp
         f"- settings: prefill {args.prompt_tokens} tokens, decode runs of {args.decode_tokens} tokens, "
         f"medians of {args.repeats} runs, one subprocess per row, run one after another{_rounds(args)}, "
         f"threads: {args.threads or 'torch default'}",
+        f"- memory read bandwidth: {_bandwidth_text(bandwidth)}",
         "",
         *shape_table(results, batches),
         "",
         "Targets:",
         "",
-        *verdicts(shape, results, batches),
+        *verdicts(shape, results, batches, bandwidth),
     ]
     busy = [
         f"{rt} {st}"
@@ -505,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
             "stalls badly when a core it uses is busy (decode can be 10-30x slower); consider --threads 1.",
             flush=True,
         )
+    bandwidth = measure_bandwidth(env)
+    print(f"memory read bandwidth: {_bandwidth_text(bandwidth)}", flush=True)
     sections: dict[str, str] = {}
     for shape in args.shapes:
         model = checkpoint(args.cache, shape, env)
@@ -537,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [{"runtime": rt, "strategy": st, **r} for (rt, st), r in results.items()]
         raw.write_text(json.dumps({"command": command, "results": rows}, indent=1) + "\n")
         key = section_key(shape, args)
-        sections[key] = section(shape, results, args.batch, args, command)
+        sections[key] = section(shape, results, args.batch, args, command, bandwidth)
         print()
         print(sections[key])
         print()

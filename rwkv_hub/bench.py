@@ -117,6 +117,17 @@ def parse_batches(text: str) -> list[int]:
     return out
 
 
+def read_bandwidth_bytes_per_s(nbytes: int = 512 * 2**20, repeats: int = 5) -> float:
+    """This machine's memory read bandwidth: the fastest of `repeats` sums over `nbytes` of floats on torch's
+    threads. Decoding one stream reads every weight once per token, so this bounds its speed. Allocates
+    `nbytes`: run it in a process whose peak RSS is not being measured."""
+    import torch
+
+    a = torch.ones(max(1, nbytes // 4))
+    a.sum()
+    return a.numel() * 4 / min(_timed(a.sum) for _ in range(repeats))
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, core count, RAM and library versions, for reports."""
     import torch

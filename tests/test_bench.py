@@ -106,9 +106,8 @@ def test_cli_bench_missing_model(tmp_path: Path) -> None:
     assert "nope.pth" in result.stderr
 
 
-def test_bench_runtime_rounds_combine_to_medians_and_peaks() -> None:
-    """benchmarks/bench_runtime.py --rounds: speeds are the median of the rounds, memory the largest, every
-    run is kept, and a failed round does not hide the others."""
+def _bench_runtime():
+    """benchmarks/bench_runtime.py as a module (it imports its neighbours from benchmarks/)."""
     import importlib.util
 
     root = Path(__file__).resolve().parent.parent
@@ -119,6 +118,13 @@ def test_bench_runtime_rounds_combine_to_medians_and_peaks() -> None:
         spec.loader.exec_module(mod)
     finally:
         sys.path.remove(str(root / "benchmarks"))
+    return mod
+
+
+def test_bench_runtime_rounds_combine_to_medians_and_peaks() -> None:
+    """benchmarks/bench_runtime.py --rounds: speeds are the median of the rounds, memory the largest, every
+    run is kept, and a failed round does not hide the others."""
+    mod = _bench_runtime()
 
     def one(speed: float, rss: int) -> dict:
         return {
@@ -141,3 +147,29 @@ def test_bench_runtime_rounds_combine_to_medians_and_peaks() -> None:
         "prompt_tokens": 512,
     }
     assert mod.combine_rounds([{"error": "exit 1"}]) == {"error": "exit 1"}
+
+
+def test_read_bandwidth_is_a_plausible_rate() -> None:
+    """Bytes per second of a real sum over 64 MiB: more than 100 MB/s and less than 10 TB/s on any machine
+    this runs on (a wrong unit or a wrong byte count is off by a factor of 4 or 1000 or more)."""
+    rate = bench.read_bandwidth_bytes_per_s(64 * 2**20, repeats=2)
+    assert 1e8 < rate < 1e13
+
+
+def test_bench_runtime_reports_the_bandwidth_ceiling_of_decode() -> None:
+    """With a measured bandwidth, each strategy's ceiling is bandwidth / (weights - the mapped embedding)."""
+    mod = _bench_runtime()
+    _, n_embd, vocab = mod.SHAPES["0.19b"]
+    mapped = vocab * n_embd * 2
+    row = {
+        "decode_tok_s": 50.0,
+        "prefill_tok_s": 100.0,
+        "prompt_tokens": 512,
+        "weight_bytes": mapped + 200_000_000,
+        "peak_rss_bytes": 10**9,
+        "aggregate_tok_s": {"16": 500.0},
+    }
+    lines = mod.verdicts("0.19b", {("rwkv-hub", "cpu bf16"): row}, [1, 16], 20e9)
+    ceiling = next(x for x in lines if "GB/s" in x)
+    assert "20.0 GB/s" in ceiling and "cpu bf16 100 (reached 50%)" in ceiling
+    assert not any("GB/s" in x for x in mod.verdicts("0.19b", {("rwkv-hub", "cpu bf16"): row}, [1, 16]))
