@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .core import heap
 from .core.atomic import write_text
 
 DEFAULT_PROMPT_TOKENS = 512
@@ -64,8 +65,8 @@ def peak_rss_bytes() -> int:
 
 
 def current_rss_bytes() -> int | None:
-    """Resident set size now (VmRSS), or None where /proc is missing."""
-    return _proc_status_bytes("VmRSS")
+    """Resident set size now, or None where /proc is missing (the runtime's own reading, `heap.resident_bytes`)."""
+    return heap.resident_bytes()
 
 
 def load_average() -> float | None:

@@ -73,8 +73,8 @@ SHAPES = [(5, 8), (7, 24), (64, 40), (130, 768), (36, 800), (3000, 2048)]
 def test_dense_matrix_vector_kernel_equals_fp32_product_of_the_same_weights(n_out, n_in, rows, dtype):
     """Two or more rows take the AVX-512 register blocks where the CPU has them (four weight rows by two to
     four rows of x; dense_row for one row and for weight rows short of a block); each row still gets the
-    bits it gets alone. bf16
-    inputs to bf16 weights take the AVX-512 BF16 tiles where the CPU has them (rx_rows), with the same rule."""
+    bits it gets alone. bf16 inputs to bf16 weights take the AVX-512 BF16 tiles where the CPU has them
+    (rx_rows), with the same rule."""
     g = torch.Generator().manual_seed(n_out + rows)
     w = torch.randn(n_out, n_in, generator=g).to(dtype)
     x = torch.randn(rows, n_in, generator=g)
