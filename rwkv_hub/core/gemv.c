@@ -275,6 +275,15 @@ static inline int level(float x, float inv) {
     return (int)(v < 0 ? v - 0.5f : v + 0.5f);
 }
 
+/* An exact integer total as a float: total * (scale * xs). Every int8 path scales through here, and the
+ * empty asm keeps the product of the scales whole, so -fassociative-math cannot regroup it one way in one
+ * path and another way in the next: all of them give the same bits. */
+static inline float i8_scaled(int64_t total, float scale, float xs) {
+    float s = scale * xs;
+    __asm__("" : "+g"(s));
+    return (float)total * s;
+}
+
 /* xq[b][i] = round(x[b][i] / xs[b]) with xs[b] = max|x[b]| / X_LEVELS (1 for an all-zero row). */
 void rwkv_quantize_x(const float *x, int16_t *xq, float *xs, int batch, int in) {
     for (int b = 0; b < batch; b++) {
@@ -303,13 +312,13 @@ void rwkv_quantize_x_bytes(const float *x, int8_t *bytes, float *xs, int batch, 
 }
 
 /* y[b][o] = (128 * sums[b][o] + sums[batch + b][o]) * scale[o] * xs[b]: the integer total of
- * rwkv_quantize_x_bytes' halves, scaled in the C kernel's order. */
+ * rwkv_quantize_x_bytes' halves, scaled as the C kernel scales (i8_scaled). */
 void rwkv_join_bytes(const int32_t *sums, const float *scale, const float *xs, float *y, int batch, int out) {
 #pragma omp parallel for schedule(static) if ((int64_t)batch * out >= BYTES_PARALLEL_MIN)
     for (int b = 0; b < batch; b++) {
         const int32_t *hi = sums + (int64_t)b * out, *lo = sums + (int64_t)(batch + b) * out;
         float *yb = y + (int64_t)b * out;
-        for (int o = 0; o < out; o++) yb[o] = (float)(128 * (int64_t)hi[o] + lo[o]) * scale[o] * xs[b];
+        for (int o = 0; o < out; o++) yb[o] = i8_scaled(128 * (int64_t)hi[o] + lo[o], scale[o], xs[b]);
     }
 }
 
@@ -327,7 +336,7 @@ static void i8_rows(const int8_t *q, const float *scale, const int16_t *xq, cons
                 for (int i = lo; i < hi; i++) acc += (int32_t)row[i] * (int32_t)xb[i];
                 total += acc;
             }
-            y[(int64_t)b * out + o] = (float)total * scale[o] * xs[b];
+            y[(int64_t)b * out + o] = i8_scaled(total, scale[o], xs[b]);
         }
     }
 }
@@ -371,10 +380,10 @@ static void i8_row(const int8_t *row, float scale, const int16_t *xq, const floa
             t2 += hsum_i32x8(a2);
             t3 += hsum_i32x8(a3);
         }
-        y[(int64_t)b * out + o] = (float)t0 * scale * xs[b];
-        y[(int64_t)(b + 1) * out + o] = (float)t1 * scale * xs[b + 1];
-        y[(int64_t)(b + 2) * out + o] = (float)t2 * scale * xs[b + 2];
-        y[(int64_t)(b + 3) * out + o] = (float)t3 * scale * xs[b + 3];
+        y[(int64_t)b * out + o] = i8_scaled(t0, scale, xs[b]);
+        y[(int64_t)(b + 1) * out + o] = i8_scaled(t1, scale, xs[b + 1]);
+        y[(int64_t)(b + 2) * out + o] = i8_scaled(t2, scale, xs[b + 2]);
+        y[(int64_t)(b + 3) * out + o] = i8_scaled(t3, scale, xs[b + 3]);
     }
     for (; b < b1; b++) {
         const int16_t *xb = xq + (int64_t)b * in;
@@ -389,7 +398,7 @@ static void i8_row(const int8_t *row, float scale, const int16_t *xq, const floa
             }
             t += hsum_i32x8(_mm256_add_epi32(a, c));
         }
-        y[(int64_t)b * out + o] = (float)t * scale * xs[b];
+        y[(int64_t)b * out + o] = i8_scaled(t, scale, xs[b]);
     }
 }
 #endif
@@ -433,10 +442,10 @@ static void i8_row_vnni(const int8_t *row, float scale, const int16_t *xq, const
             t2 += hsum_i32x16(a2);
             t3 += hsum_i32x16(a3);
         }
-        y[(int64_t)b * out + o] = (float)t0 * scale * xs[b];
-        y[(int64_t)(b + 1) * out + o] = (float)t1 * scale * xs[b + 1];
-        y[(int64_t)(b + 2) * out + o] = (float)t2 * scale * xs[b + 2];
-        y[(int64_t)(b + 3) * out + o] = (float)t3 * scale * xs[b + 3];
+        y[(int64_t)b * out + o] = i8_scaled(t0, scale, xs[b]);
+        y[(int64_t)(b + 1) * out + o] = i8_scaled(t1, scale, xs[b + 1]);
+        y[(int64_t)(b + 2) * out + o] = i8_scaled(t2, scale, xs[b + 2]);
+        y[(int64_t)(b + 3) * out + o] = i8_scaled(t3, scale, xs[b + 3]);
     }
     for (; b < b1; b++) {
         const int16_t *xb = xq + (int64_t)b * in;
@@ -451,7 +460,7 @@ static void i8_row_vnni(const int8_t *row, float scale, const int16_t *xq, const
             }
             t += hsum_i32x16(_mm512_add_epi32(a, c));
         }
-        y[(int64_t)b * out + o] = (float)t * scale * xs[b];
+        y[(int64_t)b * out + o] = i8_scaled(t, scale, xs[b]);
     }
 }
 #define I8_ROW(in) ((in) % 64 == 0 ? i8_row_vnni : i8_row)
@@ -499,7 +508,7 @@ static inline __attribute__((always_inline)) void i8_block4_vnni(const int8_t *q
         if (nb > 3) t[0][3] += hsum_i32x16(a03), t[1][3] += hsum_i32x16(a13), t[2][3] += hsum_i32x16(a23), t[3][3] += hsum_i32x16(a33);
     }
     for (int c = 0; c < nb; c++)
-        for (int r = 0; r < 4; r++) y[(int64_t)(b + c) * out + o + r] = (float)t[r][c] * scale[o + r] * xs[b + c];
+        for (int r = 0; r < 4; r++) y[(int64_t)(b + c) * out + o + r] = i8_scaled(t[r][c], scale[o + r], xs[b + c]);
 }
 #define I8_BLOCKS
 #else
