@@ -242,7 +242,7 @@ static void mat_part(const rwkv_mat *m, int B, const float *x, const int16_t *xq
 }
 
 static void prepare(const rwkv_mat *m, int B, const float *x, int16_t *xq, float *xs, float *xr) {
-    if (m->kind == GEMV_INT8) rwkv_quantize_x(x, xq, xs, B, m->in);
+    if (m->kind == GEMV_INT8 || m->kind == GEMV_INT8_PAIRS) rwkv_quantize_x(x, xq, xs, B, m->in);
     if (m->kind == GEMV_BF16_RX) rx_prepare(x, (uint16_t *)xq, xr, (size_t)B * m->in, m->in);
 }
 

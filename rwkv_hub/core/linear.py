@@ -21,6 +21,7 @@ from .native import load_gemv
 
 C_BF16, C_INT8, C_F32 = 0, 1, 2  # gemv.c's weight formats (GEMV_BF16, GEMV_INT8, GEMV_F32)
 C_BF16_RX = 3  # bf16 weights times inputs rounded to bf16, as a bf16 GEMM takes them (GEMV_BF16_RX)
+C_INT8_PAIRS = 4  # int8 weights stored by pairs of inputs, for mostly-zero inputs (GEMV_INT8_PAIRS)
 C_KINDS = {torch.bfloat16: C_BF16, torch.float32: C_F32}
 # Rows above which int8 weights are expanded to the compute dtype for a GEMM instead of the weight-only kernel.
 INT8_GEMV_MAX_ROWS = 4
@@ -94,7 +95,7 @@ def f32_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 class CMatrix:
     """A matrix as gemv.c reads it, for C code that runs several products in one call (decode7.c)."""
 
-    kind: int  # C_BF16 or C_INT8
+    kind: int  # C_BF16, C_F32, C_INT8 or C_INT8_PAIRS
     in_features: int
     out_features: int
     weight: int  # address of the (out, in) weights
@@ -233,10 +234,17 @@ class NativeInt8Linear(Linear):
     Used on x86 CPUs without VNNI, where fbgemm's int8 kernel needs 7-bit activations to stay exact and
     a packed copy of the weights about 11% larger than them."""
 
+    kind = C_INT8  # the C kernel's weight format
+
     def __init__(self, w: torch.Tensor):
         self.q, self.scale = quantize_int8(w)
         self.out_features, self.in_features = self.q.shape
         self.nbytes = self.q.numel() + 4 * self.out_features
+
+    @property
+    def c_weights(self) -> torch.Tensor:
+        """The weights as the C kernel of `kind` reads them."""
+        return self.q
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
@@ -244,11 +252,11 @@ class NativeInt8Linear(Linear):
             return self._int_mm(x)
         if rows > INT8_KERNEL_MAX_ROWS:
             return _widened(_as_15_bits(x), self.out_features, self.in_features, self._dequantize)
-        return _gemv(x, self, C_INT8, self.q, self.scale)
+        return _gemv(x, self, self.kind, self.c_weights, self.scale)
 
     def c_matrix(self) -> CMatrix | None:
-        q, scale = self.q.data_ptr(), self.scale.data_ptr()
-        return CMatrix(C_INT8, self.in_features, self.out_features, q, scale, INT8_KERNEL_MAX_ROWS)
+        w, scale = self.c_weights.data_ptr(), self.scale.data_ptr()
+        return CMatrix(self.kind, self.in_features, self.out_features, w, scale, INT8_KERNEL_MAX_ROWS)
 
     def _int_mm(self, x: torch.Tensor) -> torch.Tensor:
         """The C kernel's arithmetic on oneDNN's int8 GEMM: each 15-bit activation is split into a high and
@@ -270,6 +278,38 @@ class NativeInt8Linear(Linear):
 
     def _dequantize(self, lo: int, hi: int, buf: torch.Tensor) -> None:
         buf.copy_(self.q[lo:hi])
+        buf.mul_(self.scale[lo:hi, None])
+
+
+class PairedInt8Linear(NativeInt8Linear):
+    """NativeInt8Linear's weights stored by pairs of inputs, (ceil(in / 2), out, 2), for inputs that are
+    mostly zero, as a trained model's feed-forward gives its second matrix: the C kernel reads only the pairs
+    whose inputs are not both zero (`rwkv_gemv_i8p` in gemv.c). Same integer sums and the same bits as
+    NativeInt8Linear on every path; with dense inputs the C kernel is slower (see `core/sparse_ffn.py` for
+    when it is used)."""
+
+    kind = C_INT8_PAIRS
+
+    def __init__(self, native: NativeInt8Linear):
+        q = native.q
+        if q.shape[1] % 2:
+            q = torch.cat([q, q.new_zeros(q.shape[0], 1)], dim=1)
+        self.qp = q.view(q.shape[0], -1, 2).transpose(0, 1).contiguous()
+        self.scale = native.scale
+        self.out_features, self.in_features = native.out_features, native.in_features
+        self.nbytes = self.qp.numel() + 4 * self.out_features
+
+    @property
+    def q(self) -> torch.Tensor:
+        """The weights as (out, in) int8 rows: a copy, for the GEMM of prompts."""
+        return self.qp.transpose(0, 1).reshape(self.out_features, -1)[:, : self.in_features]
+
+    @property
+    def c_weights(self) -> torch.Tensor:
+        return self.qp
+
+    def _dequantize(self, lo: int, hi: int, buf: torch.Tensor) -> None:
+        buf.copy_(self.qp[:, lo:hi].transpose(0, 1).reshape(hi - lo, -1)[:, : self.in_features])
         buf.mul_(self.scale[lo:hi, None])
 
 
@@ -334,7 +374,8 @@ class RowChunkedLinear(Linear):
 
 
 @cache
-def _cpu_flags() -> frozenset[str]:
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo names them (empty where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
             return frozenset(next((line for line in f if line.startswith("flags")), "").split())
@@ -343,7 +384,7 @@ def _cpu_flags() -> frozenset[str]:
 
 
 def _has_vnni() -> bool:
-    return bool(_cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 @cache
@@ -402,4 +443,4 @@ def packs(dtype: torch.dtype) -> bool:
         return False
     if load_gemv() is None:
         return True
-    return dtype == torch.bfloat16 and "amx_bf16" in _cpu_flags()
+    return dtype == torch.bfloat16 and "amx_bf16" in cpu_flags()

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import decode7, heap, rwkv4, rwkv56
+from . import decode7, heap, rwkv4, rwkv56, sparse_ffn
 from .builtin import BUILTIN_MODEL, NOTICE
 from .checkpoint import open_checkpoint
 from .embedding import Embedding
@@ -71,6 +71,8 @@ class Model:
         self.head = head
         self.state_shape = StateShape(spec.generation, spec.n_layer, spec.n_embd, spec.n_head, spec.head_size)
         self._tokenizer = tokenizer
+        # Layers whose feed-forward value matrix is stored by pairs of inputs (see core/sparse_ffn.py).
+        self.paired_ffn_layers: list[int] = []
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -385,4 +387,6 @@ def load(
             raise CheckpointError(f"{p}: not enough memory for strategy {strat.name!r} ({e})") from None
         raise
     heap.release_freed_memory()
-    return Model(p, spec, strat, emb, blocks, ln_out, head, tok)
+    model = Model(p, spec, strat, emb, blocks, ln_out, head, tok)
+    model.paired_ffn_layers = sparse_ffn.pair_sparse_ffns(model)
+    return model
