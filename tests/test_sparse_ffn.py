@@ -13,6 +13,7 @@ from rwkv_hub.core import linear, sparse_ffn
 from rwkv_hub.core.builtin import builtin_model_path
 from rwkv_hub.core.linear import INT8_KERNEL_MAX_ROWS, NativeInt8Linear, PairedInt8Linear
 from rwkv_hub.core.native import load_gemv
+from rwkv_hub.core.synth import write_random_checkpoint
 
 needs_gemv = pytest.mark.skipif(load_gemv() is None, reason="no C compiler")
 VNNI = {"avx512bw", "avx512_vnni"} <= linear.cpu_flags()
@@ -94,15 +95,21 @@ def test_a_model_decodes_the_same_bits_with_either_layout(checkpoint_factory, mo
 
 @needs_gemv
 @pytest.mark.skipif(not VNNI, reason="the paired layout is used only on CPUs with AVX-512 VNNI")
-def test_only_mostly_zero_feed_forwards_are_paired(checkpoint_factory):
+def test_only_mostly_zero_feed_forwards_are_paired(checkpoint_factory, tmp_path):
     """The trained built-in model's value matrices get mostly zeros (89-95%): all are paired. Random weights
-    give about half: none is."""
+    give about half: none is. Random weights with the keys shifted as synth's ffn_zero_share does: all."""
     builtin = rwkv_hub.load(builtin_model_path(), strategy="cpu bf16i8")
     assert builtin.paired_ffn_layers == list(range(builtin.spec.n_layer))
     random = rwkv_hub.load(checkpoint_factory(**SHAPE), strategy="cpu bf16i8")
     fractions = sparse_ffn.zero_fractions(random)
     assert all(0.3 < f < 0.7 for f in fractions), fractions
     assert random.paired_ffn_layers == []
+    shifted = rwkv_hub.load(
+        write_random_checkpoint(tmp_path / "s.pth", **SHAPE, ffn_zero_share=0.9), strategy="cpu bf16i8"
+    )
+    fractions = sparse_ffn.zero_fractions(shifted)
+    assert all(0.85 < f < 0.95 for f in fractions), fractions
+    assert shifted.paired_ffn_layers == [0, 1, 2]
 
 
 @needs_gemv

@@ -37,9 +37,11 @@ def random_state_dict(
     layer0_v: bool = False,
     seed: int = 0,
     generation: str = "x070",
+    ffn_zero_share: float | None = None,
 ) -> OrderedDict[str, torch.Tensor]:
     """Build a state dict of `generation` ("x070", "x060", "x052", "x051", "x050" or "x040") with random weights
-    of the official shapes."""
+    of the official shapes. `ffn_zero_share` (x070) shifts every feed-forward key down so that about that share
+    of relu(k) is zero, as in trained models (random weights zero about half)."""
     if generation != "x070":
         return _random_x056(generation, n_layer, n_embd, vocab_size, head_size, dtype, seed)
     g = torch.Generator().manual_seed(seed)
@@ -90,6 +92,12 @@ def random_state_dict(
         f = p + "ffn."
         sd[f + "x_k"] = vec(uniform(0, 1, c))
         sd[f + "key.weight"] = randn(ffn_mult * c, c, std=1 / math.sqrt(c))
+        if ffn_zero_share is not None:
+            # The key's input carries ln2's bias, 1 here, in every channel: a weight shift of -d moves every k
+            # by about -d * c against a spread of about sqrt(2) (the normalised part and the bias's sum).
+            sd[p + "ln2.bias"] = torch.ones(c)
+            z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(ffn_zero_share)).item()
+            sd[f + "key.weight"] -= z * math.sqrt(2) / c
         sd[f + "value.weight"] = randn(c, ffn_mult * c, std=0.5 / math.sqrt(ffn_mult * c))
     sd["ln_out.weight"] = 1 + randn(c, std=0.1)
     sd["ln_out.bias"] = randn(c, std=0.1)
@@ -172,6 +180,7 @@ def write_random_checkpoint(
     layer0_v: bool = False,
     seed: int = 0,
     generation: str = "x070",
+    ffn_zero_share: float | None = None,
 ) -> Path:
     """Write a random checkpoint as `.pth` (torch.save) or `.safetensors`; the format follows the suffix."""
     p = Path(path)
@@ -185,6 +194,7 @@ def write_random_checkpoint(
         layer0_v=layer0_v,
         seed=seed,
         generation=generation,
+        ffn_zero_share=ffn_zero_share,
     )
     if fmt == "safetensors":
         from safetensors.torch import save_file
