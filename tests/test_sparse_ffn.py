@@ -117,3 +117,19 @@ def test_other_strategies_keep_their_layout(checkpoint_factory):
     model = rwkv_hub.load(checkpoint_factory(**SHAPE), strategy="cpu fp32")
     assert not sparse_ffn.pairing_applies(model)
     assert model.paired_ffn_layers == []
+
+
+@needs_gemv
+@pytest.mark.skipif(not VNNI, reason="the paired layout is used only on CPUs with AVX-512 VNNI")
+def test_a_failed_measurement_keeps_the_plain_layout(checkpoint_factory, monkeypatch, caplog):
+    """Running out of memory in the calibration prompt must not fail the load: the plain layout stays."""
+
+    def fail(model):
+        raise RuntimeError("not enough memory")
+
+    monkeypatch.setattr(sparse_ffn, "zero_fractions", fail)
+    monkeypatch.setattr(sparse_ffn, "SPARSE_MIN", 0.0)
+    model = rwkv_hub.load(checkpoint_factory(**SHAPE), strategy="cpu bf16i8")
+    assert model.paired_ffn_layers == []
+    assert all(type(b.ffn_value) is NativeInt8Linear for b in model.blocks)
+    assert "keeping the plain int8 layout" in caplog.text

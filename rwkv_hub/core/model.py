@@ -389,4 +389,6 @@ def load(
     heap.release_freed_memory()
     model = Model(p, spec, strat, emb, blocks, ln_out, head, tok)
     model.paired_ffn_layers = sparse_ffn.pair_sparse_ffns(model)
+    if model.paired_ffn_layers:
+        heap.release_freed_memory()  # the plain layouts the pairs replaced, and the calibration prompt's
     return model
