@@ -685,6 +685,25 @@ void rwkv_gemv_i8p(const int8_t *qp, const float *scale, const int16_t *xq, cons
     if (list != small) free(list);
 }
 
+/* W^T, (in, out), from the paired layout: the int8 GEMM of a prompt multiplies by it. Row by row of pairs,
+ * so it runs at about memory speed (a strided copy through PyTorch moved two bytes at a time and slowed
+ * an int8 prompt by a fifth). */
+void rwkv_unpair_i8(const int8_t *qp, int8_t *wt, int in, int out) {
+    const int npair = (in + 1) / 2;
+#pragma omp parallel for schedule(static) if ((int64_t)in * out >= BYTES_PARALLEL_MIN)
+    for (int j = 0; j < npair; j++) {
+        const int8_t *src = qp + (int64_t)j * out * 2;
+        int8_t *even = wt + (int64_t)(2 * j) * out, *odd = even + out;
+        if (2 * j + 1 < in)
+            for (int o = 0; o < out; o++) {
+                even[o] = src[2 * o];
+                odd[o] = src[2 * o + 1];
+            }
+        else
+            for (int o = 0; o < out; o++) even[o] = src[2 * o];
+    }
+}
+
 /* ---- Threads ----
  * One core cannot pull the weights from memory as fast as two, so the products are split between
  * threads. They must be torch's own OpenMP threads: a second pool of workers spinning beside torch's makes
