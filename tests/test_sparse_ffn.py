@@ -133,3 +133,25 @@ def test_a_failed_measurement_keeps_the_plain_layout(checkpoint_factory, monkeyp
     assert model.paired_ffn_layers == []
     assert all(type(b.ffn_value) is NativeInt8Linear for b in model.blocks)
     assert "keeping the plain int8 layout" in caplog.text
+
+
+@needs_gemv
+@pytest.mark.skipif(not VNNI, reason="the paired layout is used only on CPUs with AVX-512 VNNI")
+@pytest.mark.parametrize("generation", ["x060", "x052", "x040"])
+def test_older_generations_decode_the_same_bits_paired(checkpoint_factory, monkeypatch, generation):
+    """RWKV-4, 5 and 6 feed-forwards square a relu too, and their value matrices are paired the same way;
+    their decode steps go through the Linear (no one-call layer): equal logits with either layout."""
+    path = checkpoint_factory(n_layer=2, n_embd=128, vocab_size=512, generation=generation)
+    runs = []
+    for share in (0.0, 1.01):
+        monkeypatch.setattr(sparse_ffn, "SPARSE_MIN", share)
+        model = rwkv_hub.load(path, strategy="cpu bf16i8")
+        assert model.paired_ffn_layers == ([0, 1] if share == 0.0 else [])
+        logits, state = model.forward(random_tokens(9, 512, seed=3), None)
+        run = [logits]
+        for step in range(3):
+            logits, state = model.forward([step + 5], state)
+            run.append(logits)
+        runs.append(run)
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
