@@ -429,7 +429,7 @@ def format_report(r: dict[str, Any]) -> str:
         ("model", f"{r['model']} ({r['n_layer']} x {r['n_embd']}, vocab {r['vocab_size']})", ""),
         ("strategy", r["strategy"], ""),
         ("machine", machine, ""),
-        ("paired feed-forward layers", f"{r.get('paired_ffn_layers', 0)} of {r['n_layer']}", ""),
+        ("paired feed-forward layers", f"{r['paired_ffn_layers']} of {r['n_layer']}", ""),
         ("load time", f"{r['load_s']:.2f} s", ""),
         ("weights", _mib(r["weight_bytes"]), ""),
         ("peak RSS", _peak_text(r), ""),

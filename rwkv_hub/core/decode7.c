@@ -94,8 +94,8 @@ enum { ACT_NONE = 0, ACT_TANH = 1, ACT_SIGMOID = 2 };
 /* A low-rank product out = up @ act(down @ x), down (r, C) and up (C, r) row-major (fp32, or bf16 with
  * `bf16`), for B rows, in two halves so that threads can share each one's rows (called inside a parallel
  * region; a barrier must come between them). `hidden` holds B * r floats.
- * down is a small matrix of gemv.c's layout, so its rows go through gemv.c's loops: they read memory
- * about twice as fast as one `dot` a row (0.19B int8 decode: 17 us a layer for the four, see lora_up). */
+ * down is a small matrix of gemv.c's layout, so its rows go through gemv.c's loops, which read it at memory
+ * speed (0.19B int8 decode: the four down matrices, 432 KB, in about 18 us a layer). */
 static void lora_down(int B, int C, const float *x, const void *down, int bf16, int r, int act, float *hidden) {
     int r0, r1;
     own_rows(r, &r0, &r1);
@@ -141,8 +141,9 @@ static inline void up_rows16(const void *up, int bf16, int r, const float *h, fl
 #endif
 
 /* up's rows are a rank long (32-128), too short for a dot product each: the reduction at the end of one
- * cost more than its multiply-adds, and the four took 20 us a layer for 221 KB. On AVX-512 sixteen rows
- * share one reduction (up_rows16). A row's sum does not depend on B or on which thread makes it. */
+ * cost more than its multiply-adds, and the four (432 KB for 0.19B) took 20-28 us a layer. On AVX-512
+ * sixteen rows share one reduction (up_rows16), about 17 us. A row's sum does not depend on B or on which
+ * thread makes it. */
 static void lora_up(int B, int C, const void *up, int bf16, int r, const float *hidden, float *out) {
     int c0, c1;
     own_rows(C, &c0, &c1);
@@ -242,7 +243,7 @@ static void mat_part(const rwkv_mat *m, int B, const float *x, const int16_t *xq
 }
 
 static void prepare(const rwkv_mat *m, int B, const float *x, int16_t *xq, float *xs, float *xr) {
-    if (m->kind == GEMV_INT8 || m->kind == GEMV_INT8_PAIRS) rwkv_quantize_x(x, xq, xs, B, m->in);
+    if (takes_levels(m->kind)) rwkv_quantize_x(x, xq, xs, B, m->in);
     if (m->kind == GEMV_BF16_RX) rx_prepare(x, (uint16_t *)xq, xr, (size_t)B * m->in, m->in);
 }
 

@@ -559,8 +559,8 @@ void rwkv_gemv_i8(const int8_t *q, const float *scale, const int16_t *xq, const 
  * both zero, and a decode step reads only those pairs' rows. vpdpwssd multiplies a pair's 32 weights,
  * widened, by its two levels and adds both products into each of 16 output sums: no shuffles, and the
  * same instruction count per product as rwkv_gemv_i8. A 2-core Zen 4, 3072 x 768 (one layer's matrix of
- * 0.19B) out of cache, against rwkv_gemv_i8: 2.4x faster with 90% zero inputs, 0.65x with half of them
- * zero; 4 and 16 rows of x 1.2x faster with 90% zeros. So it is used only where a model's feed-forward
+ * 0.19B) out of cache, against rwkv_gemv_i8: 2.2x faster with 90% zero inputs, 0.6x with half of them
+ * zero; about even with 4 and 16 rows of x at 90% zeros. So it is used only where a model's feed-forward
  * inputs are mostly zero (`core/sparse_ffn.py`). The sums are the same exact integers, scaled by
  * i8_scaled, so both layouts give the same bits. */
 
@@ -720,6 +720,9 @@ static void split_rows(int out, int part, int parts, int *r0, int *r1) {
  * caller has rounded to bf16, as a bf16 GEMM sees them (rx_gemv). */
 enum { GEMV_BF16 = 0, GEMV_INT8 = 1, GEMV_F32 = 2, GEMV_BF16_RX = 3, GEMV_INT8_PAIRS = 4 };
 
+/* Whether a kind's kernel reads x as rwkv_quantize_x leaves it (xq, xs). */
+static inline int takes_levels(int kind) { return kind == GEMV_INT8 || kind == GEMV_INT8_PAIRS; }
+
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
 #define RX_TILES
 /* bf16 weights times bf16 inputs with vdpbf16ps: 32 products a step summed in pairs into 16 fp32 lanes,
@@ -832,7 +835,7 @@ void rwkv_gemv(int kind, const void *w, const float *scale, const float *x, floa
         if (xq) rx_prepare(x, (uint16_t *)xq, NULL, (size_t)batch * in, in);
         else kind = GEMV_BF16;
     }
-    if (kind == GEMV_INT8 || kind == GEMV_INT8_PAIRS) {
+    if (takes_levels(kind)) {
         xq = malloc((size_t)batch * in * sizeof *xq);
         xs = malloc((size_t)batch * sizeof *xs);
         if (!xq || !xs) {

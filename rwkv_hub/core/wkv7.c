@@ -165,6 +165,7 @@ static int state_update(const float *S_old, float *S, int N, const float *aa, co
         return stream;
     }
 #endif
+    (void)stream; /* the plain loop has no streaming stores */
     state_step(S_old, S, N, aa, bb, wv, kv, vv, rt, y);
     return 0;
 }
