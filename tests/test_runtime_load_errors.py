@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -302,7 +303,7 @@ def test_errors_share_one_base_class() -> None:
 
 
 @pytest.mark.parametrize("strategy", ["cpu fp32", "cpu bf16i8"])
-def test_the_embedding_is_mapped_from_the_file_and_survives_a_replaced_file(good, tmp_path, strategy) -> None:
+def test_the_embedding_is_read_from_the_file_and_survives_a_replaced_file(good, tmp_path, strategy) -> None:
     """The embedding is read from the file on demand, not copied; replacing the file by rename (how
     downloads and `replace_file` update a model) leaves a loaded model as it was."""
     from rwkv_hub.core.atomic import replace_file
@@ -311,8 +312,8 @@ def test_the_embedding_is_mapped_from_the_file_and_survives_a_replaced_file(good
     path = tmp_path / good.name
     path.write_bytes(good.read_bytes())
     model = rwkv_hub.load(path, strategy=strategy)
-    assert model.emb.mapped
-    assert model.emb.table.dtype == torch.bfloat16  # as the file stores it, whatever the strategy
+    assert model.emb.reader is not None and model.emb.table is None
+    assert model.emb.dtype == torch.bfloat16  # as the file stores it, whatever the strategy
     tokens = random_tokens(12, SHAPE["vocab_size"], seed=2)
     before, _ = model.forward(tokens, None)
     other = write_random_checkpoint(tmp_path / f"other{good.suffix}", **SHAPE, seed=9)
@@ -320,3 +321,19 @@ def test_the_embedding_is_mapped_from_the_file_and_survives_a_replaced_file(good
     after, _ = model.forward(tokens, None)
     assert torch.equal(before, after)
     assert not torch.equal(before, rwkv_hub.load(path, strategy=strategy).forward(tokens, None)[0])
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
+def test_reading_the_embedding_maps_no_part_of_the_file(good) -> None:
+    """Rows are copied with positioned reads: a mapping of the file would also map each touched page's
+    cached neighbours (fault-around), growing the process by 64 KB per new token instead of one row."""
+    model = rwkv_hub.load(good, strategy="cpu fp32")
+    model.forward(random_tokens(64, SHAPE["vocab_size"], seed=3), None)
+    maps = Path("/proc/self/maps").read_text()
+    assert str(good.resolve()) not in maps
+
+
+def test_an_embedding_row_out_of_range_is_refused(good) -> None:
+    model = rwkv_hub.load(good, strategy="cpu fp32")
+    with pytest.raises(IndexError, match="out of range"):
+        model.emb([0, SHAPE["vocab_size"]])

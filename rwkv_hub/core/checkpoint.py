@@ -10,10 +10,10 @@ or a JSON header plus raw bytes (safetensors).
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import pickle
 import struct
+import weakref
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -88,22 +88,13 @@ class LazyTensor:
         start = self.storage_offset + lo * cols
         return self._read_bytes(start, (hi - lo) * cols, self.itemsize).view(hi - lo, *self.shape[1:])
 
-    def mapped(self) -> torch.Tensor | None:
-        """The tensor as a private, copy-on-write mapping of its bytes in the file, or None where its
-        layout does not allow one (not row-major, or not aligned to its element size).
-
-        Only the pages that are read become resident, and the OS can drop them again under memory
-        pressure: a table read a few rows at a time (the embedding) costs almost no memory this way.
-        Replacing the file by renaming is safe; truncating it in place while a model uses it is not."""
-        start = self.offset + self.storage_offset * self.itemsize
+    def row_reader(self) -> RowReader | None:
+        """A reader of single rows of this matrix straight from the file, or None where its layout does not
+        allow one (not row-major) or the platform has no positioned reads."""
         contiguous = self.stride is None or tuple(self.stride) == torch.empty(self.shape, device="meta").stride()
-        if not contiguous or start % self.itemsize or not self.numel:
+        if not contiguous or not self.numel or len(self.shape) != 2 or not hasattr(os, "preadv"):
             return None
-        with open(self.path, "rb") as f:
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        if start + self.numel * self.itemsize > len(mm):
-            raise CheckpointError(f"{self.path}: file is truncated (a tensor's data ends early); download it again")
-        return torch.frombuffer(mm, dtype=self.dtype, count=self.numel, offset=start).view(self.shape)
+        return RowReader(self)
 
     def _read_bytes(self, first: int, count: int, itemsize: int) -> torch.Tensor:
         flat = torch.empty(count, dtype=self.dtype)
@@ -116,6 +107,39 @@ class LazyTensor:
             if got != nbytes:
                 raise CheckpointError(f"{self.path}: file is truncated (a tensor's data ends early); download it again")
         return flat
+
+
+class RowReader:
+    """Rows of a row-major matrix in a checkpoint file, read on demand with positioned reads (the embedding).
+
+    Only the bytes asked for are copied into memory. A mapping of the file would make every first touch
+    of a page also map its neighbours already in the page cache (the kernel's fault-around, 64 KB by
+    default, which `MADV_RANDOM` does not turn off): a 512-token prompt of random tokens grew a 0.19B process
+    by 27 MB that way, against 0.8 MB of rows. The file stays open, so replacing it by renaming leaves a
+    loaded model as it was."""
+
+    def __init__(self, t: LazyTensor):
+        self.rows, self.cols = t.shape
+        self.dtype = t.dtype
+        self.row_bytes = self.cols * t.itemsize
+        self._base = t.offset + t.storage_offset * t.itemsize
+        fd = os.open(t.path, os.O_RDONLY)
+        if os.fstat(fd).st_size < self._base + self.rows * self.row_bytes:
+            os.close(fd)
+            raise CheckpointError(f"{t.path}: file is truncated (a tensor's data ends early); download it again")
+        self._fd = fd
+        self._close = weakref.finalize(self, os.close, fd)
+
+    def take(self, ids: list[int]) -> torch.Tensor:
+        """Rows `ids` as a (len(ids), cols) tensor in the file's dtype."""
+        out = torch.empty(len(ids), self.cols, dtype=self.dtype)
+        buf = out.view(torch.uint8).numpy()
+        for i, r in enumerate(ids):
+            if not 0 <= r < self.rows:
+                raise IndexError(f"row {r} is out of range for a table of {self.rows} rows")
+            if os.preadv(self._fd, [buf[i]], self._base + r * self.row_bytes) != self.row_bytes:
+                raise CheckpointError("the checkpoint file was truncated while the model was loaded; load it again")
+        return out
 
 
 class _MetaUnpickler(pickle.Unpickler):

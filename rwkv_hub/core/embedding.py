@@ -1,7 +1,7 @@
 """The token embedding: rows of the table as the file stores them, with the first layer norm applied on lookup.
 
-A prompt or a decode step reads only its tokens' rows, so the table is mapped from the checkpoint file
-rather than copied: its pages become resident only when a token reads them. For a 65536-token
+A prompt or a decode step reads only its tokens' rows, so those rows are read from the checkpoint file
+when they are needed rather than the table being copied at load. For a 65536-token
 vocabulary that keeps 100-270 MB of a 0.19B-0.45B model out of memory (a third of an int8 model's
 weights). The official package normalizes the whole table at load instead; applying the same layer
 norm to the few rows a pass reads gives the same fp32 values.
@@ -19,16 +19,21 @@ class Embedding:
     """`emb(ids) -> (T, C)` fp32 rows on `device`, layer-normed with blocks.0.ln0."""
 
     def __init__(self, table: LazyTensor, ln_w: torch.Tensor, ln_b: torch.Tensor, device: str | torch.device):
-        mapped = table.mapped()
-        self.table = mapped if mapped is not None else table.read()  # stays on the CPU, in the file's dtype
+        self.reader = table.row_reader()
+        self.table = table.read() if self.reader is None else None  # where rows cannot be read one at a time
+        self.dtype = table.dtype  # the file's, whatever the strategy
         self.ln_w, self.ln_b = ln_w, ln_b
         self.device = torch.device(device)
-        self.mapped = mapped is not None
+        self._table_bytes = table.numel * table.itemsize
 
     @property
     def nbytes(self) -> int:
-        return self.table.numel() * self.table.element_size() + 4 * (self.ln_w.numel() + self.ln_b.numel())
+        return self._table_bytes + 4 * (self.ln_w.numel() + self.ln_b.numel())
 
     def __call__(self, ids: list[int]) -> torch.Tensor:
-        rows = self.table.index_select(0, torch.tensor(ids, dtype=torch.long)).to(self.device, torch.float32)
+        if self.reader is not None:
+            rows = self.reader.take(ids)
+        else:
+            rows = self.table.index_select(0, torch.tensor(ids, dtype=torch.long))
+        rows = rows.to(self.device, torch.float32)
         return F.layer_norm(rows, (rows.shape[-1],), self.ln_w, self.ln_b)
