@@ -1,10 +1,10 @@
 """The CPU decode step in C (decode7.c) against the PyTorch blocks it replaces, on the same model.
 
 Three ways to run a decode step: the whole layer in one C call (weights that gemv.c multiplies: fp32,
-and bf16 or int8 where PyTorch has no fast kernel for them), the strategy's own products with the small
-work in C, and plain PyTorch (GPUs, machines
-without a compiler). They must agree: logits and every part of the new state, for several sequences at
-once and over several steps.
+bf16 (in AMX's tile order where the CPU has AMX) and int8 where PyTorch has no fast kernel for them), the
+strategy's own products with the small work in C, and plain PyTorch (GPUs, machines without a compiler).
+They must agree: logits and every part of the new state, for several sequences at once and over several
+steps.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from conftest import random_tokens, record_figure, rel_err
 import rwkv_hub
 from rwkv_hub.core import decode7
 from rwkv_hub.core.linear import (
+    AMX_KERNEL_MAX_ROWS,
     BF16_KERNEL_MAX_ROWS,
     F32_KERNEL_MAX_ROWS,
     INT8_KERNEL_MAX_ROWS,
+    amx_bf16_works,
     cpu_int8_kernel,
     packs,
 )
@@ -40,6 +42,8 @@ def fused_expected(strategy: str) -> int:
     """The batch limit of the one-call layer on this CPU (0 where some product is not gemv.c's)."""
     if strategy == "cpu bf16i8":
         return INT8_KERNEL_MAX_ROWS if cpu_int8_kernel() == "native" else 0
+    if strategy == "cpu bf16" and amx_bf16_works():  # every matrix of SHAPE fits AMX's tiles
+        return AMX_KERNEL_MAX_ROWS
     if strategy == "cpu bf16":
         return 0 if packs(torch.bfloat16) else BF16_KERNEL_MAX_ROWS
     return F32_KERNEL_MAX_ROWS

@@ -11,6 +11,7 @@ from rwkv_hub.core.linear import (
     BF16_KERNEL_MAX_ROWS,
     INT8_KERNEL_MAX_ROWS,
     WIDEN_BLOCK_FLOATS,
+    AmxBf16Linear,
     DenseLinear,
     NativeInt8Linear,
     quantize_int8,
@@ -147,3 +148,24 @@ def test_many_int8_rows_take_the_int8_gemm_and_give_the_kernel_s_bits(monkeypatc
 
 def test_int8_kernel_choice_is_reported():
     assert linear.cpu_int8_kernel() in ("fbgemm", "native", "weight-only")
+
+
+@pytest.mark.skipif(not linear.amx_bf16_works(), reason="no AMX-BF16 here (or no kernel built for it)")
+@pytest.mark.parametrize(("n_out", "n_in"), [(16, 32), (48, 800), (768, 768), (3072, 768), (768, 3072)])
+@pytest.mark.parametrize("rows", [1, 3, 16, 17, 64, 100, 512])
+def test_amx_kernel_equals_the_bf16_product_and_gives_each_row_its_bits_alone(n_out, n_in, rows):
+    """AMX tiles on weights in tile order: 1-16 rows take one tile of sums, 64 rows four, the rest are
+    remainders; long inputs go through the weights a chunk of output rows at a time. Within float
+    rounding of the float64 product of the same bf16 values, fp32 and bf16 inputs give the same bits, and
+    a row alone gives the bits it gets in any batch. bf16 strategies take this layout where it runs."""
+    g = torch.Generator().manual_seed(n_out * 7 + rows)
+    w = torch.randn(n_out, n_in, generator=g).bfloat16()
+    x = torch.randn(rows, n_in, generator=g)
+    lin = AmxBf16Linear(w)
+    want = torch.nn.functional.linear(x.bfloat16().double(), w.double())
+    got = lin(x)
+    assert rel(got, want) < 1e-6
+    assert torch.equal(lin(x.bfloat16()), got)
+    for r in sorted({0, rows // 2, rows - 1}):
+        assert torch.equal(lin(x[r : r + 1])[0], got[r])
+    assert linear.make_linear(w, "cpu", torch.bfloat16, int8=False).__class__ is AmxBf16Linear

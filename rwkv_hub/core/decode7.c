@@ -216,7 +216,7 @@ void rwkv7_tmix_mt(int threads, int B, int H, int N, const int *starts, const in
 /* ---- One whole layer ---- */
 
 typedef struct {
-    int kind, in, out; /* kind: GEMV_BF16, GEMV_BF16_RX, GEMV_INT8 or GEMV_F32 (gemv.c) */
+    int kind, in, out; /* kind: any of gemv.c's GEMV_* */
     const void *w;
     const float *scale; /* int8: one per output row */
 } rwkv_mat;
@@ -232,8 +232,8 @@ typedef struct {
     rwkv_mat receptance, key, value, output, ffn_key, ffn_value;
 } rwkv7_layer;
 
-/* This thread's rows of y = m x, from what `prepare` made of x: int8 reads xq, xs and GEMV_BF16_RX reads xr
- * or xq (rx_prepare). */
+/* This thread's rows of y = m x, from what `prepare` made of x: int8 reads xq, xs, GEMV_BF16_RX reads xr
+ * or xq (rx_prepare) and GEMV_BF16_AMX xq. */
 static void mat_part(const rwkv_mat *m, int B, const float *x, const int16_t *xq, const float *xs, const float *xr,
                      float *y) {
     int r0, r1;
@@ -244,7 +244,7 @@ static void mat_part(const rwkv_mat *m, int B, const float *x, const int16_t *xq
 
 static void prepare(const rwkv_mat *m, int B, const float *x, int16_t *xq, float *xs, float *xr) {
     if (takes_levels(m->kind)) rwkv_quantize_x(x, xq, xs, B, m->in);
-    if (m->kind == GEMV_BF16_RX) rx_prepare(x, (uint16_t *)xq, xr, (size_t)B * m->in, m->in);
+    if (m->kind == GEMV_BF16_RX || m->kind == GEMV_BF16_AMX) rx_prepare(x, (uint16_t *)xq, xr, (size_t)B * m->in, m->in);
 }
 
 /* Bytes of scratch `rwkv7_decode_layer` needs for B rows. */

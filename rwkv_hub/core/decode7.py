@@ -4,7 +4,7 @@ Decoding is bound by reading the weights, yet as PyTorch ops a 0.19B model spent
 on dispatching small ops and starting thread teams. Two levels here:
 - every CPU strategy: each layer's small work (layer norms, token-shift mixes, the four LoRAs) is two C
   calls, between the strategy's own matrix products;
-- where all six matrices of every layer are gemv.c's (fp32, bf16 on CPUs without AMX, int8), all layers
+- where all six matrices of every layer are gemv.c's (fp32, bf16, int8), all layers
   of a step are one C call (`rwkv7_decode_layers`).
 Both compute what `rwkv7.time_mix` and `rwkv7.channel_mix` compute; only the order of some float sums
 differs.

@@ -710,15 +710,16 @@ void rwkv_unpair_i8(const int8_t *qp, int8_t *wt, int in, int out) {
  * the two fight over the cores (measured: a decode step three times slower). Built with -fopenmp, this
  * library binds to the libgomp that torch has already loaded (the same soname), so it shares torch's team. */
 static void split_rows(int out, int part, int parts, int *r0, int *r1) {
-    int groups = (out + 3) / 4; /* four rows per unit: the vector loops' row group */
-    *r0 = 4 * (int)((int64_t)groups * part / parts);
-    *r1 = 4 * (int)((int64_t)groups * (part + 1) / parts);
+    int groups = (out + 15) / 16; /* sixteen rows per unit: an AMX tile's, four of the vector loops' groups */
+    *r0 = 16 * (int)((int64_t)groups * part / parts);
+    *r1 = 16 * (int)((int64_t)groups * (part + 1) / parts);
     if (*r1 > out) *r1 = out;
 }
 
-/* C_BF16, C_INT8, C_F32, C_BF16_RX, C_INT8_PAIRS in linear.py. GEMV_BF16_RX is bf16 weights times inputs that the
- * caller has rounded to bf16, as a bf16 GEMM sees them (rx_gemv). */
-enum { GEMV_BF16 = 0, GEMV_INT8 = 1, GEMV_F32 = 2, GEMV_BF16_RX = 3, GEMV_INT8_PAIRS = 4 };
+/* C_BF16, C_INT8, C_F32, C_BF16_RX, C_INT8_PAIRS, C_BF16_AMX in linear.py. GEMV_BF16_RX is bf16 weights times
+ * inputs that the caller has rounded to bf16, as a bf16 GEMM sees them (rx_gemv); GEMV_BF16_AMX the same
+ * product on weights in AMX tiles (amx_rows). */
+enum { GEMV_BF16 = 0, GEMV_INT8 = 1, GEMV_F32 = 2, GEMV_BF16_RX = 3, GEMV_INT8_PAIRS = 4, GEMV_BF16_AMX = 5 };
 
 /* Whether a kind's kernel reads x as rwkv_quantize_x leaves it (xq, xs). */
 static inline int takes_levels(int kind) { return kind == GEMV_INT8 || kind == GEMV_INT8_PAIRS; }
@@ -783,6 +784,110 @@ static void rx_rows(const uint16_t *w, const uint16_t *xb, float *y, int batch, 
 #define RX_BITS(in) 0
 #endif
 
+#if defined(RX_TILES) && defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#define AMX_TILES
+#include <sys/syscall.h>
+#include <unistd.h>
+/* bf16 products on AMX (Intel Sapphire Rapids and later): one instruction multiplies a 16x32 bf16 tile of
+ * inputs by a 32x16 tile of weights into 16x16 fp32 sums. The weights are stored tile by tile, as the
+ * instruction reads them: for each block of 16 output rows, for each block of 32 inputs, 16 pairs of
+ * inputs times 16 outputs times the pair ([out/16][in/32][16][16][2]; linear.AmxBf16Linear), so a
+ * product streams them start to end whatever the number of rows of x. Each output is one fp32 sum that
+ * takes its pairs in order, the same for every row of x, so a row gets the same bits alone or batched.
+ * Tiles 0-3 hold sums for up to four blocks of 16 rows of x, 4-5 inputs, 6 weights. */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_config;
+
+static void amx_configure(int rows) {
+    amx_config c __attribute__((aligned(64)));
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int t = 0; t < 6; t++) {
+        c.rows[t] = (uint8_t)rows;
+        c.colsb[t] = 64;
+    }
+    c.rows[6] = 16;
+    c.colsb[6] = 64;
+    _tile_loadconfig(&c);
+}
+
+/* Linux lends the AMX registers to a process that asks (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA);
+ * 1 if it may use them. */
+int rwkv_amx_enable(void) { return syscall(SYS_arch_prctl, 0x1023, 18) == 0; }
+
+/* Output rows [r0, r1), 16-aligned (the last may end with the matrix), for bf16 inputs xb (batch, in). A
+ * prompt's many rows meet the weights AMX_CHUNK_ROWS output rows at a time, which stay in L2 while every
+ * group of up to 64 rows of x (the sums of four tiles) passes them: reading all the weights once per group
+ * instead made a 512-row product of a 3072x768 matrix read 38 MB from memory where it needs 4.7. */
+#define AMX_CHUNK_ROWS 128
+static void amx_rows(const uint16_t *w, const uint16_t *xb, float *y, int batch, int in, int out, int r0, int r1) {
+    const int kbs = in / 32;
+    const size_t xstride = (size_t)in * 2, ystride = (size_t)out * 4;
+    int configured = 0;
+    for (int c0 = r0; c0 < r1; c0 += AMX_CHUNK_ROWS) {
+        const int c1 = r1 - c0 < AMX_CHUNK_ROWS ? r1 : c0 + AMX_CHUNK_ROWS;
+        for (int b = 0; b < batch;) {
+            const int left = batch - b, rows = left < 16 ? left : 16, blocks = left >= 64 ? 4 : 1;
+            if (rows != configured) amx_configure(configured = rows);
+            const uint16_t *x0 = xb + (size_t)b * in;
+            for (int o = c0; o < c1; o += 16) {
+                const uint16_t *wt = w + (size_t)(o / 16) * kbs * 512;
+                float *y0 = y + (size_t)b * out + o;
+                if (blocks == 4) {
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    _tile_zero(2);
+                    _tile_zero(3);
+                    for (int kb = 0; kb < kbs; kb++) {
+                        _tile_loadd(6, wt + (size_t)kb * 512, 64);
+                        _tile_loadd(4, x0 + kb * 32, xstride);
+                        _tile_dpbf16ps(0, 4, 6);
+                        _tile_loadd(5, x0 + 16 * (size_t)in + kb * 32, xstride);
+                        _tile_dpbf16ps(1, 5, 6);
+                        _tile_loadd(4, x0 + 32 * (size_t)in + kb * 32, xstride);
+                        _tile_dpbf16ps(2, 4, 6);
+                        _tile_loadd(5, x0 + 48 * (size_t)in + kb * 32, xstride);
+                        _tile_dpbf16ps(3, 5, 6);
+                    }
+                    _tile_stored(0, y0, ystride);
+                    _tile_stored(1, y0 + 16 * (size_t)out, ystride);
+                    _tile_stored(2, y0 + 32 * (size_t)out, ystride);
+                    _tile_stored(3, y0 + 48 * (size_t)out, ystride);
+                } else {
+                    _tile_zero(0);
+                    for (int kb = 0; kb < kbs; kb++) {
+                        _tile_loadd(6, wt + (size_t)kb * 512, 64);
+                        _tile_loadd(4, x0 + kb * 32, xstride);
+                        _tile_dpbf16ps(0, 4, 6);
+                    }
+                    _tile_stored(0, y0, ystride);
+                }
+            }
+            b += blocks * rows;
+        }
+    }
+    _tile_release();
+}
+#define AMX_BITS(in, out) ((in) % 32 == 0 && (out) % 16 == 0) /* the shapes the tiles take */
+
+/* y = W x for GEMV_BF16_AMX weights and inputs xb that are bf16 already (a bf16 prompt's rows), on
+ * `threads` threads: rwkv_gemv without its pass that rounds fp32 inputs. */
+void rwkv_gemv_amx_bf16(const uint16_t *w, const uint16_t *xb, float *y, int batch, int in, int out, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int p = 0; p < threads; p++) {
+        int r0, r1;
+        split_rows(out, p, threads, &r0, &r1);
+        if (r0 < r1) amx_rows(w, xb, y, batch, in, out, r0, r1);
+    }
+}
+#else
+int rwkv_amx_enable(void) { return 0; }
+#define AMX_BITS(in, out) 0
+#endif
+
 /* f rounded to the nearest bfloat16 (ties to even), as torch's conversion rounds it; a NaN stays one. */
 static inline uint16_t float_to_bf16(float f) {
     uint32_t u;
@@ -820,6 +925,9 @@ void rwkv_gemv_rows(int kind, const void *w, const float *scale, const float *x,
     if (kind == GEMV_INT8) rwkv_gemv_i8(w, scale, xq, xs, y, batch, in, out, r0, r1);
     else if (kind == GEMV_INT8_PAIRS) rwkv_gemv_i8p(w, scale, xq, xs, y, batch, in, out, r0, r1);
     else if (kind == GEMV_BF16_RX) rx_gemv(w, x, (const uint16_t *)xq, y, batch, in, out, r0, r1);
+#ifdef AMX_TILES
+    else if (kind == GEMV_BF16_AMX) amx_rows(w, (const uint16_t *)xq, y, batch, in, out, r0, r1);
+#endif
     else dense_gemv(w, kind == GEMV_BF16, x, y, batch, in, out, r0, r1);
 }
 
@@ -830,8 +938,9 @@ void rwkv_gemv(int kind, const void *w, const float *scale, const float *x, floa
                int threads) {
     int16_t *xq = NULL;
     float *xs = NULL;
-    if (kind == GEMV_BF16_RX && RX_BITS(in)) {
+    if ((kind == GEMV_BF16_RX && RX_BITS(in)) || kind == GEMV_BF16_AMX) {
         xq = malloc((size_t)batch * in * sizeof *xq);
+        if (!xq && kind == GEMV_BF16_AMX) return;
         if (xq) rx_prepare(x, (uint16_t *)xq, NULL, (size_t)batch * in, in);
         else kind = GEMV_BF16;
     }

@@ -3,7 +3,8 @@
 Decoding one token reads every weight once, so the kernel's bandwidth sets the speed. On the CPU the C
 kernels in gemv.c read fp32, bf16 and int8 weights as stored, at close to memory bandwidth. For many rows
 at once (prefill) GEMMs win: oneDNN's on the same plain weights, and for int8 oneDNN's int8 GEMM where
-VNNI or AMX makes it fast. bf16 on CPUs with AMX is the exception: oneDNN's prepacked layout (`packs`).
+VNNI or AMX makes it fast. bf16 on CPUs with AMX is the exception: weights in AMX's tile order, which
+gemv.c's AMX kernel multiplies for any number of rows (`AmxBf16Linear`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .native import load_gemv
 C_BF16, C_INT8, C_F32 = 0, 1, 2  # gemv.c's weight formats (GEMV_BF16, GEMV_INT8, GEMV_F32)
 C_BF16_RX = 3  # bf16 weights times inputs rounded to bf16, as a bf16 GEMM takes them (GEMV_BF16_RX)
 C_INT8_PAIRS = 4  # int8 weights stored by pairs of inputs, for mostly-zero inputs (GEMV_INT8_PAIRS)
+C_BF16_AMX = 5  # bf16 weights in AMX tile order times inputs rounded to bf16 (GEMV_BF16_AMX)
 C_KINDS = {torch.bfloat16: C_BF16, torch.float32: C_F32}
 # Rows above which int8 weights are expanded to the compute dtype for a GEMM instead of the weight-only kernel.
 INT8_GEMV_MAX_ROWS = 4
@@ -34,6 +36,9 @@ INT8_KERNEL_MAX_ROWS = 256
 # On CPUs with VNNI or AMX, oneDNN's int8 GEMM (`torch._int_mm`) beats the C kernel from this many rows
 # (measured on a 2-core Xeon with AMX: 8 rows of a 3072x768 matrix 0.11 against 0.15 ms, 64 rows 4x faster).
 INT_MM_MIN_ROWS = 8
+# The most rows of a decode step that AmxBf16Linear takes in the one-call layer (decode7.c); its kernel
+# itself takes any number.
+AMX_KERNEL_MAX_ROWS = 64
 C_MAX_ROWS = {C_BF16: BF16_KERNEL_MAX_ROWS, C_F32: F32_KERNEL_MAX_ROWS, C_INT8: INT8_KERNEL_MAX_ROWS}
 WIDEN_BLOCK_FLOATS = 4 * 2**20  # 16 MB of fp32 weights widened at a time
 SPLIT_MIN_BYTES = 256 * 2**10  # a C product reading this many weight bytes is split between threads
@@ -201,6 +206,57 @@ class PackedLinear(Linear):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._op(x, self.packed, None, "none", [], "")
+
+
+class AmxBf16Linear(Linear):
+    """bf16 weights in the order AMX's tiles read them, multiplied by gemv.c's AMX kernel for any number of
+    rows: one decode step and a 512-token prompt alike, and each row gets the same bits alone or batched.
+    Unlike oneDNN's prepacked weights, C code reads them, so a decode step runs all its layers in one C call
+    (decode7.c) as it does with the other kernels' weights."""
+
+    def __init__(self, w: torch.Tensor):
+        self.out_features, self.in_features = w.shape
+        self.nbytes = w.numel() * w.element_size()
+        blocks = w.contiguous().view(self.out_features // 16, 16, self.in_features // 32, 16, 2)
+        self.tiles = blocks.permute(0, 2, 3, 1, 4).contiguous()  # [out/16][in/32][16 pairs][16 outputs][2]
+
+    @staticmethod
+    def fits(w: torch.Tensor) -> bool:
+        """Whether the tiles take a matrix of this shape."""
+        return w.shape[0] % 16 == 0 and w.shape[1] % 32 == 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.bfloat16:
+            return _gemv(x, self, C_BF16_AMX, self.tiles, None)
+        xb = x.reshape(-1, self.in_features).contiguous()
+        y = torch.empty(xb.shape[0], self.out_features, dtype=torch.float32)
+        threads = torch.get_num_threads() if self.nbytes >= SPLIT_MIN_BYTES else 1
+        load_gemv().rwkv_gemv_amx_bf16(
+            self.tiles.data_ptr(),
+            xb.data_ptr(),
+            y.data_ptr(),
+            xb.shape[0],
+            self.in_features,
+            self.out_features,
+            threads,
+        )
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def c_matrix(self) -> CMatrix | None:
+        w = self.tiles.data_ptr()
+        return CMatrix(C_BF16_AMX, self.in_features, self.out_features, w, None, AMX_KERNEL_MAX_ROWS)
+
+
+@cache
+def amx_bf16_works() -> bool:
+    """Whether gemv.c's AMX kernel runs here: a CPU with AMX-BF16, a build that has the kernel, Linux's
+    permission to use the tiles, and a small product that comes out right."""
+    lib = load_gemv()
+    if "amx_bf16" not in cpu_flags() or lib is None or lib.rwkv_amx_enable() != 1:
+        return False
+    w = torch.arange(48 * 64, dtype=torch.float32).remainder_(7).sub_(3).view(48, 64).bfloat16()
+    x = torch.arange(3 * 64, dtype=torch.float32).remainder_(5).sub_(2).view(3, 64)
+    return bool(torch.equal(AmxBf16Linear(w)(x), x @ w.float().t()))
 
 
 class Int8Linear(Linear):
@@ -442,6 +498,8 @@ def make_linear(w: torch.Tensor, device: str, dtype: torch.dtype, int8: bool) ->
     if int8:
         return Int8Linear(w, dtype)
     w = w.to(dtype)
+    if device == "cpu" and dtype == torch.bfloat16 and AmxBf16Linear.fits(w) and amx_bf16_works():
+        return AmxBf16Linear(w)
     if device == "cpu" and packs(dtype):
         return PackedLinear(w)
     return DenseLinear(w)
@@ -453,8 +511,9 @@ def packs(dtype: torch.dtype) -> bool:
     gemv.c decodes faster than the packed layout: fp32 0.19B 108 against 163 us for a 768x768 matrix;
     bf16 on a 2-core Zen 4 91 against 52 tok/s for a whole 0.19B step. Prompts lose nothing, since oneDNN's
     GEMMs read plain weights as fast (`f32_linear`, and `F.linear` for bf16). The exception is bf16 with
-    AMX, whose packed products of a batch far outrun gemv.c's: 16 streams of 0.19B on a 2-core Xeon, 487
-    against about 320 tok/s."""
+    AMX, whose packed products of a batch far outrun gemv.c's loops (16 streams of 0.19B on a 2-core Xeon,
+    487 against about 320 tok/s): packed where `AmxBf16Linear`, which is faster still, does not take the
+    shape."""
     if dtype not in (torch.bfloat16, torch.float32) or not packing_works(dtype):
         return False
     if load_gemv() is None:

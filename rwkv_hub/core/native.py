@@ -103,6 +103,8 @@ def load_gemv() -> ctypes.CDLL | None:
     if dll is None:
         return None
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
+    dll.rwkv_amx_enable.restype = i32
+    dll.rwkv_amx_enable.argtypes = []
     return _declare(
         dll,
         (
@@ -110,6 +112,7 @@ def load_gemv() -> ctypes.CDLL | None:
             ("rwkv_quantize_x_bytes", [ptr] * 3 + [i32] * 2),
             ("rwkv_join_bytes", [ptr] * 4 + [i32] * 2),
             ("rwkv_unpair_i8", [ptr] * 2 + [i32] * 2),
+            *((("rwkv_gemv_amx_bf16", [ptr] * 3 + [i32] * 4),) if hasattr(dll, "rwkv_gemv_amx_bf16") else ()),
         ),
     )
 
