@@ -169,3 +169,21 @@ def test_amx_kernel_equals_the_bf16_product_and_gives_each_row_its_bits_alone(n_
     for r in sorted({0, rows // 2, rows - 1}):
         assert torch.equal(lin(x[r : r + 1])[0], got[r])
     assert linear.make_linear(w, "cpu", torch.bfloat16, int8=False).__class__ is AmxBf16Linear
+
+
+@pytest.mark.skipif(not linear.amx_int8_works(), reason="no AMX-INT8 here (or no kernel built for it)")
+@pytest.mark.parametrize(("n_out", "n_in"), [(16, 64), (48, 832), (768, 768), (3072, 768), (768, 3072)])
+@pytest.mark.parametrize("rows", [1, 3, 16, 17, 32, 33, 100, 256])
+def test_amx_int8_kernel_gives_the_int8_kernel_s_bits(n_out, n_in, rows):
+    """AMX tiles on int8 weights in tile order, x as the two bytes of its 15-bit levels: the same exact
+    integer sums as gemv.c's int8 loops, so the same bits for every row count (1-16 rows take one tile of
+    sums, 32 and more two, the rest are remainders), and the same weights back out of the tiles."""
+    g = torch.Generator().manual_seed(n_out * 5 + rows)
+    w = torch.randn(n_out, n_in, generator=g)
+    x = torch.randn(rows, n_in, generator=g)
+    amx, native = linear.AmxInt8Linear(w), NativeInt8Linear(w)
+    assert torch.equal(amx.q, native.q) and torch.equal(amx.scale, native.scale)
+    want = linear._gemv(x, native, native.kind, native.c_weights, native.scale)
+    assert torch.equal(amx(x), want)
+    assert torch.equal(amx(x[rows - 1 :])[0], want[rows - 1])
+    assert linear.make_linear(w, "cpu", torch.bfloat16, int8=True).__class__ is linear.AmxInt8Linear

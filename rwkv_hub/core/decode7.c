@@ -233,7 +233,7 @@ typedef struct {
 } rwkv7_layer;
 
 /* This thread's rows of y = m x, from what `prepare` made of x: int8 reads xq, xs, GEMV_BF16_RX reads xr
- * or xq (rx_prepare) and GEMV_BF16_AMX xq. */
+ * or xq (rx_prepare), GEMV_BF16_AMX xq and GEMV_INT8_AMX xq as two byte planes, xs. */
 static void mat_part(const rwkv_mat *m, int B, const float *x, const int16_t *xq, const float *xs, const float *xr,
                      float *y) {
     int r0, r1;
@@ -244,6 +244,7 @@ static void mat_part(const rwkv_mat *m, int B, const float *x, const int16_t *xq
 
 static void prepare(const rwkv_mat *m, int B, const float *x, int16_t *xq, float *xs, float *xr) {
     if (takes_levels(m->kind)) rwkv_quantize_x(x, xq, xs, B, m->in);
+    if (m->kind == GEMV_INT8_AMX) rwkv_quantize_x_bytes(x, (int8_t *)xq, xs, B, m->in);
     if (m->kind == GEMV_BF16_RX || m->kind == GEMV_BF16_AMX) rx_prepare(x, (uint16_t *)xq, xr, (size_t)B * m->in, m->in);
 }
 

@@ -718,11 +718,13 @@ static void split_rows(int out, int part, int parts, int *r0, int *r1) {
 
 /* C_BF16, C_INT8, C_F32, C_BF16_RX, C_INT8_PAIRS, C_BF16_AMX in linear.py. GEMV_BF16_RX is bf16 weights times
  * inputs that the caller has rounded to bf16, as a bf16 GEMM sees them (rx_gemv); GEMV_BF16_AMX the same
- * product on weights in AMX tiles (amx_rows). */
-enum { GEMV_BF16 = 0, GEMV_INT8 = 1, GEMV_F32 = 2, GEMV_BF16_RX = 3, GEMV_INT8_PAIRS = 4, GEMV_BF16_AMX = 5 };
+ * product on weights in AMX tiles (amx_rows); GEMV_INT8_AMX is GEMV_INT8's product on weights in AMX tiles, with
+ * x as rwkv_quantize_x_bytes' two bytes (amx_i8_rows). */
+enum { GEMV_BF16, GEMV_INT8, GEMV_F32, GEMV_BF16_RX, GEMV_INT8_PAIRS, GEMV_BF16_AMX, GEMV_INT8_AMX };
 
 /* Whether a kind's kernel reads x as rwkv_quantize_x leaves it (xq, xs). */
 static inline int takes_levels(int kind) { return kind == GEMV_INT8 || kind == GEMV_INT8_PAIRS; }
+
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
 #define RX_TILES
@@ -823,6 +825,24 @@ int rwkv_amx_enable(void) { return syscall(SYS_arch_prctl, 0x1023, 18) == 0; }
  * group of up to 64 rows of x (the sums of four tiles) passes them: reading all the weights once per group
  * instead made a 512-row product of a 3072x768 matrix read 38 MB from memory where it needs 4.7. */
 #define AMX_CHUNK_ROWS 128
+/* One step of four tiles of sums (0-3): the weights' tile (6) times four tiles of x (4 and 5 in turn,
+ * each loaded while the other is multiplied), with DP the bf16 or int8 product. */
+#define AMX_FOUR(DP, wtile, a0, a1, a2, a3, stride) \
+    do {                                            \
+        _tile_loadd(6, (wtile), 64);                \
+        _tile_loadd(4, (a0), (stride));             \
+        DP(0, 4, 6);                                \
+        _tile_loadd(5, (a1), (stride));             \
+        DP(1, 5, 6);                                \
+        _tile_loadd(4, (a2), (stride));             \
+        DP(2, 4, 6);                                \
+        _tile_loadd(5, (a3), (stride));             \
+        DP(3, 5, 6);                                \
+    } while (0)
+/* How far ahead a few rows' product prefetches the weights' tiles: the hardware prefetcher alone left a
+ * one-row int8 product of a 3072x768 matrix at 16 GB/s, against 21 GB/s with it (cold weights, 2-core
+ * Xeon). */
+#define AMX_PREFETCH_BYTES 4096
 static void amx_rows(const uint16_t *w, const uint16_t *xb, float *y, int batch, int in, int out, int r0, int r1) {
     const int kbs = in / 32;
     const size_t xstride = (size_t)in * 2, ystride = (size_t)out * 4;
@@ -842,15 +862,9 @@ static void amx_rows(const uint16_t *w, const uint16_t *xb, float *y, int batch,
                     _tile_zero(2);
                     _tile_zero(3);
                     for (int kb = 0; kb < kbs; kb++) {
-                        _tile_loadd(6, wt + (size_t)kb * 512, 64);
-                        _tile_loadd(4, x0 + kb * 32, xstride);
-                        _tile_dpbf16ps(0, 4, 6);
-                        _tile_loadd(5, x0 + 16 * (size_t)in + kb * 32, xstride);
-                        _tile_dpbf16ps(1, 5, 6);
-                        _tile_loadd(4, x0 + 32 * (size_t)in + kb * 32, xstride);
-                        _tile_dpbf16ps(2, 4, 6);
-                        _tile_loadd(5, x0 + 48 * (size_t)in + kb * 32, xstride);
-                        _tile_dpbf16ps(3, 5, 6);
+                        const uint16_t *xk = x0 + kb * 32;
+                        const size_t r16 = 16 * (size_t)in;
+                        AMX_FOUR(_tile_dpbf16ps, wt + (size_t)kb * 512, xk, xk + r16, xk + 2 * r16, xk + 3 * r16, xstride);
                     }
                     _tile_stored(0, y0, ystride);
                     _tile_stored(1, y0 + 16 * (size_t)out, ystride);
@@ -859,6 +873,8 @@ static void amx_rows(const uint16_t *w, const uint16_t *xb, float *y, int batch,
                 } else {
                     _tile_zero(0);
                     for (int kb = 0; kb < kbs; kb++) {
+                        const char *ahead = (const char *)(wt + (size_t)kb * 512) + AMX_PREFETCH_BYTES;
+                        for (int l = 0; l < 1024; l += 64) _mm_prefetch(ahead + l, _MM_HINT_T0);
                         _tile_loadd(6, wt + (size_t)kb * 512, 64);
                         _tile_loadd(4, x0 + kb * 32, xstride);
                         _tile_dpbf16ps(0, 4, 6);
@@ -887,6 +903,88 @@ void rwkv_gemv_amx_bf16(const uint16_t *w, const uint16_t *xb, float *y, int bat
 int rwkv_amx_enable(void) { return 0; }
 #define AMX_BITS(in, out) 0
 #endif
+
+#if defined(AMX_TILES) && defined(__AMX_INT8__)
+#define AMX_INT8_TILES
+/* int8 weights on AMX, the same exact integer sums as the other int8 kernels: x comes as the two bytes of
+ * its 15-bit levels (rwkv_quantize_x_bytes: rows [0, batch) the high bytes, [batch, 2 * batch) the low),
+ * each byte plane times the weights in int32, joined and scaled by i8_scaled, so a row gets the same bits
+ * here as in i8_rows or the int8 GEMM. The weights are in tile order, [out/16][in/64][16 quads of inputs][16
+ * outputs][4] (linear.AmxInt8Linear). Tiles 0-3 hold the high and low sums of up to two blocks of 16
+ * rows of x, 4-5 the byte planes, 6 the weights. Sums stay exact in int32: 128 * 127 * in < 2^31 for any
+ * in below 131072. */
+static inline void amx_i8_join(const int32_t *hi, const int32_t *lo, const float *scale, const float *xs,
+                               float *y, int rows, int out) {
+    for (int m = 0; m < rows; m++)
+        for (int n = 0; n < 16; n++)
+            y[(size_t)m * out + n] = i8_scaled(128 * (int64_t)hi[m * 16 + n] + lo[m * 16 + n], scale[n], xs[m]);
+}
+
+static void amx_i8_rows(const int8_t *w, const float *scale, const int8_t *planes, const float *xs, float *y,
+                        int batch, int in, int out, int r0, int r1) {
+    const int kbs = in / 64;
+    const int8_t *lows = planes + (size_t)batch * in;
+    int32_t hi[2][256] __attribute__((aligned(64))), lo[2][256] __attribute__((aligned(64)));
+    int configured = 0;
+    for (int c0 = r0; c0 < r1; c0 += AMX_CHUNK_ROWS) {
+        const int c1 = r1 - c0 < AMX_CHUNK_ROWS ? r1 : c0 + AMX_CHUNK_ROWS;
+        for (int b = 0; b < batch;) {
+            const int left = batch - b, rows = left < 16 ? left : 16, blocks = left >= 32 ? 2 : 1;
+            if (rows != configured) amx_configure(configured = rows);
+            const int8_t *h0 = planes + (size_t)b * in, *l0 = lows + (size_t)b * in;
+            for (int o = c0; o < c1; o += 16) {
+                const int8_t *wt = w + (size_t)(o / 16) * kbs * 1024;
+                _tile_zero(0);
+                _tile_zero(1);
+                if (blocks == 2) {
+                    _tile_zero(2);
+                    _tile_zero(3);
+                    for (int kb = 0; kb < kbs; kb++) {
+                        const int8_t *hk = h0 + kb * 64, *lk = l0 + kb * 64;
+                        const size_t r16 = 16 * (size_t)in;
+                        AMX_FOUR(_tile_dpbssd, wt + (size_t)kb * 1024, hk, lk, hk + r16, lk + r16, in);
+                    }
+                    _tile_stored(2, hi[1], 64);
+                    _tile_stored(3, lo[1], 64);
+                } else {
+                    for (int kb = 0; kb < kbs; kb++) {
+                        const char *ahead = (const char *)(wt + (size_t)kb * 1024) + AMX_PREFETCH_BYTES;
+                        for (int l = 0; l < 1024; l += 64) _mm_prefetch(ahead + l, _MM_HINT_T0);
+                        _tile_loadd(6, wt + (size_t)kb * 1024, 64);
+                        _tile_loadd(4, h0 + kb * 64, in);
+                        _tile_dpbssd(0, 4, 6);
+                        _tile_loadd(5, l0 + kb * 64, in);
+                        _tile_dpbssd(1, 5, 6);
+                    }
+                }
+                _tile_stored(0, hi[0], 64);
+                _tile_stored(1, lo[0], 64);
+                float *y0 = y + (size_t)b * out + o;
+                amx_i8_join(hi[0], lo[0], scale + o, xs + b, y0, rows, out);
+                if (blocks == 2) amx_i8_join(hi[1], lo[1], scale + o, xs + b + 16, y0 + 16 * (size_t)out, rows, out);
+            }
+            b += blocks * rows;
+        }
+    }
+    _tile_release();
+}
+#define AMX_INT8_BITS(in, out) ((in) % 64 == 0 && (out) % 16 == 0) /* the shapes the tiles take */
+#else
+#define AMX_INT8_BITS(in, out) 0
+#endif
+
+/* Which AMX kernels this build has: 1 for bf16, 2 for int8 (linear.py asks before it stores weights in
+ * their tile order). */
+int rwkv_amx_kernels(void) {
+    int k = 0;
+#ifdef AMX_TILES
+    k |= 1;
+#endif
+#ifdef AMX_INT8_TILES
+    k |= 2;
+#endif
+    return k;
+}
 
 /* f rounded to the nearest bfloat16 (ties to even), as torch's conversion rounds it; a NaN stays one. */
 static inline uint16_t float_to_bf16(float f) {
@@ -928,6 +1026,9 @@ void rwkv_gemv_rows(int kind, const void *w, const float *scale, const float *x,
 #ifdef AMX_TILES
     else if (kind == GEMV_BF16_AMX) amx_rows(w, (const uint16_t *)xq, y, batch, in, out, r0, r1);
 #endif
+#ifdef AMX_INT8_TILES
+    else if (kind == GEMV_INT8_AMX) amx_i8_rows(w, scale, (const int8_t *)xq, xs, y, batch, in, out, r0, r1);
+#endif
     else dense_gemv(w, kind == GEMV_BF16, x, y, batch, in, out, r0, r1);
 }
 
@@ -944,7 +1045,7 @@ void rwkv_gemv(int kind, const void *w, const float *scale, const float *x, floa
         if (xq) rx_prepare(x, (uint16_t *)xq, NULL, (size_t)batch * in, in);
         else kind = GEMV_BF16;
     }
-    if (takes_levels(kind)) {
+    if (takes_levels(kind) || kind == GEMV_INT8_AMX) {
         xq = malloc((size_t)batch * in * sizeof *xq);
         xs = malloc((size_t)batch * sizeof *xs);
         if (!xq || !xs) {
@@ -952,7 +1053,8 @@ void rwkv_gemv(int kind, const void *w, const float *scale, const float *x, floa
             free(xs);
             return;
         }
-        rwkv_quantize_x(x, xq, xs, batch, in);
+        if (kind == GEMV_INT8_AMX) rwkv_quantize_x_bytes(x, (int8_t *)xq, xs, batch, in);
+        else rwkv_quantize_x(x, xq, xs, batch, in);
     }
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int p = 0; p < threads; p++) {

@@ -3,8 +3,8 @@
 Decoding one token reads every weight once, so the kernel's bandwidth sets the speed. On the CPU the C
 kernels in gemv.c read fp32, bf16 and int8 weights as stored, at close to memory bandwidth. For many rows
 at once (prefill) GEMMs win: oneDNN's on the same plain weights, and for int8 oneDNN's int8 GEMM where
-VNNI or AMX makes it fast. bf16 on CPUs with AMX is the exception: weights in AMX's tile order, which
-gemv.c's AMX kernel multiplies for any number of rows (`AmxBf16Linear`).
+VNNI or AMX makes it fast. CPUs with AMX are the exception: bf16 and int8 weights in AMX's tile order,
+which gemv.c's AMX kernels multiply for any number of rows (`AmxBf16Linear`, `AmxInt8Linear`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ C_BF16, C_INT8, C_F32 = 0, 1, 2  # gemv.c's weight formats (GEMV_BF16, GEMV_INT8
 C_BF16_RX = 3  # bf16 weights times inputs rounded to bf16, as a bf16 GEMM takes them (GEMV_BF16_RX)
 C_INT8_PAIRS = 4  # int8 weights stored by pairs of inputs, for mostly-zero inputs (GEMV_INT8_PAIRS)
 C_BF16_AMX = 5  # bf16 weights in AMX tile order times inputs rounded to bf16 (GEMV_BF16_AMX)
+C_INT8_AMX = 6  # int8 weights in AMX tile order, GEMV_INT8's arithmetic (GEMV_INT8_AMX)
 C_KINDS = {torch.bfloat16: C_BF16, torch.float32: C_F32}
 # Rows above which int8 weights are expanded to the compute dtype for a GEMM instead of the weight-only kernel.
 INT8_GEMV_MAX_ROWS = 4
@@ -208,6 +209,14 @@ class PackedLinear(Linear):
         return self._op(x, self.packed, None, "none", [], "")
 
 
+def _claim_amx() -> None:
+    """Ask Linux for the AMX registers, which a process must do before it first uses them (once is enough,
+    asking again costs a system call); a kernel run without them would die of an illegal instruction."""
+    lib = load_gemv()
+    if lib is None or lib.rwkv_amx_enable() != 1:
+        raise RuntimeError("AMX is not available here: check amx_bf16_works() / amx_int8_works() first")
+
+
 class AmxBf16Linear(Linear):
     """bf16 weights in the order AMX's tiles read them, multiplied by gemv.c's AMX kernel for any number of
     rows: one decode step and a 512-token prompt alike, and each row gets the same bits alone or batched.
@@ -215,6 +224,7 @@ class AmxBf16Linear(Linear):
     (decode7.c) as it does with the other kernels' weights."""
 
     def __init__(self, w: torch.Tensor):
+        _claim_amx()
         self.out_features, self.in_features = w.shape
         self.nbytes = w.numel() * w.element_size()
         blocks = w.contiguous().view(self.out_features // 16, 16, self.in_features // 32, 16, 2)
@@ -245,6 +255,17 @@ class AmxBf16Linear(Linear):
     def c_matrix(self) -> CMatrix | None:
         w = self.tiles.data_ptr()
         return CMatrix(C_BF16_AMX, self.in_features, self.out_features, w, None, AMX_KERNEL_MAX_ROWS)
+
+
+@cache
+def amx_int8_works() -> bool:
+    """Whether gemv.c's AMX int8 kernel runs here and gives NativeInt8Linear's bits on a small product."""
+    lib = load_gemv()
+    if "amx_int8" not in cpu_flags() or lib is None or not lib.rwkv_amx_kernels() & 2 or lib.rwkv_amx_enable() != 1:
+        return False
+    w = torch.arange(48 * 128, dtype=torch.float32).remainder_(11).sub_(5).view(48, 128)
+    x = torch.arange(3 * 128, dtype=torch.float32).remainder_(7).sub_(3).view(3, 128)
+    return bool(torch.equal(AmxInt8Linear(w)(x), NativeInt8Linear(w)(x[:, :])))
 
 
 @cache
@@ -339,6 +360,41 @@ class NativeInt8Linear(Linear):
     def _dequantize(self, lo: int, hi: int, buf: torch.Tensor) -> None:
         buf.copy_(self.q[lo:hi])
         buf.mul_(self.scale[lo:hi, None])
+
+
+class AmxInt8Linear(NativeInt8Linear):
+    """NativeInt8Linear's weights in the order AMX's int8 tiles read them, [out/16][in/64][16][16][4], for
+    gemv.c's AMX kernel (`amx_i8_rows`) at any number of rows: the same exact integer sums, so the same
+    bits as NativeInt8Linear on every path, where its loops are bound by their multiply-adds from a few rows
+    of x on."""
+
+    kind = C_INT8_AMX
+
+    def __init__(self, w: torch.Tensor):
+        _claim_amx()
+        q, self.scale = quantize_int8(w)
+        self.out_features, self.in_features = q.shape
+        self.nbytes = q.numel() + 4 * self.out_features
+        self.tiles = (
+            q.view(self.out_features // 16, 16, self.in_features // 64, 16, 4).permute(0, 2, 3, 1, 4).contiguous()
+        )
+
+    @staticmethod
+    def fits(w: torch.Tensor) -> bool:
+        """Whether the tiles take a matrix of this shape."""
+        return w.shape[0] % 16 == 0 and w.shape[1] % 64 == 0
+
+    @property
+    def q(self) -> torch.Tensor:
+        """The weights as (out, in) int8 rows: a fresh copy."""
+        return self.tiles.permute(0, 3, 1, 2, 4).reshape(self.out_features, self.in_features)
+
+    @property
+    def c_weights(self) -> torch.Tensor:
+        return self.tiles
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _gemv(x, self, self.kind, self.tiles, self.scale)
 
 
 class PairedInt8Linear(NativeInt8Linear):
@@ -494,7 +550,7 @@ def make_linear(w: torch.Tensor, device: str, dtype: torch.dtype, int8: bool) ->
     if int8 and device == "cpu" and cpu_int8_kernel() == "fbgemm":
         return DynamicInt8Linear(w)
     if int8 and device == "cpu" and cpu_int8_kernel() == "native":
-        return NativeInt8Linear(w)
+        return AmxInt8Linear(w) if AmxInt8Linear.fits(w) and amx_int8_works() else NativeInt8Linear(w)
     if int8:
         return Int8Linear(w, dtype)
     w = w.to(dtype)

@@ -103,8 +103,9 @@ def load_gemv() -> ctypes.CDLL | None:
     if dll is None:
         return None
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
-    dll.rwkv_amx_enable.restype = i32
-    dll.rwkv_amx_enable.argtypes = []
+    for name in ("rwkv_amx_enable", "rwkv_amx_kernels"):
+        getattr(dll, name).restype = i32
+        getattr(dll, name).argtypes = []
     return _declare(
         dll,
         (
