@@ -796,7 +796,8 @@ static void rx_rows(const uint16_t *w, const uint16_t *xb, float *y, int batch, 
  * inputs times 16 outputs times the pair ([out/16][in/32][16][16][2]; linear.AmxBf16Linear), so a
  * product streams them start to end whatever the number of rows of x. Each output is one fp32 sum that
  * takes its pairs in order, the same for every row of x, so a row gets the same bits alone or batched.
- * Tiles 0-3 hold sums for up to four blocks of 16 rows of x, 4-5 inputs, 6 weights. */
+ * From 32 rows of x on, tiles 0-3 hold the sums of two blocks of 16 rows by two of 16 outputs, 4-5 the
+ * inputs and 6-7 the weights, so each tile loaded serves two products; fewer rows take one tile of sums. */
 typedef struct {
     uint8_t palette, start_row, reserved[14];
     uint16_t colsb[16];
@@ -811,8 +812,8 @@ static void amx_configure(int rows) {
         c.rows[t] = (uint8_t)rows;
         c.colsb[t] = 64;
     }
-    c.rows[6] = 16;
-    c.colsb[6] = 64;
+    c.rows[6] = c.rows[7] = 16;
+    c.colsb[6] = c.colsb[7] = 64;
     _tile_loadconfig(&c);
 }
 
@@ -822,65 +823,64 @@ int rwkv_amx_enable(void) { return syscall(SYS_arch_prctl, 0x1023, 18) == 0; }
 
 /* Output rows [r0, r1), 16-aligned (the last may end with the matrix), for bf16 inputs xb (batch, in). A
  * prompt's many rows meet the weights AMX_CHUNK_ROWS output rows at a time, which stay in L2 while every
- * group of up to 64 rows of x (the sums of four tiles) passes them: reading all the weights once per group
- * instead made a 512-row product of a 3072x768 matrix read 38 MB from memory where it needs 4.7. */
+ * group of 32 rows of x passes them: reading all the weights once per group instead made a 512-row
+ * product of a 3072x768 matrix read 38 MB from memory where it needs 4.7. Two row blocks by two output
+ * blocks (tiles 0-3) took 512 rows of 0.19B's matrices in 338-1203 us, where four row blocks by one
+ * took 396-1463 and oneDNN's packed AMX GEMM 322-1393 (2-core Xeon, cold weights). */
 #define AMX_CHUNK_ROWS 128
-/* One step of four tiles of sums (0-3): the weights' tile (6) times four tiles of x (4 and 5 in turn,
- * each loaded while the other is multiplied), with DP the bf16 or int8 product. */
-#define AMX_FOUR(DP, wtile, a0, a1, a2, a3, stride) \
-    do {                                            \
-        _tile_loadd(6, (wtile), 64);                \
-        _tile_loadd(4, (a0), (stride));             \
-        DP(0, 4, 6);                                \
-        _tile_loadd(5, (a1), (stride));             \
-        DP(1, 5, 6);                                \
-        _tile_loadd(4, (a2), (stride));             \
-        DP(2, 4, 6);                                \
-        _tile_loadd(5, (a3), (stride));             \
-        DP(3, 5, 6);                                \
-    } while (0)
 /* How far ahead a few rows' product prefetches the weights' tiles: the hardware prefetcher alone left a
  * one-row int8 product of a 3072x768 matrix at 16 GB/s, against 21 GB/s with it (cold weights, 2-core
  * Xeon). */
 #define AMX_PREFETCH_BYTES 4096
 static void amx_rows(const uint16_t *w, const uint16_t *xb, float *y, int batch, int in, int out, int r0, int r1) {
     const int kbs = in / 32;
-    const size_t xstride = (size_t)in * 2, ystride = (size_t)out * 4;
+    const size_t xstride = (size_t)in * 2, ystride = (size_t)out * 4, r16 = 16 * (size_t)in;
     int configured = 0;
     for (int c0 = r0; c0 < r1; c0 += AMX_CHUNK_ROWS) {
         const int c1 = r1 - c0 < AMX_CHUNK_ROWS ? r1 : c0 + AMX_CHUNK_ROWS;
         for (int b = 0; b < batch;) {
-            const int left = batch - b, rows = left < 16 ? left : 16, blocks = left >= 64 ? 4 : 1;
+            const int left = batch - b, rows = left < 16 ? left : 16, blocks = left >= 32 ? 2 : 1;
             if (rows != configured) amx_configure(configured = rows);
             const uint16_t *x0 = xb + (size_t)b * in;
-            for (int o = c0; o < c1; o += 16) {
+            for (int o = c0; o < c1;) {
                 const uint16_t *wt = w + (size_t)(o / 16) * kbs * 512;
                 float *y0 = y + (size_t)b * out + o;
-                if (blocks == 4) {
+                if (blocks == 2 && o + 32 <= c1) {
+                    const uint16_t *wt1 = wt + (size_t)kbs * 512;
                     _tile_zero(0);
                     _tile_zero(1);
                     _tile_zero(2);
                     _tile_zero(3);
                     for (int kb = 0; kb < kbs; kb++) {
-                        const uint16_t *xk = x0 + kb * 32;
-                        const size_t r16 = 16 * (size_t)in;
-                        AMX_FOUR(_tile_dpbf16ps, wt + (size_t)kb * 512, xk, xk + r16, xk + 2 * r16, xk + 3 * r16, xstride);
+                        _tile_loadd(6, wt + (size_t)kb * 512, 64);
+                        _tile_loadd(4, x0 + kb * 32, xstride);
+                        _tile_dpbf16ps(0, 4, 6);
+                        _tile_loadd(7, wt1 + (size_t)kb * 512, 64);
+                        _tile_dpbf16ps(1, 4, 7);
+                        _tile_loadd(5, x0 + r16 + kb * 32, xstride);
+                        _tile_dpbf16ps(2, 5, 6);
+                        _tile_dpbf16ps(3, 5, 7);
                     }
                     _tile_stored(0, y0, ystride);
-                    _tile_stored(1, y0 + 16 * (size_t)out, ystride);
-                    _tile_stored(2, y0 + 32 * (size_t)out, ystride);
-                    _tile_stored(3, y0 + 48 * (size_t)out, ystride);
-                } else {
+                    _tile_stored(1, y0 + 16, ystride);
+                    _tile_stored(2, y0 + 16 * (size_t)out, ystride);
+                    _tile_stored(3, y0 + 16 * (size_t)out + 16, ystride);
+                    o += 32;
+                    continue;
+                }
+                for (int j = 0; j < blocks; j++) {
+                    const uint16_t *xj = x0 + j * r16;
                     _tile_zero(0);
                     for (int kb = 0; kb < kbs; kb++) {
                         const char *ahead = (const char *)(wt + (size_t)kb * 512) + AMX_PREFETCH_BYTES;
                         for (int l = 0; l < 1024; l += 64) _mm_prefetch(ahead + l, _MM_HINT_T0);
                         _tile_loadd(6, wt + (size_t)kb * 512, 64);
-                        _tile_loadd(4, x0 + kb * 32, xstride);
+                        _tile_loadd(4, xj + kb * 32, xstride);
                         _tile_dpbf16ps(0, 4, 6);
                     }
-                    _tile_stored(0, y0, ystride);
+                    _tile_stored(0, y0 + j * 16 * (size_t)out, ystride);
                 }
+                o += 16;
             }
             b += blocks * rows;
         }
@@ -942,7 +942,15 @@ static void amx_i8_rows(const int8_t *w, const float *scale, const int8_t *plane
                     for (int kb = 0; kb < kbs; kb++) {
                         const int8_t *hk = h0 + kb * 64, *lk = l0 + kb * 64;
                         const size_t r16 = 16 * (size_t)in;
-                        AMX_FOUR(_tile_dpbssd, wt + (size_t)kb * 1024, hk, lk, hk + r16, lk + r16, in);
+                        _tile_loadd(6, wt + (size_t)kb * 1024, 64);
+                        _tile_loadd(4, hk, in);
+                        _tile_dpbssd(0, 4, 6);
+                        _tile_loadd(5, lk, in);
+                        _tile_dpbssd(1, 5, 6);
+                        _tile_loadd(4, hk + r16, in);
+                        _tile_dpbssd(2, 4, 6);
+                        _tile_loadd(5, lk + r16, in);
+                        _tile_dpbssd(3, 5, 6);
                     }
                     _tile_stored(2, hi[1], 64);
                     _tile_stored(3, lo[1], 64);
