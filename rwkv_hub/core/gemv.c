@@ -817,6 +817,16 @@ static void amx_configure(int rows) {
     _tile_loadconfig(&c);
 }
 
+/* The next group of rows of x, from `left` rows still to do: one block of up to 16 rows, or two blocks of
+ * 16 from 32 rows on. The tiles are configured for the block's height when it changes (`*configured`).
+ * Returns the rows per block and sets *blocks. */
+static inline int amx_group(int left, int *blocks, int *configured) {
+    const int rows = left < 16 ? left : 16;
+    *blocks = left >= 32 ? 2 : 1;
+    if (rows != *configured) amx_configure(*configured = rows);
+    return rows;
+}
+
 /* Linux lends the AMX registers to a process that asks (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA);
  * 1 if it may use them. */
 int rwkv_amx_enable(void) { return syscall(SYS_arch_prctl, 0x1023, 18) == 0; }
@@ -839,8 +849,8 @@ static void amx_rows(const uint16_t *w, const uint16_t *xb, float *y, int batch,
     for (int c0 = r0; c0 < r1; c0 += AMX_CHUNK_ROWS) {
         const int c1 = r1 - c0 < AMX_CHUNK_ROWS ? r1 : c0 + AMX_CHUNK_ROWS;
         for (int b = 0; b < batch;) {
-            const int left = batch - b, rows = left < 16 ? left : 16, blocks = left >= 32 ? 2 : 1;
-            if (rows != configured) amx_configure(configured = rows);
+            int blocks;
+            const int rows = amx_group(batch - b, &blocks, &configured);
             const uint16_t *x0 = xb + (size_t)b * in;
             for (int o = c0; o < c1;) {
                 const uint16_t *wt = w + (size_t)(o / 16) * kbs * 512;
@@ -929,8 +939,8 @@ static void amx_i8_rows(const int8_t *w, const float *scale, const int8_t *plane
     for (int c0 = r0; c0 < r1; c0 += AMX_CHUNK_ROWS) {
         const int c1 = r1 - c0 < AMX_CHUNK_ROWS ? r1 : c0 + AMX_CHUNK_ROWS;
         for (int b = 0; b < batch;) {
-            const int left = batch - b, rows = left < 16 ? left : 16, blocks = left >= 32 ? 2 : 1;
-            if (rows != configured) amx_configure(configured = rows);
+            int blocks;
+            const int rows = amx_group(batch - b, &blocks, &configured);
             const int8_t *h0 = planes + (size_t)b * in, *l0 = lows + (size_t)b * in;
             for (int o = c0; o < c1; o += 16) {
                 const int8_t *wt = w + (size_t)(o / 16) * kbs * 1024;

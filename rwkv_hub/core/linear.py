@@ -257,23 +257,33 @@ class AmxBf16Linear(Linear):
         return CMatrix(C_BF16_AMX, self.in_features, self.out_features, w, None, AMX_KERNEL_MAX_ROWS)
 
 
+AMX_BF16_KERNEL, AMX_INT8_KERNEL = 1, 2  # rwkv_amx_kernels' bits in gemv.c
+
+
+def _amx_ready(flag: str, kernel: int) -> bool:
+    """Whether the CPU reports `flag`, this build of gemv.c has the `kernel` bit's AMX kernel, and Linux
+    lends this process the tiles."""
+    lib = load_gemv()
+    return (
+        flag in cpu_flags() and lib is not None and bool(lib.rwkv_amx_kernels() & kernel) and lib.rwkv_amx_enable() == 1
+    )
+
+
 @cache
 def amx_int8_works() -> bool:
     """Whether gemv.c's AMX int8 kernel runs here and gives NativeInt8Linear's bits on a small product."""
-    lib = load_gemv()
-    if "amx_int8" not in cpu_flags() or lib is None or not lib.rwkv_amx_kernels() & 2 or lib.rwkv_amx_enable() != 1:
+    if not _amx_ready("amx_int8", AMX_INT8_KERNEL):
         return False
     w = torch.arange(48 * 128, dtype=torch.float32).remainder_(11).sub_(5).view(48, 128)
     x = torch.arange(3 * 128, dtype=torch.float32).remainder_(7).sub_(3).view(3, 128)
-    return bool(torch.equal(AmxInt8Linear(w)(x), NativeInt8Linear(w)(x[:, :])))
+    return bool(torch.equal(AmxInt8Linear(w)(x), NativeInt8Linear(w)(x)))
 
 
 @cache
 def amx_bf16_works() -> bool:
     """Whether gemv.c's AMX kernel runs here: a CPU with AMX-BF16, a build that has the kernel, Linux's
     permission to use the tiles, and a small product that comes out right."""
-    lib = load_gemv()
-    if "amx_bf16" not in cpu_flags() or lib is None or lib.rwkv_amx_enable() != 1:
+    if not _amx_ready("amx_bf16", AMX_BF16_KERNEL):
         return False
     w = torch.arange(48 * 64, dtype=torch.float32).remainder_(7).sub_(3).view(48, 64).bfloat16()
     x = torch.arange(3 * 64, dtype=torch.float32).remainder_(5).sub_(2).view(3, 64)
