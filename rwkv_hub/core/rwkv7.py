@@ -118,6 +118,15 @@ class Layout:
             return x[-1:].clone()
         return x.index_select(0, self.last)
 
+    def tail(self) -> Tail:
+        """Each sequence's last two tokens (one where it has only one): all that the last layer's output
+        projection and feed-forward need to compute when only the last token's hidden row is wanted."""
+        lengths = [min(n, 2) for n in self.lengths]
+        if self.batch == 1:
+            return Tail(Layout(lengths, self.device), slice(self.total - lengths[0], self.total))
+        rows = [s + n - m + j for s, n, m in zip(self.starts, self.lengths, lengths, strict=True) for j in range(m)]
+        return Tail(Layout(lengths, self.device), torch.tensor(rows, device=self.device))
+
     def to_padded(self, x: torch.Tensor, fill: float) -> torch.Tensor:
         """(T, ...) -> (B, max_len, ...), padding short sequences with `fill`."""
         if self.uniform:
@@ -131,6 +140,17 @@ class Layout:
         return flat if self.uniform else flat.index_select(0, self.pad_pos)
 
 
+@dataclass
+class Tail:
+    """Rows of a pass kept for the last layer's output projection and feed-forward (`Layout.tail`)."""
+
+    layout: Layout
+    rows: slice | torch.Tensor
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        return x[self.rows] if isinstance(self.rows, slice) else x.index_select(0, self.rows)
+
+
 def time_mix(
     blk: Block,
     layer: int,
@@ -142,8 +162,10 @@ def time_mix(
     n_head: int,
     head_size: int,
     dtype: torch.dtype,
+    keep: Tail | None = None,
 ):
-    """Attention-like half of a block on fp32 input; returns (out, new wkv state, v_first)."""
+    """Attention-like half of a block on fp32 input; returns (out, new wkv state, v_first). With `keep`, out
+    has only those rows: the state still takes every token, but the output projection skips the rest."""
     t_len, c = x.shape
     xx = lay.shifted(x_prev, x) - x
     mixed = torch.addcmul(x.unsqueeze(0), xx.unsqueeze(0), blk.maa)
@@ -158,7 +180,7 @@ def time_mix(
     g = f32_linear(torch.sigmoid(f32_linear(xg, g1)), g2)
     v_lora = f32_linear(f32_linear(mixed[3], blk.lora[3][0].float()), blk.lora[3][1].float()) if layer else None
     if x.device.type == "cpu" and head_size <= NATIVE_MAX_HEAD_SIZE and load_decode7() is not None:
-        return finish_time_mix(blk, layer, r, k, v, w_lora, a_lora, v_lora, g, wkv_state, v_first, lay, dtype)
+        return finish_time_mix(blk, layer, r, k, v, w_lora, a_lora, v_lora, g, wkv_state, v_first, lay, dtype, keep)
     a = torch.sigmoid(blk.a0 + a_lora)
     kk = F.normalize((k * blk.k_k).view(t_len, n_head, head_size), dim=-1, p=2.0).view(t_len, c)
     k = k * (1 + (a - 1) * blk.k_a)
@@ -181,13 +203,19 @@ def time_mix(
     y = lay.from_padded(y).reshape(t_len, c)
     y = F.group_norm(y, n_head, blk.lnx_w, blk.lnx_b, eps=GROUP_NORM_EPS)
     bonus = ((r * k * blk.r_k).view(shape).sum(dim=-1, keepdim=True) * v.view(shape)).view(t_len, c)
-    out = blk.output(((y + bonus) * g).to(dtype))
+    out = (y + bonus) * g
+    out = blk.output((out if keep is None else keep.take(out)).to(dtype))
     return out, new_state, v_first
 
 
 def finish_time_mix(
-    blk: Block, layer: int, r, k, v, w_lora, a_lora, v_lora, g, wkv_state, v_first, lay: Layout, dtype: torch.dtype
-):
+    blk: Block,
+    layer: int,
+    r, k, v, w_lora, a_lora, v_lora, g, wkv_state, v_first,
+    lay: Layout,
+    dtype: torch.dtype,
+    keep: Tail | None = None,
+):  # fmt: skip
     """`time_mix` after the matrix products as one C call per layer (same arithmetic as the PyTorch path)."""
     n_head, head_size = wkv_state.shape[1], wkv_state.shape[2]
     s_in = wkv_state.contiguous()
@@ -215,7 +243,7 @@ def finish_time_mix(
         r, k, v, vf, w_lora, a_lora, v_lora, g, *params, GROUP_NORM_EPS, out.data_ptr(),
     )  # fmt: skip
     new_first = ins[2] if layer == 0 else v_first
-    return blk.output(out.to(dtype)), s, new_first
+    return blk.output((out if keep is None else keep.take(out)).to(dtype)), s, new_first
 
 
 def channel_mix(blk: Block, x: torch.Tensor, x_prev: torch.Tensor, lay: Layout, dtype: torch.dtype) -> torch.Tensor:
