@@ -209,8 +209,7 @@ class Model:
         x = self.emb([x for t in chunk for x in t])
         if spec.generation != "x070":
             mix = rwkv4.time_mix if spec.generation == "x040" else rwkv56.time_mix
-            x, new = rwkv56.run_blocks(self.blocks, x, state, self.state_shape, lay, dt, mix)
-            return (x if every_row else lay.last_rows(x)), new
+            return rwkv56.run_blocks(self.blocks, x, state, self.state_shape, lay, dt, mix, every_row)
         if lay.total == lay.batch and decode7.available(x.device, spec.head_size):
             x, att_x, wkv, ffn_x = self._decoder.run(x, state, lay, dt)
             return x, State(self.state_shape, att_x, wkv, ffn_x)

@@ -268,10 +268,13 @@ def run_blocks(
     lay: Layout,
     dtype: torch.dtype,
     time_mix: TimeMix = time_mix,
+    every_row: bool = False,
 ) -> tuple[torch.Tensor, State]:
-    """All layers over a flat batch (fp32 embeddings in, fp32 hidden rows out) and the new state.
+    """All layers over a flat batch (fp32 embeddings in) and the new state; returns each sequence's last
+    hidden row, or every row with `every_row`.
 
-    RWKV-4 shares the feed-forward half and passes its own `time_mix` (`rwkv4.time_mix`)."""
+    RWKV-4 shares the feed-forward half and passes its own `time_mix` (`rwkv4.time_mix`). As for RWKV-7
+    (`Layout.tail`), the last layer's feed-forward runs only on the rows the last hidden rows need."""
     att_x, wkv, ffn_x = [], [], []
     c = shape.n_embd
     for i, blk in enumerate(blocks):
@@ -280,7 +283,10 @@ def run_blocks(
         out, s = time_mix(blk, xn, state.att_x[i], state.wkv[i], lay, shape.n_head, dtype)
         wkv.append(s)
         x = x + out
+        if i == len(blocks) - 1 and not every_row and lay.total > 2 * lay.batch:
+            tail = lay.tail()
+            x, lay = tail.take(x), tail.layout
         xn = F.layer_norm(x, (c,), blk.ln2_w, blk.ln2_b)
         ffn_x.append(lay.last_rows(xn))
         x = x + channel_mix(blk, xn, state.ffn_x[i], lay, dtype)
-    return x, State(shape, att_x, wkv, ffn_x)
+    return (x if every_row else lay.last_rows(x)), State(shape, att_x, wkv, ffn_x)
