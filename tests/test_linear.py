@@ -187,3 +187,40 @@ def test_amx_int8_kernel_gives_the_int8_kernel_s_bits(n_out, n_in, rows):
     assert torch.equal(amx(x), want)
     assert torch.equal(amx(x[rows - 1 :])[0], want[rows - 1])
     assert linear.make_linear(w, "cpu", torch.bfloat16, int8=True).__class__ is linear.AmxInt8Linear
+
+
+@needs_gemv
+@pytest.mark.parametrize("strategy", ["cpu fp32", "cpu bf16", "cpu bf16i8"])
+def test_a_head_loaded_in_row_blocks_gives_the_logits_of_one_loaded_whole(checkpoint_factory, monkeypatch, strategy):
+    """A tall head is converted a block of rows at a time; where gemv.c reads the blocks as stored they are
+    joined into one matrix (one C call per decode step), which must give the bits the unblocked head gives."""
+    import rwkv_hub
+    from rwkv_hub.core import model as model_module
+
+    path = checkpoint_factory(n_layer=1, n_embd=128, vocab_size=500, head_size=64)
+    whole = rwkv_hub.load(path, strategy=strategy)
+    monkeypatch.setattr(model_module, "HEAD_BLOCK_ROWS", 96)  # 5 blocks of 96 rows and one of 20
+    blocked = rwkv_hub.load(path, strategy=strategy)
+    assert type(blocked.head) is type(whole.head)  # joined, not a RowChunkedLinear
+    assert blocked.head.nbytes == whole.head.nbytes
+    for tokens in ([3], [5, 6, 7, 8], list(range(40))):
+        assert torch.equal(blocked.forward(tokens)[0], whole.forward(tokens)[0])
+
+
+def test_row_blocks_of_other_layouts_stay_blocks():
+    """Layouts gemv.c does not read as stored (here the GPU's int8 form) keep their blocks, in order."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(70, 32, generator=g)
+    blocks = [linear.Int8Linear(w[lo : lo + 32], torch.float32) for lo in range(0, 70, 32)]
+    joined = linear.join_row_blocks(iter(blocks), 70)
+    assert isinstance(joined, linear.RowChunkedLinear)
+    x = torch.randn(9, 32, generator=g)
+    assert torch.equal(joined(x), torch.cat([b(x) for b in blocks], dim=-1))
+
+
+@needs_gemv
+def test_joined_row_blocks_must_add_up_to_the_rows_asked_for():
+    w = torch.randn(40, 16)
+    blocks = iter([DenseLinear(w[:24]), DenseLinear(w[24:])])
+    with pytest.raises(ValueError, match="hold 40 rows, expected 48"):
+        linear.join_row_blocks(blocks, 48)

@@ -7,7 +7,7 @@ import functools
 import logging
 import operator
 import os
-from collections.abc import Callable, Sequence, ValuesView
+from collections.abc import Callable, Iterator, Sequence, ValuesView
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ from .checkpoint import open_checkpoint
 from .embedding import Embedding
 from .errors import CheckpointError, RWKVHubError, StateError
 from .generate import Generation
-from .linear import Linear, RowChunkedLinear, cpu_int8_kernel, make_linear, packing_works
+from .linear import Linear, cpu_int8_kernel, join_row_blocks, make_linear, packing_works
 from .rwkv7 import LORA_ORDER, MIX_ORDER, Block, Layout, channel_mix, time_mix
 from .sampling import SamplingParams
 from .spec import ModelSpec, read_spec
@@ -340,12 +340,13 @@ def load(
         rows = t.shape[0]
         if rows <= HEAD_BLOCK_ROWS:
             return make_linear(_divided(t.read(), divisor), dev, dt, i8)
-        parts = []
-        for lo in range(0, rows, HEAD_BLOCK_ROWS):
-            part = _divided(t.read_rows(lo, min(rows, lo + HEAD_BLOCK_ROWS)), divisor)
-            parts.append(make_linear(part, dev, dt, i8))
-            heap.release_freed_memory()
-        return RowChunkedLinear(parts)
+
+        def blocks() -> Iterator[Linear]:
+            for lo in range(0, rows, HEAD_BLOCK_ROWS):  # no local keeps a block once it is copied
+                yield make_linear(_divided(t.read_rows(lo, min(rows, lo + HEAD_BLOCK_ROWS)), divisor), dev, dt, i8)
+                heap.release_freed_memory()
+
+        return join_row_blocks(blocks(), rows)
 
     try:
         emb = Embedding(tensors["emb.weight"], vec("blocks.0.ln0.weight"), vec("blocks.0.ln0.bias"), dev)
