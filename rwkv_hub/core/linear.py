@@ -116,9 +116,16 @@ class Linear:
     out_features: int
     in_features: int
     nbytes: int
+    held: tuple[str, ...] = ()  # the attributes holding the weights as the kernels read them
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def move_weights(self, place: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace each held tensor by `place(tensor)`, an equal copy (the loader's huge pages, see
+        `huge_pages`). Layouts that PyTorch owns (packed, fbgemm) hold none."""
+        for name in self.held:
+            setattr(self, name, place(getattr(self, name)))
 
     def c_matrix(self) -> CMatrix | None:
         """The weights in a form gemv.c multiplies, if they are kept so."""
@@ -130,6 +137,8 @@ class DenseLinear(Linear):
     it reads them at close to memory bandwidth, where PyTorch's kernels reach half of it or less), and by
     a GEMM for more. Where oneDNN has no bf16 kernel (AVX2 without AVX-512) PyTorch's bf16 GEMM is slow,
     so longer inputs widen a bf16 matrix to fp32 a block at a time."""
+
+    held = ("w",)
 
     def __init__(self, w: torch.Tensor):
         self.w = w.contiguous()
@@ -224,6 +233,8 @@ class AmxBf16Linear(Linear):
     Unlike oneDNN's prepacked weights, C code reads them, so a decode step runs all its layers in one C call
     (decode7.c) as it does with the other kernels' weights."""
 
+    held = ("tiles",)
+
     def __init__(self, w: torch.Tensor):
         _claim_amx()
         self.out_features, self.in_features = w.shape
@@ -294,6 +305,8 @@ def amx_bf16_works() -> bool:
 class Int8Linear(Linear):
     """int8 weights with a per-row scale; bf16/fp16/fp32 activations."""
 
+    held = ("q", "scale")
+
     def __init__(self, w: torch.Tensor, dtype: torch.dtype):
         q, scale = quantize_int8(w)
         self.q = q
@@ -323,6 +336,7 @@ class NativeInt8Linear(Linear):
     a packed copy of the weights about 11% larger than them."""
 
     kind = C_INT8  # the C kernel's weight format
+    held = ("q", "scale")
 
     def __init__(self, w: torch.Tensor):
         self.q, self.scale = quantize_int8(w)
@@ -380,6 +394,7 @@ class AmxInt8Linear(NativeInt8Linear):
     of x on."""
 
     kind = C_INT8_AMX
+    held = ("tiles", "scale")
 
     def __init__(self, w: torch.Tensor):
         _claim_amx()
@@ -416,6 +431,7 @@ class PairedInt8Linear(NativeInt8Linear):
     when it is used)."""
 
     kind = C_INT8_PAIRS
+    held = ("qp", "scale")
 
     def __init__(self, native: NativeInt8Linear):
         q = native.q
@@ -511,25 +527,30 @@ class RowChunkedLinear(Linear):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([p(x) for p in self.parts], dim=-1)
 
+    def move_weights(self, place: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        for part in self.parts:
+            part.move_weights(place)
 
-def join_row_blocks(blocks: Iterator[Linear], rows: int) -> Linear:
+
+def join_row_blocks(blocks: Iterator[Linear], rows: int, empty: Callable[..., torch.Tensor] = torch.empty) -> Linear:
     """One Linear of `rows` output rows from the row blocks of a tall matrix (the head), converted one at a
     time at load. Blocks that gemv.c reads as stored (`NativeInt8Linear`, `DenseLinear`) are copied into one
     matrix as they come, so the peak stays one block above the final size and a decode step multiplies the
     head in one C call: eight calls on 8192-row blocks of a 65536 x 768 int8 head took 5-14% longer than one
-    (2-core Zen 4), and a whole 0.19B step about 9% longer. Other layouts (packed, AMX tiles, GPU) stay
+    (2-core Zen 4), and a whole 0.19B step about 9% longer. `empty` (called as `torch.empty`) allocates that
+    matrix: the loader's `huge_pages.empty` puts it in 2 MB pages. Other layouts (packed, AMX tiles, GPU) stay
     blocks (`RowChunkedLinear`)."""
     first = next(blocks)
     whole: NativeInt8Linear | DenseLinear
     if type(first) is NativeInt8Linear:
         whole = NativeInt8Linear.__new__(NativeInt8Linear)
-        whole.q = torch.empty(rows, first.in_features, dtype=torch.int8)
-        whole.scale = torch.empty(rows, dtype=torch.float32)
+        whole.q = empty((rows, first.in_features), dtype=torch.int8)
+        whole.scale = empty((rows,), dtype=torch.float32)
         whole.out_features, whole.in_features = rows, first.in_features
         whole.nbytes = whole.q.numel() + 4 * rows
         names = ("q", "scale")
     elif type(first) is DenseLinear and first.w.device.type == "cpu":
-        whole = DenseLinear(torch.empty(rows, first.in_features, dtype=first.w.dtype))
+        whole = DenseLinear(empty((rows, first.in_features), dtype=first.w.dtype))
         names = ("w",)
     else:
         return RowChunkedLinear([first, *blocks])

@@ -13,13 +13,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import decode7, heap, rwkv4, rwkv56, sparse_ffn
+from . import decode7, heap, huge_pages, rwkv4, rwkv56, sparse_ffn
 from .builtin import BUILTIN_MODEL, NOTICE
 from .checkpoint import open_checkpoint
 from .embedding import Embedding
 from .errors import CheckpointError, RWKVHubError, StateError
 from .generate import Generation
-from .linear import Linear, cpu_int8_kernel, join_row_blocks, make_linear, packing_works
+from .linear import Linear, RowChunkedLinear, cpu_int8_kernel, join_row_blocks, make_linear, packing_works
 from .rwkv7 import LORA_ORDER, MIX_ORDER, Block, Layout, channel_mix, time_mix
 from .sampling import SamplingParams
 from .spec import ModelSpec, read_spec
@@ -314,6 +314,7 @@ def load(
     tok = choose_tokenizer(tokenizer, p, spec.vocab_size)
     dev, dt, i8 = strat.device, strat.dtype, strat.int8
     f32 = torch.float32
+    huge = dev == "cpu" and huge_pages.available()
 
     def mat(name: str) -> torch.Tensor:
         return tensors[name].read().to(device=dev, dtype=f32).contiguous()
@@ -346,7 +347,7 @@ def load(
                 yield make_linear(_divided(t.read_rows(lo, min(rows, lo + HEAD_BLOCK_ROWS)), divisor), dev, dt, i8)
                 heap.release_freed_memory()
 
-        return join_row_blocks(blocks(), rows)
+        return join_row_blocks(blocks(), rows, huge_pages.empty if huge else torch.empty)
 
     try:
         emb = Embedding(tensors["emb.weight"], vec("blocks.0.ln0.weight"), vec("blocks.0.ln0.bias"), dev)
@@ -397,4 +398,41 @@ def load(
     model.paired_ffn_layers = sparse_ffn.pair_sparse_ffns(model)
     if model.paired_ffn_layers:
         heap.release_freed_memory()  # the plain layouts the pairs replaced, and the calibration prompt's
+    if huge:
+        _into_huge_pages([*blocks, head] if isinstance(head, RowChunkedLinear) else blocks)
     return model
+
+
+def _into_huge_pages(parts: list) -> None:
+    """Copy the large tensors of `parts` (blocks, or Linears), in order, into one mapping in 2 MB pages (see
+    `huge_pages`), handing each part's old memory back before the next is copied, so loading peaks about
+    one layer above the final size. A joined head is already there (`join_row_blocks`)."""
+    need = 0
+
+    def count(t: torch.Tensor) -> torch.Tensor:
+        nonlocal need
+        need += huge_pages.footprint(t)
+        return t
+
+    _move_tensors(parts, count)
+    if not need:
+        return
+    arena = huge_pages.Arena(need)
+    for part in parts:
+        _move_tensors(part, arena.copy)
+        heap.release_freed_memory()
+
+
+def _move_tensors(value: object, place: Callable[[torch.Tensor], torch.Tensor]) -> object:
+    """`value` with every tensor in it replaced by `place(tensor)`: lists and tuples rebuilt, Linears and
+    blocks (dataclasses) changed in place."""
+    if isinstance(value, torch.Tensor):
+        return place(value)
+    if isinstance(value, Linear):
+        value.move_weights(place)
+    elif isinstance(value, (list, tuple)):
+        return type(value)(_move_tensors(v, place) for v in value)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            setattr(value, f.name, _move_tensors(getattr(value, f.name), place))
+    return value
