@@ -4,8 +4,9 @@ A decode step reads every weight once: 135 MB for 0.19B in int8, about 35,000 pa
 costs a TLB miss, and the CPU's prefetchers stop at every page boundary. Linux backs memory with 2 MB
 pages where a program asks for them (transparent huge pages in `madvise` mode, the usual default), so the
 loader copies the converted weights, in the order a step reads them, into one mapping that asks
-(`Arena`). On a 2-core Zen 4 that made a 0.19B `cpu bf16i8` decode step 6-12% faster; the same copy
-into 4 KB pages gained nothing clear (benchmarks/RESULTS.md).
+(`Arena`). On a 2-core Zen 4 that made one 0.19B stream 6-17% faster at `cpu bf16i8` and about 5% at
+`cpu bf16` and `cpu fp32`; the same copy into 4 KB pages gained nothing clear. 16 streams, bound by
+arithmetic, gained nothing (fp32 lost 4-6%): docs/runtime.md.
 
 Where the platform has no transparent huge pages, or they are switched off, weights stay where they are.
 """
