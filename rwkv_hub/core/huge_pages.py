@@ -56,9 +56,9 @@ class Arena:
     lives as long as any tensor copied into it."""
 
     def __init__(self, nbytes: int):
-        self._map = mmap.mmap(-1, nbytes + PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        self._map.madvise(mmap.MADV_HUGEPAGE)
-        whole = torch.frombuffer(self._map, dtype=torch.uint8)
+        mapping = mmap.mmap(-1, nbytes + PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        mapping.madvise(mmap.MADV_HUGEPAGE)
+        whole = torch.frombuffer(mapping, dtype=torch.uint8)  # holds the mapping as long as any view lives
         start = -whole.data_ptr() % PAGE
         self._rest = whole[start : start + nbytes]
 
