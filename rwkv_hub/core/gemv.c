@@ -318,7 +318,21 @@ void rwkv_join_bytes(const int32_t *sums, const float *scale, const float *xs, f
     for (int b = 0; b < batch; b++) {
         const int32_t *hi = sums + (int64_t)b * out, *lo = sums + (int64_t)(batch + b) * out;
         float *yb = y + (int64_t)b * out;
-        for (int o = 0; o < out; o++) yb[o] = i8_scaled(128 * (int64_t)hi[o] + lo[o], scale[o], xs[b]);
+        int o = 0;
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+        /* i8_scaled on 8 outputs at a time: the same float product of the scales and the same rounding of
+         * the int64 total, where the scalar loop stays scalar (about 4x slower on a 2-core Zen 4). */
+        const __m256 xb = _mm256_set1_ps(xs[b]);
+        for (; o + 8 <= out; o += 8) {
+            __m256 s = _mm256_mul_ps(_mm256_loadu_ps(scale + o), xb);
+            __asm__("" : "+x"(s));
+            const __m512i total = _mm512_add_epi64(
+                _mm512_slli_epi64(_mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(hi + o))), 7),
+                _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(lo + o))));
+            _mm256_storeu_ps(yb + o, _mm256_mul_ps(_mm512_cvtepi64_ps(total), s));
+        }
+#endif
+        for (; o < out; o++) yb[o] = i8_scaled(128 * (int64_t)hi[o] + lo[o], scale[o], xs[b]);
     }
 }
 
