@@ -19,7 +19,15 @@ from .checkpoint import open_checkpoint
 from .embedding import Embedding
 from .errors import CheckpointError, RWKVHubError, StateError
 from .generate import Generation
-from .linear import Linear, RowChunkedLinear, cpu_int8_kernel, join_row_blocks, make_linear, packing_works
+from .linear import (
+    Linear,
+    RowChunkedLinear,
+    cpu_int8_kernel,
+    int_mm_works,
+    join_row_blocks,
+    make_linear,
+    packing_works,
+)
 from .rwkv7 import LORA_ORDER, MIX_ORDER, Block, Layout, channel_mix, time_mix
 from .sampling import SamplingParams
 from .spec import ModelSpec, read_spec
@@ -41,6 +49,11 @@ TRIM_AFTER_TOKENS = 64  # passes at least this long may hand freed memory back t
 # Freed memory kept for the next pass, in floats per token and channel of a prompt chunk: a 512-token chunk of
 # a 768-wide model grows an fp32 process by about 44 (70 MB), bf16 by about 31.
 KEEP_FREED_FLOATS = 64
+# Int8 prompts on oneDNN's int8 GEMM (linear.NativeInt8Linear._int_mm) keep two int32 sums per output of a
+# product, twice an fp32 output, and one 256-token chunk grew 0.45B by 84-134 floats per token and channel
+# (0.19B 68-91) on a 2-core Zen 4. At 64 every chunk was trimmed and the next faulted 40,000 pages back in:
+# 0.45B cpu bf16i8 prefilled at 379 tok/s, 452-461 when kept.
+KEEP_FREED_FLOATS_INT8_GEMM = 160
 # Matrices taller than this (the head of a large vocabulary) are converted and stored in row blocks.
 HEAD_BLOCK_ROWS = 8192
 
@@ -98,7 +111,9 @@ class Model:
         """How far the process may grow above its size after the last trim before freed memory goes back
         to the OS (see `heap`): about what the temporaries of one prompt chunk take, so they are reused
         instead of faulted in again, while growth beyond them (fragments no chunk can fit into) is not kept."""
-        return KEEP_FREED_FLOATS * 4 * self.prefill_chunk * self.spec.n_embd
+        on_c_kernel = self.strategy.int8 and self.device.type == "cpu" and cpu_int8_kernel() == "native"
+        floats = KEEP_FREED_FLOATS_INT8_GEMM if on_c_kernel and int_mm_works() else KEEP_FREED_FLOATS
+        return floats * 4 * self.prefill_chunk * self.spec.n_embd
 
     @property
     def weight_bytes(self) -> int:
