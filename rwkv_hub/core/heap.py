@@ -37,11 +37,13 @@ def resident_bytes() -> int | None:
 
 def trim_if_grown(allowance: int) -> bool:
     """Trim when the process has grown more than `allowance` bytes since the last trim (or when its size
-    cannot be read); returns whether it trimmed."""
+    cannot be read); returns whether it trimmed. A process that has shrunk below its size after the last
+    trim (a model unloaded) measures its growth from the smaller size from then on."""
     global _floor
     with _lock:
         rss = resident_bytes()
         if rss is not None and _floor is not None and rss - _floor <= allowance:
+            _floor = min(_floor, rss)
             return False
         release_freed_memory()
         _floor = resident_bytes()
