@@ -101,18 +101,21 @@ class Model:
         return decode7.Decoder(self.blocks, self.spec.n_head, self.spec.head_size, self.dtype)
 
     @functools.cached_property
+    def _int8_on_c_kernel(self) -> bool:
+        """Whether the matrices are int8 on gemv.c's kernel (with oneDNN's int8 GEMM for prompts where it works)."""
+        return self.strategy.int8 and self.device.type == "cpu" and cpu_int8_kernel() == "native"
+
+    @functools.cached_property
     def prefill_chunk(self) -> int:
         """Most tokens of one sequence in one pass through the blocks."""
-        on_c_kernel = self.strategy.int8 and self.device.type == "cpu" and cpu_int8_kernel() == "native"
-        return INT8_KERNEL_PREFILL_CHUNK if on_c_kernel else PREFILL_CHUNK
+        return INT8_KERNEL_PREFILL_CHUNK if self._int8_on_c_kernel else PREFILL_CHUNK
 
     @functools.cached_property
     def _kept_freed_bytes(self) -> int:
         """How far the process may grow above its size after the last trim before freed memory goes back
         to the OS (see `heap`): about what the temporaries of one prompt chunk take, so they are reused
         instead of faulted in again, while growth beyond them (fragments no chunk can fit into) is not kept."""
-        on_c_kernel = self.strategy.int8 and self.device.type == "cpu" and cpu_int8_kernel() == "native"
-        floats = KEEP_FREED_FLOATS_INT8_GEMM if on_c_kernel and int_mm_works() else KEEP_FREED_FLOATS
+        floats = KEEP_FREED_FLOATS_INT8_GEMM if self._int8_on_c_kernel and int_mm_works() else KEEP_FREED_FLOATS
         return floats * 4 * self.prefill_chunk * self.spec.n_embd
 
     @property
