@@ -231,6 +231,8 @@ def shape_table(results: dict[tuple[str, str], dict[str, Any]], batches: list[in
     head += [f"B={batches[-1]} vs official 1-seq", "load s", "weights MiB", "peak RSS 1 stream MiB"]
     head += ["RSS budget MiB", f"peak RSS with B={batches[-1]} MiB"]
     head += ["RSS before load MiB", "peak after load MiB"]
+    gpu = any("peak_gpu_bytes" in r for r in results.values())
+    head += ["peak GPU MiB"] if gpu else []
     head += ["threads", "load avg"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (runtime, strategy), r in results.items():
@@ -262,6 +264,7 @@ def shape_table(results: dict[tuple[str, str], dict[str, Any]], batches: list[in
             _num(r["peak_rss_bytes"] / 2**20) if ours else "-",
             _num(r["rss_before_load_bytes"] / 2**20) if r.get("rss_before_load_bytes") else "-",
             _num(r["peak_rss_after_load_bytes"] / 2**20) if r.get("peak_rss_after_load_bytes") else "-",
+            *([_num(r["peak_gpu_bytes"] / 2**20) if "peak_gpu_bytes" in r else "-"] if gpu else []),
             str(r.get("torch_threads", "?")),
             " -> ".join("?" if x is None else f"{x:.1f}" for x in r.get("load_avg", [None, None])),
         ]

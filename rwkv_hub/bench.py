@@ -84,10 +84,24 @@ def random_tokens(n: int, vocab_size: int, seed: int = 0) -> list[int]:
     return torch.randint(0, vocab_size, (n,), generator=g).tolist()
 
 
+def _gpu_in_use() -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.cuda.is_initialized()
+
+
+def _sync_gpu() -> None:
+    """Wait for the GPU's queued work: CUDA kernels run after their launch returns, so a timer stopped
+    without this would miss the last steps' work (and the first timed run would pay for the warm-up's)."""
+    if _gpu_in_use():
+        sys.modules["torch"].cuda.synchronize()
+
+
 def _timed(fn: Callable[[], Any]) -> float:
     gc.collect()
+    _sync_gpu()
     t0 = time.perf_counter()
     fn()
+    _sync_gpu()
     return time.perf_counter() - t0
 
 
@@ -168,6 +182,7 @@ def machine_info() -> dict[str, Any]:
         "rwkv": rwkv_version,
         "rwkv_hub": __version__,
         "python": platform.python_version(),
+        **({"gpu": torch.cuda.get_device_name()} if _gpu_in_use() else {}),
     }
 
 
@@ -309,6 +324,7 @@ def _result(
         "repeats": repeats,
         "torch_threads": torch.get_num_threads(),
         "load_avg": [load_before, load_average()],  # 1-minute load average before and after measuring
+        **({"peak_gpu_bytes": torch.cuda.max_memory_allocated()} if _gpu_in_use() else {}),
     }
 
 
@@ -421,6 +437,8 @@ def format_report(r: dict[str, Any]) -> str:
     """The human-readable table of `rwkv-hub bench`."""
     m = r.get("machine", {})
     machine = f"{m.get('cpu', '?')}, {m.get('torch_threads', '?')} torch threads, torch {m.get('torch', '?')}"
+    if m.get("gpu"):
+        machine += f", GPU {m['gpu']}"
 
     def runs(xs: Sequence[float]) -> str:
         return "runs " + " ".join(f"{x:.1f}" for x in xs)
@@ -433,6 +451,7 @@ def format_report(r: dict[str, Any]) -> str:
         ("load time", f"{r['load_s']:.2f} s", ""),
         ("weights", _mib(r["weight_bytes"]), ""),
         ("peak RSS", _peak_text(r), ""),
+        *([("peak GPU memory", _mib(r["peak_gpu_bytes"]), "")] if "peak_gpu_bytes" in r else []),
         ("decode, 1 sequence", f"{r['decode_tok_s']:.1f} tok/s", runs(r["decode_tok_s_runs"])),
         (f"prefill, {r['prompt_tokens']} tokens", f"{r['prefill_tok_s']:.1f} tok/s", runs(r["prefill_tok_s_runs"])),
     ]

@@ -58,6 +58,21 @@ def test_measure_returns_positive_figures(tiny: Path, strategy: str) -> None:
     json.dumps(r)  # the report must be JSON-serialisable as it is
 
 
+def test_timings_wait_for_the_gpu_and_report_its_peak(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA kernels finish after their launch returns: each timed run waits for queued GPU work before its
+    clock starts and before it stops, and a run that used the GPU reports the GPU's peak memory."""
+    import torch
+
+    events: list[str] = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: events.append("sync"))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 12345)
+    bench._timed(lambda: events.append("work"))
+    assert events == ["sync", "work", "sync"]
+    r = bench.measure(rwkv_hub.load(tiny), prompt_tokens=8, decode_tokens=3, batches=[1], repeats=1)
+    assert r["peak_gpu_bytes"] == 12345
+
+
 def test_parse_batches() -> None:
     assert bench.parse_batches("1, 4,16,4") == [1, 4, 16]
     for bad in ("", "0", "1,x", "-2"):

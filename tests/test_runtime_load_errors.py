@@ -297,6 +297,13 @@ def test_cuda_strategy_without_cuda(good, strategy) -> None:
     assert "cuda" in str(e.value).lower() and "\n" not in str(e.value)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_device_that_is_not_there(good) -> None:
+    with pytest.raises(rwkv_hub.StrategyError) as e:
+        rwkv_hub.load(good, strategy=f"cuda:{torch.cuda.device_count()} fp16")
+    assert "no CUDA device" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_errors_share_one_base_class() -> None:
     for exc in (rwkv_hub.CheckpointError, rwkv_hub.StrategyError, rwkv_hub.StateError):
         assert issubclass(exc, rwkv_hub.RWKVHubError)
