@@ -16,7 +16,7 @@ from conftest import rel_err
 
 import rwkv_hub
 from rwkv_hub.core.synth import random_state_dict
-from rwkv_hub.core.wkv import wkv7 as wkv7_torch
+from rwkv_hub.core.wkv import wkv7_steps as wkv7_torch
 from rwkv_hub.training import corpus, wkv_autograd
 from rwkv_hub.training.evaluate import first_statement_parses
 from rwkv_hub.training.network import Network, forward, init_state_dict
