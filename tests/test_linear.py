@@ -128,11 +128,11 @@ def test_int8_sums_do_not_overflow_at_the_extremes(n_in, rows):
 @needs_gemv
 @pytest.mark.skipif(not linear.int_mm_works(), reason="no VNNI or AMX: many rows stay in the C kernel")
 def test_many_int8_rows_take_the_int8_gemm_and_give_the_kernel_s_bits(monkeypatch):
-    """From INT_MM_MIN_ROWS rows the product is oneDNN's int8 GEMM on the activations' two bytes; joined, its
+    """From `int_mm_min_rows()` rows the product is oneDNN's int8 GEMM on the activations' two bytes; joined, its
     integer sums give the C kernel's result to the bit, extreme activations (+-16383 levels) included."""
     g = torch.Generator().manual_seed(7)
     w = torch.randn(200, 768, generator=g)
-    x = torch.randn(linear.INT_MM_MIN_ROWS + 3, 768, generator=g) * 5
+    x = torch.randn(linear.int_mm_min_rows() + 3, 768, generator=g) * 5
     x[0, :] = 0.0
     x[1, :7] = torch.tensor([1e4, -1e4, 3.0, -3.0, 0.5, -0.5, 1e-30])
     lin = NativeInt8Linear(w)
@@ -142,8 +142,10 @@ def test_many_int8_rows_take_the_int8_gemm_and_give_the_kernel_s_bits(monkeypatc
     many = lin(x)
     assert calls == [(2 * x.shape[0], 768)]
     one_by_one = torch.cat([lin(x[r : r + 1]) for r in range(x.shape[0])])
-    assert len(calls) == 1  # single rows stay in the C kernel
+    fewer = lin(x[: linear.int_mm_min_rows() - 1])
+    assert len(calls) == 1  # single rows, and one row fewer than the limit, stay in the C kernel
     assert torch.equal(many, one_by_one)
+    assert torch.equal(fewer, many[: linear.int_mm_min_rows() - 1])
 
 
 def test_int8_kernel_choice_is_reported():

@@ -32,7 +32,7 @@ def relu_squared(rows: int, n_in: int, zero_share: float, seed: int) -> torch.Te
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9, 16, INT8_KERNEL_MAX_ROWS + 5])
 def test_paired_layout_gives_the_plain_layout_s_bits(n_out, n_in, rows):
     """Every rows-of-x path (the C kernel with one to four rows at a time, oneDNN's int8 GEMM from
-    INT_MM_MIN_ROWS on VNNI CPUs), sparse and dense inputs, odd widths (a zero-padded last pair) and widths
+    `int_mm_min_rows()` on VNNI CPUs), sparse and dense inputs, odd widths (a zero-padded last pair) and widths
     that leave outputs past the 16-wide register blocks."""
     native = NativeInt8Linear(torch.randn(n_out, n_in, generator=torch.Generator().manual_seed(n_in)))
     paired = PairedInt8Linear(native)

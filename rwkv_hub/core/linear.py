@@ -36,8 +36,11 @@ BF16_KERNEL_MAX_ROWS = 16
 F32_KERNEL_MAX_ROWS = 16
 INT8_KERNEL_MAX_ROWS = 256
 # On CPUs with VNNI or AMX, oneDNN's int8 GEMM (`torch._int_mm`) beats the C kernel from this many rows
-# (measured on a 2-core Xeon with AMX: 8 rows of a 3072x768 matrix 0.11 against 0.15 ms, 64 rows 4x faster).
-INT_MM_MIN_ROWS = 8
+# (`int_mm_min_rows`). With AMX (a 2-core Xeon): 8 rows of a 3072x768 matrix 0.11 against 0.15 ms, 64 rows
+# 4x faster. With VNNI alone (a 2-core Zen 4) the C kernel stays ahead to about 32 rows: at 8-16 rows it is
+# 1.0-1.7x faster on 0.19B's matrices and 1.2-1.4x on the 65536-row head, at 32 rows 0.9-1.1x.
+INT_MM_MIN_ROWS_AMX = 8
+INT_MM_MIN_ROWS_VNNI = 32
 # The most rows of a decode step that AmxBf16Linear takes in the one-call layer (decode7.c); its kernel
 # itself takes any number.
 AMX_KERNEL_MAX_ROWS = 64
@@ -350,7 +353,7 @@ class NativeInt8Linear(Linear):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if rows >= INT_MM_MIN_ROWS and int_mm_works():
+        if rows >= int_mm_min_rows() and int_mm_works():
             return self._int_mm(x)
         if rows > INT8_KERNEL_MAX_ROWS:
             return _widened(_as_15_bits(x), self.out_features, self.in_features, self._dequantize)
@@ -592,6 +595,12 @@ def int_mm_works() -> bool:
         return bool(torch.equal(torch._int_mm(a, b.t()), a.int() @ b.int().t()))
     except RuntimeError:
         return False
+
+
+@cache
+def int_mm_min_rows() -> int:
+    """Rows of x from which NativeInt8Linear multiplies on oneDNN's int8 GEMM (where `int_mm_works`)."""
+    return INT_MM_MIN_ROWS_AMX if "amx_int8" in cpu_flags() else INT_MM_MIN_ROWS_VNNI
 
 
 def dynamic_int8_available() -> bool:
