@@ -90,6 +90,24 @@ def test_dense_matrix_vector_kernel_equals_fp32_product_of_the_same_weights(n_ou
 
 
 @needs_gemv
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("n_out", "n_in"), [(768, 768), (300, 1001), (7, 5)])
+def test_c_weight_quantization_gives_the_pytorch_bits(dtype, n_out, n_in):
+    """gemv.c's quantizer against the PyTorch one: rows of every magnitude, an all-zero row, and a row whose
+    scale is exactly 1 so that halves must round to even (0.5 -> 0, 1.5 -> 2, -2.5 -> -2)."""
+    g = torch.Generator().manual_seed(n_in)
+    w = torch.randn(n_out, n_in, generator=g) * torch.logspace(-6, 3, n_out)[:, None]
+    w[0] = 0.0
+    w[1] = 0.0
+    w[1, :5] = torch.tensor([127.0, 0.5, 1.5, -2.5, -127.0])[:n_in]
+    w = w.to(dtype)
+    q, scale = quantize_int8(w)
+    want_q, want_scale = linear.quantize_int8_torch(w)
+    assert torch.equal(q, want_q) and torch.equal(scale, want_scale)
+    assert q[1, :5].tolist() == [127, 0, 2, -2, -127][:n_in]
+
+
+@needs_gemv
 @pytest.mark.parametrize(("n_out", "n_in"), SHAPES)
 @pytest.mark.parametrize("rows", [1, 2, 3, 4])
 def test_int8_kernel_equals_the_dequantized_product(n_out, n_in, rows):

@@ -19,6 +19,7 @@
  * W is row-major (out, in). x is (batch, in), y is (batch, out) fp32. A row of y is computed the same
  * way whatever the batch, so a sequence's result does not depend on the others decoded with it.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -291,6 +292,38 @@ void rwkv_quantize_x(const float *x, int16_t *xq, float *xs, int batch, int in) 
         const float inv = row_step(xb, in, xs + b);
         int16_t *qb = xq + (int64_t)b * in;
         for (int i = 0; i < in; i++) qb[i] = (int16_t)level(xb[i], inv);
+    }
+}
+
+/* Weights to int8 with one scale per row, as linear.quantize_int8 makes them in PyTorch, to the bit:
+ * scale = max(max|w|, 1e-12) / 127 and q = round-half-even(w / scale) clamped to +-127, all in fp32 (IEEE
+ * division; rintf rounds to even) for finite weights. `w` is fp32, or bf16 with `bf16`. Two passes over a row, where the
+ * PyTorch version makes seven over a converted copy: loading an int8 model is mostly this. */
+static inline __attribute__((always_inline)) void quantize_row(const void *w, int bf16, int8_t *q, float *scale,
+                                                               int in) {
+    const float *wf = w;
+    const uint16_t *wh = w;
+    float m = 0.f;
+#pragma omp simd reduction(max : m)
+    for (int i = 0; i < in; i++) {
+        const float a = fabsf(bf16 ? bf16_to_float(wh[i]) : wf[i]);
+        m = a > m ? a : m;
+    }
+    const float sc = (m > 1e-12f ? m : 1e-12f) / 127.0f;
+#pragma omp simd
+    for (int i = 0; i < in; i++) {
+        const float v = rintf((bf16 ? bf16_to_float(wh[i]) : wf[i]) / sc);
+        q[i] = (int8_t)(v > 127.f ? 127.f : v < -127.f ? -127.f : v);
+    }
+    *scale = sc;
+}
+
+void rwkv_quantize_w(const void *w, int bf16, int8_t *q, float *scale, int rows, int in) {
+#pragma omp parallel for schedule(static) if ((int64_t)rows * in >= BYTES_PARALLEL_MIN)
+    for (int o = 0; o < rows; o++) {
+        const int64_t at = (int64_t)o * in;
+        if (bf16) quantize_row((const uint16_t *)w + at, 1, q + at, scale + o, in);
+        else quantize_row((const float *)w + at, 0, q + at, scale + o, in);
     }
 }
 

@@ -50,11 +50,27 @@ SPLIT_MIN_BYTES = 256 * 2**10  # a C product reading this many weight bytes is s
 X_LEVELS = 16383.0  # the activations' levels per sign in the C int8 kernel (X_LEVELS in gemv.c)
 
 
-def quantize_int8(w: torch.Tensor, rows_per_chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-row int8: w[o, i] ~= q[o, i] * scale[o].
 
-    Works through the rows in chunks so that no full-size fp32 copy of a large matrix is ever made.
+    On the CPU gemv.c does it where it is built (`rwkv_quantize_w`, the same bits as `quantize_int8_torch`)
+    in two passes over each row and no copy: loading 0.19B at cpu bf16i8 took 0.33 instead of 0.54 s,
+    0.45B 1.2 instead of 2.5 s (the second load in a process, so the file was in the page cache).
     """
+    lib = load_gemv() if w.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16) else None
+    if lib is None or w.dim() != 2:
+        return quantize_int8_torch(w)
+    w = w.contiguous()
+    q = torch.empty(w.shape, dtype=torch.int8)
+    scale = torch.empty(w.shape[0], dtype=torch.float32)
+    lib.rwkv_quantize_w(w.data_ptr(), int(w.dtype == torch.bfloat16), q.data_ptr(), scale.data_ptr(), *w.shape)
+    return q, scale
+
+
+def quantize_int8_torch(w: torch.Tensor, rows_per_chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quantize_int8` in PyTorch operations (GPUs, no C compiler): scale = max|w[o]| / 127 and
+    q = round(w / scale), in fp32. Works through the rows in chunks so that no full-size fp32 copy of a
+    large matrix is ever made."""
     q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
     scale = torch.empty(w.shape[0], dtype=torch.float32, device=w.device)
     for lo in range(0, w.shape[0], rows_per_chunk):

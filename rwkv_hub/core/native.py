@@ -111,6 +111,7 @@ def load_gemv() -> ctypes.CDLL | None:
         (
             ("rwkv_gemv", [i32] + [ptr] * 4 + [i32] * 4),
             ("rwkv_quantize_x_bytes", [ptr] * 3 + [i32] * 2),
+            ("rwkv_quantize_w", [ptr, i32, ptr, ptr, i32, i32]),
             ("rwkv_join_bytes", [ptr] * 4 + [i32] * 2),
             ("rwkv_unpair_i8", [ptr] * 2 + [i32] * 2),
             *((("rwkv_gemv_amx_bf16", [ptr] * 3 + [i32] * 4),) if hasattr(dll, "rwkv_gemv_amx_bf16") else ()),
