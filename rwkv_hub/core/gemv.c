@@ -295,10 +295,10 @@ void rwkv_quantize_x(const float *x, int16_t *xq, float *xs, int batch, int in) 
     }
 }
 
-/* Weights to int8 with one scale per row, as linear.quantize_int8 makes them in PyTorch, to the bit:
- * scale = max(max|w|, 1e-12) / 127 and q = round-half-even(w / scale) clamped to +-127, all in fp32 (IEEE
- * division; rintf rounds to even) for finite weights. `w` is fp32, or bf16 with `bf16`. Two passes over a row, where the
- * PyTorch version makes seven over a converted copy: loading an int8 model is mostly this. */
+/* Weights to int8 with one scale per row, as linear.quantize_int8_torch makes them, to the bit for finite
+ * weights: scale = max(max|w|, 1e-12) / 127 and q = round-half-even(w / scale) clamped to +-127, all in
+ * fp32 (IEEE division; rintf rounds to even). `w` is fp32, or bf16 with `bf16`. Two passes over a row,
+ * where the PyTorch version makes seven over a converted copy: loading an int8 model is mostly this. */
 static inline __attribute__((always_inline)) void quantize_row(const void *w, int bf16, int8_t *q, float *scale,
                                                                int in) {
     const float *wf = w;
