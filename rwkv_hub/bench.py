@@ -411,7 +411,7 @@ def run(args: argparse.Namespace) -> int:
         "n_layer": spec.n_layer,
         "n_embd": spec.n_embd,
         "vocab_size": spec.vocab_size,
-        "paired_ffn_layers": len(model.paired_ffn_layers),
+        "sparse_ffn_layers": len(model.sparse_ffn_layers),
         **result,
         "machine": machine_info(),
     }
@@ -447,7 +447,7 @@ def format_report(r: dict[str, Any]) -> str:
         ("model", f"{r['model']} ({r['n_layer']} x {r['n_embd']}, vocab {r['vocab_size']})", ""),
         ("strategy", r["strategy"], ""),
         ("machine", machine, ""),
-        ("paired feed-forward layers", f"{r['paired_ffn_layers']} of {r['n_layer']}", ""),
+        ("sparse feed-forward layers", f"{r['sparse_ffn_layers']} of {r['n_layer']}", ""),
         ("load time", f"{r['load_s']:.2f} s", ""),
         ("weights", _mib(r["weight_bytes"]), ""),
         ("peak RSS", _peak_text(r), ""),

@@ -108,7 +108,7 @@ def test_cli_bench_json(tiny: Path) -> None:
     assert report["load_s"] > 0
     assert report["strategy"] == "cpu fp32"
     assert (report["n_layer"], report["n_embd"], report["vocab_size"]) == (2, 128, 256)
-    assert report["paired_ffn_layers"] == 0  # fp32: value matrices keep their layout (core/sparse_ffn.py)
+    assert report["sparse_ffn_layers"] == 0  # random weights: value matrices keep their layout (core/sparse_ffn.py)
     assert set(report["aggregate_tok_s"]) == {"1", "2"}
 
 

@@ -84,8 +84,8 @@ class Model:
         self.head = head
         self.state_shape = StateShape(spec.generation, spec.n_layer, spec.n_embd, spec.n_head, spec.head_size)
         self._tokenizer = tokenizer
-        # Layers whose feed-forward value matrix is stored by pairs of inputs (see core/sparse_ffn.py).
-        self.paired_ffn_layers: list[int] = []
+        # Layers whose feed-forward value matrix is stored for mostly-zero inputs (see core/sparse_ffn.py).
+        self.sparse_ffn_layers: list[int] = []
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -413,9 +413,9 @@ def load(
         raise
     heap.release_freed_memory()
     model = Model(p, spec, strat, emb, blocks, ln_out, head, tok)
-    model.paired_ffn_layers = sparse_ffn.pair_sparse_ffns(model)
-    if model.paired_ffn_layers:
-        heap.release_freed_memory()  # the plain layouts the pairs replaced, and the calibration prompt's
+    model.sparse_ffn_layers = sparse_ffn.store_sparse_ffns(model)
+    if model.sparse_ffn_layers:
+        heap.release_freed_memory()  # the plain layouts replaced, and the calibration prompt's
     if huge:
         _into_huge_pages([*blocks, head] if isinstance(head, RowChunkedLinear) else blocks)
     return model

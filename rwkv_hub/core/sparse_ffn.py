@@ -1,24 +1,29 @@
-"""Which layers' feed-forward value matrix is stored by pairs of inputs (`PairedInt8Linear`).
+"""Which layers' feed-forward value matrix is stored for mostly-zero inputs: by pairs of inputs for int8
+(`PairedInt8Linear`), by input for fp32 and bf16 (`ByInputLinear`).
 
 The value matrix multiplies relu(k)^2. In a trained model most of that is zero (89-95% in every layer of
-the built-in model); with random weights about half. The paired int8 layout lets a decode step read only
-the rows of the inputs that are not zero, which is faster where most are zero and slower where few are
-(3072 x 768 on a 2-core Zen 4, against the plain layout: 2.2x faster with 90% zeros, 0.6x with 50%,
-about even for 4 and 16 sequences with 90%). So at load the model runs a short fixed prompt (32 tokens), counts the
-zeros each layer's value matrix receives, and pairs the layers where they reach SPARSE_MIN.
+the built-in model); with random weights about half. Both layouts let a decode step read only the weight
+rows of the inputs that are not zero, which is faster where most are zero and slower where few are
+(3072 x 768 on a 2-core Zen 4, against the plain layout, int8: 2.2x faster with 90% zeros, 0.6x with 50%,
+about even for 4 and 16 sequences with 90%; fp32 and bf16: 4.8-5.8x with 90% zeros, 1.3-1.5x for 16
+sequences, 3.1-3.4x and 0.8-1.0x with 80%, 0.3-0.6x with 50% from 4 sequences). So at load the model
+runs a short fixed prompt (32 tokens), counts the zeros each layer's value matrix receives, and changes
+the layout of the layers where they reach SPARSE_MIN.
 
-Only int8 weights in rwkv-hub's own kernel on CPUs with AVX-512 VNNI take it: the layouts give the same
-bits, so the choice changes speed only.
+Only matrices in rwkv-hub's own kernels take it (int8 on CPUs with AVX-512 VNNI; fp32, and bf16 where
+oneDNN multiplies bf16, on any CPU with a C compiler). The int8 layouts give the same bits; the float
+ones sum the same terms in another order, so a step's logits move by rounding only (the tests bound it).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 
-from .linear import Linear, NativeInt8Linear, PairedInt8Linear, cpu_flags
+from .linear import ByInputLinear, Linear, NativeInt8Linear, PairedInt8Linear, cpu_flags
 
 if TYPE_CHECKING:
     from .model import Model
@@ -46,11 +51,16 @@ class _ZeroCounter(Linear):
         return self.inner(x)
 
 
-def pairing_applies(model: Model) -> bool:
-    """Whether this model's value matrices could be paired: int8 on rwkv-hub's kernel with AVX-512 VNNI."""
-    if not model.blocks or not all(isinstance(getattr(b, "ffn_value", None), NativeInt8Linear) for b in model.blocks):
-        return False
-    return {"avx512bw", "avx512_vnni"} <= cpu_flags()
+def _sparse_layout(lin: Linear) -> Callable[[Linear], Linear] | None:
+    """The layout for mostly-zero inputs that `lin` can take here, if any."""
+    if isinstance(lin, NativeInt8Linear) and type(lin) is not PairedInt8Linear:
+        return PairedInt8Linear if {"avx512bw", "avx512_vnni"} <= cpu_flags() else None
+    return ByInputLinear if ByInputLinear.takes(lin) else None
+
+
+def sparse_layout_applies(model: Model) -> bool:
+    """Whether this model's value matrices could take a layout for mostly-zero inputs."""
+    return bool(model.blocks) and all(_sparse_layout(getattr(b, "ffn_value", None)) for b in model.blocks)
 
 
 def zero_fractions(model: Model) -> list[float]:
@@ -66,16 +76,17 @@ def zero_fractions(model: Model) -> list[float]:
     return [c.zeros / c.total if c.total else 0.0 for c in counters]
 
 
-def pair_sparse_ffns(model: Model) -> list[int]:
-    """Store the value matrix of each layer whose inputs are mostly zero by pairs; returns those layers."""
-    if not pairing_applies(model):
+def store_sparse_ffns(model: Model) -> list[int]:
+    """Store the value matrix of each layer whose inputs are mostly zero for them; returns those layers."""
+    if not sparse_layout_applies(model):
         return []
     try:
         fractions = zero_fractions(model)
     except RuntimeError as e:  # out of memory, say: the plain layout is as correct, only slower
-        log.warning("could not measure the feed-forward inputs (%s); keeping the plain int8 layout", e)
+        log.warning("could not measure the feed-forward inputs (%s); keeping the plain layout", e)
         return []
-    paired = [i for i, f in enumerate(fractions) if f >= SPARSE_MIN]
-    for i in paired:
-        model.blocks[i].ffn_value = PairedInt8Linear(model.blocks[i].ffn_value)
-    return paired
+    sparse = [i for i, f in enumerate(fractions) if f >= SPARSE_MIN]
+    for i in sparse:
+        blk = model.blocks[i]
+        blk.ffn_value = _sparse_layout(blk.ffn_value)(blk.ffn_value)
+    return sparse
