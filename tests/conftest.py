@@ -27,6 +27,10 @@ from rwkv_hub.core.synth import write_random_checkpoint  # noqa: E402
 FIGURES: dict[str, str] = {}
 
 
+# Tests of the CUDA strategies; benchmarks/cuda_check.sh runs them on a GPU machine.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
 def record_figure(name: str, value: float | str) -> None:
     FIGURES[name] = f"{value:.3g}" if isinstance(value, float) else str(value)
 

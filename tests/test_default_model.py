@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import rel_err
+from conftest import needs_cuda, rel_err
 
 import rwkv_hub
 from rwkv_hub.core.builtin import BUILTIN_MODEL, NOTICE
@@ -90,15 +90,12 @@ def test_cli_generate_without_a_model_uses_the_demo_model():
     assert done.stderr.splitlines()[-1].startswith("[length: 15 prompt tokens, 20 generated")
 
 
-NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-
-
 @pytest.mark.parametrize(
     "strategy",
     [
         "cpu bf16i8",
         "cpu bf16",
-        *(pytest.param(s, marks=NEEDS_CUDA) for s in ("cuda fp16i8", "cuda bf16i8", "cuda fp16", "cuda bf16")),
+        *(pytest.param(s, marks=needs_cuda) for s in ("cuda fp16i8", "cuda bf16i8", "cuda fp16", "cuda bf16")),
     ],
 )
 def test_quantized_strategies_agree_with_fp32_on_the_trained_model(demo, strategy):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_tokens, strategy_name
+from conftest import needs_cuda, random_tokens, strategy_name
 
 import rwkv_hub
 from rwkv_hub.core.synth import lora_ranks, random_state_dict
@@ -297,7 +297,7 @@ def test_cuda_strategy_without_cuda(good, strategy) -> None:
     assert "cuda" in str(e.value).lower() and "\n" not in str(e.value)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@needs_cuda
 def test_cuda_device_that_is_not_there(good) -> None:
     with pytest.raises(rwkv_hub.StrategyError) as e:
         rwkv_hub.load(good, strategy=f"cuda:{torch.cuda.device_count()} fp16")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_tokens, record_figure, rel_err
+from conftest import needs_cuda, random_tokens, record_figure, rel_err
 
 import rwkv_hub
 
@@ -383,7 +383,7 @@ def test_bf16_batch_rows_agree_with_each_sequence_run_alone(checkpoint_factory, 
 # --- CUDA (skipped on machines without a GPU) -----------------------------------------------------------
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@needs_cuda
 @pytest.mark.parametrize(("strategy", "tol"), [("cuda fp16", 3e-2), ("cuda bf16", 3e-2), ("cuda fp16i8", 0.15)])
 def test_cuda_strategies_are_close_to_cpu_fp32(checkpoint_factory, model_factory, tmp_path, strategy, tol) -> None:
     path = checkpoint_factory(**SMALL)
