@@ -1108,16 +1108,27 @@ static int nonzero_inputs(const float *x, int j0, int j1, int rx, int32_t *idx, 
     return n;
 }
 
-/* y[o] (+)= the listed inputs' terms for outputs [o0, o1); `first`: y starts at 0. */
+/* y[o] (+)= the listed inputs' terms for outputs [o0, o1); `first`: y starts at 0. The sums of BI_PLAIN_WIDTH
+ * outputs at a time stay in an array that the compiler keeps in vector registers (AVX2 takes this path). */
+#define BI_PLAIN_WIDTH 64
 static void bi_plain(const void *wt, int bf16, const int32_t *idx, const float *val, int n, int out, int o0,
                      int o1, int first, float *y) {
-    for (int o = o0; o < o1; o++) {
-        float acc = first ? 0.f : y[o];
+    for (int o = o0; o < o1; o += BI_PLAIN_WIDTH) {
+        const int m = o1 - o < BI_PLAIN_WIDTH ? o1 - o : BI_PLAIN_WIDTH;
+        float acc[BI_PLAIN_WIDTH];
+        for (int k = 0; k < m; k++) acc[k] = first ? 0.f : y[o + k];
         for (int p = 0; p < n; p++) {
-            const int64_t i = (int64_t)idx[p] * out + o;
-            acc = fmaf(val[p], bf16 ? bf16_to_float(((const uint16_t *)wt)[i]) : ((const float *)wt)[i], acc);
+            const float v = val[p];
+            const int64_t row = (int64_t)idx[p] * out + o;
+            if (bf16) {
+                const uint16_t *w = (const uint16_t *)wt + row;
+                for (int k = 0; k < m; k++) acc[k] = fmaf(v, bf16_to_float(w[k]), acc[k]);
+            } else {
+                const float *w = (const float *)wt + row;
+                for (int k = 0; k < m; k++) acc[k] = fmaf(v, w[k], acc[k]);
+            }
         }
-        y[o] = acc;
+        for (int k = 0; k < m; k++) y[o + k] = acc[k];
     }
 }
 
