@@ -1153,11 +1153,14 @@ static inline __attribute__((always_inline)) void bi_block(const void *wt, int b
     for (int v = 0; v < nv; v++) _mm512_storeu_ps(y + o0 + 16 * v, acc[v]);
 }
 
-/* Outputs [o0, o1) in blocks of 256, then 16; the last few in plain C. */
+/* Outputs [o0, o1) in blocks of 256, then one of 128, 64 and 16 each as they fit, then 16; the last few in
+ * plain C. (A thread's share of a 768-output matrix is 384: 256 + 128.) */
 static void bi_sums(const void *wt, int bf16, const int32_t *idx, const float *val, int n, int out, int o0,
                     int o1, int first, float *y) {
     int o = o0;
     for (; o + 256 <= o1; o += 256) bi_block(wt, bf16, idx, val, n, out, o, 16, first, y);
+    if (o + 128 <= o1) o = (bi_block(wt, bf16, idx, val, n, out, o, 8, first, y), o + 128);
+    if (o + 64 <= o1) o = (bi_block(wt, bf16, idx, val, n, out, o, 4, first, y), o + 64);
     for (; o + 16 <= o1; o += 16) bi_block(wt, bf16, idx, val, n, out, o, 1, first, y);
     if (o < o1) bi_plain(wt, bf16, idx, val, n, out, o, o1, first, y);
 }

@@ -504,12 +504,14 @@ class ByInputLinear(Linear):
     """DenseLinear's fp32 or bf16 weights stored by input, W^T (in, out), for inputs that are mostly zero: the
     C kernel reads only the weight rows of the inputs that are not zero (`byin_gemv` in gemv.c). On a
     3072 x 768 matrix of 0.19B (a 2-core Zen 4, the matrix in cache), against DenseLinear's kernel: with 90%
-    zeros 5.8x (fp32) and 4.8x (bf16) faster for one row of x, 1.3-1.5x for 16; with 80%, 3.1-3.4x for one
-    and 0.8-1.0x for 16; with half, 1.5x for one and 0.3-0.6x from 4. Prompts multiply on oneDNN's GEMM,
-    which reads the transposed weights as fast in fp32 and 2-5% slower in bf16 (512 rows: 5.9 against
-    5.75 ms). See `core/sparse_ffn.py` for when it is used."""
+    zeros 5.1x (fp32) and 3.6x (bf16) faster for one row of x, 2.2x and 1.6x for 16; with 80%, 3.0x and
+    2.3x for one, 1.3x and 1.1x for 16; with half, 1.6-1.8x for one and 0.4-0.6x for 16. Prompts multiply
+    on oneDNN's GEMM, which reads the transposed weights as fast in fp32 and 2-5% slower in bf16 (512
+    rows: 5.9 against 5.75 ms), or, with `prompts`, on the C kernel too. See `core/sparse_ffn.py` for when
+    each is used."""
 
     held = ("wt",)
+    prompts = False  # whether inputs of any number of rows go to the C kernel (for the sparsest inputs)
 
     def __init__(self, dense: DenseLinear):
         self.wt = dense.w.t().contiguous()
@@ -524,7 +526,7 @@ class ByInputLinear(Linear):
         return isinstance(lin, DenseLinear) and lin.kind is not None and not lin.widen and lin.nbytes >= BYIN_MIN_BYTES
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() // x.shape[-1] <= C_MAX_ROWS[self.kind]:
+        if self.prompts or x.numel() // x.shape[-1] <= C_MAX_ROWS[self.kind]:
             kind = C_BF16_BYIN_RX if self.kind == C_BF16_BYIN and x.dtype == torch.bfloat16 else self.kind
             return _gemv(x, self, kind, self.wt, None)
         return f32_linear(x, self.wt.t()) if self.wt.dtype == torch.float32 else x @ self.wt

@@ -5,8 +5,8 @@ The value matrix multiplies relu(k)^2. In a trained model most of that is zero (
 the built-in model); with random weights about half. Both layouts let a decode step read only the weight
 rows of the inputs that are not zero, which is faster where most are zero and slower where few are
 (3072 x 768 on a 2-core Zen 4, against the plain layout, int8: 2.2x faster with 90% zeros, 0.6x with 50%,
-about even for 4 and 16 sequences with 90%; fp32 and bf16: 4.8-5.8x with 90% zeros, 1.3-1.5x for 16
-sequences, 3.1-3.4x and 0.8-1.0x with 80%, 0.3-0.6x with 50% from 4 sequences). So at load the model
+about even for 4 and 16 sequences with 90%; fp32 and bf16: 3.6-5.1x with 90% zeros, 1.6-2.2x for 16
+sequences, 2.3-3.0x and 1.1-1.3x with 80%, 1.6-1.8x and 0.4-0.6x with half). So at load the model
 runs a short fixed prompt (32 tokens), counts the zeros each layer's value matrix receives, and changes
 the layout of the layers where they reach SPARSE_MIN.
 
@@ -30,7 +30,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SPARSE_MIN = 0.8  # fraction of zero inputs from which a layer's value matrix is paired
+SPARSE_MIN = 0.8  # fraction of zero inputs from which a layer's value matrix changes layout
+# ... and from which a matrix by input multiplies prompts in the C kernel too (ByInputLinear.prompts). 512
+# rows of a 3072 x 768 matrix on a 2-core Zen 4 against oneDNN's GEMM: fp32 with 80% zeros 0.9x, 85%
+# 1.1x, 90% 1.8x, 95% 2.8x; bf16, whose GEMM is twice as fast, 0.95x at 90% and 1.3x at 95%, though a
+# whole 0.19B prompt with 91% zeros ran 5% faster.
+PROMPT_SPARSE_MIN = {torch.float32: 0.88, torch.bfloat16: 0.9}
 # A fixed prompt: byte-like tokens (printable ASCII in the World and byte vocabularies). 32 tokens give
 # 32 x 4C inputs per layer to count, and keep the prompt's memory and time at load small.
 CALIBRATION_TOKENS = tuple(range(32, 64))
@@ -89,4 +94,6 @@ def store_sparse_ffns(model: Model) -> list[int]:
     for i in sparse:
         blk = model.blocks[i]
         blk.ffn_value = _sparse_layout(blk.ffn_value)(blk.ffn_value)
+        if isinstance(blk.ffn_value, ByInputLinear):
+            blk.ffn_value.prompts = fractions[i] >= PROMPT_SPARSE_MIN[blk.ffn_value.wt.dtype]
     return sparse
