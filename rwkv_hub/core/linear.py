@@ -56,7 +56,7 @@ C_MAX_ROWS = {
 }
 # fp32 and bf16 matrices from this size take the by-input layout for mostly-zero inputs (ByInputLinear): it
 # pays by skipping memory reads, and smaller ones stay in cache. The built-in model's (0.5 MiB in bf16)
-# gained nothing for one stream and lost 11% for 16 on a 2-core Zen 4; 0.19B's (4.5 MiB) gained 12% and 3.5%.
+# gained nothing for one stream and lost 11% for 16 on a 2-core Zen 4; 0.19B's (4.5 MiB) gained 12-17% and 1-4%.
 BYIN_MIN_BYTES = 2 * 2**20
 WIDEN_BLOCK_FLOATS = 4 * 2**20  # 16 MB of fp32 weights widened at a time
 SPLIT_MIN_BYTES = 256 * 2**10  # a C product reading this many weight bytes is split between threads

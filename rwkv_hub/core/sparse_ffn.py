@@ -34,7 +34,7 @@ SPARSE_MIN = 0.8  # fraction of zero inputs from which a layer's value matrix ch
 # ... and from which a matrix by input multiplies prompts in the C kernel too (ByInputLinear.prompts). 512
 # rows of a 3072 x 768 matrix on a 2-core Zen 4 against oneDNN's GEMM: fp32 with 80% zeros 0.9x, 85%
 # 1.1x, 90% 1.8x, 95% 2.8x; bf16, whose GEMM is twice as fast, 0.95x at 90% and 1.3x at 95%, though a
-# whole 0.19B prompt with 91% zeros ran 5% faster.
+# whole 0.19B prompt with 91% zeros ran 1-5% faster (three sets of alternated runs).
 PROMPT_SPARSE_MIN = {torch.float32: 0.88, torch.bfloat16: 0.9}
 # A fixed prompt: byte-like tokens (printable ASCII in the World and byte vocabularies). 32 tokens give
 # 32 x 4C inputs per layer to count, and keep the prompt's memory and time at load small.
