@@ -38,12 +38,14 @@ SHAPES: dict[str, tuple[int, int, int]] = {
     "0.19b": (12, 768, 65536),
     "0.19b-ffn90": (12, 768, 65536),
     "0.45b": (24, 1024, 65536),
+    "0.45b-ffn90": (24, 1024, 65536),
     "tiny": (2, 128, 1024),  # --quick only: a smoke test of the whole pipeline
 }
 # Random weights leave about half of the feed-forward's relu(k) at zero; trained models about 90% (the
 # built-in model: 89-95% in every layer). These shapes shift the keys so that this share is zero, which
-# int8 decoding turns into speed (core/sparse_ffn.py); the other runtimes read the same bytes either way.
-FFN_ZERO_SHARE = {"0.19b-ffn90": 0.9}
+# rwkv-hub's value matrices turn into speed (core/sparse_ffn.py); the other runtimes read the same bytes
+# either way.
+FFN_ZERO_SHARE = {"0.19b-ffn90": 0.9, "0.45b-ffn90": 0.9}
 OURS = ("cpu fp32", "cpu bf16", "cpu bf16i8")
 OFFICIAL = ("cpu fp32", "cpu bf16")
 LLAMACPP = ("q8_0", "f16")
