@@ -607,7 +607,7 @@ void rwkv_gemv_i8(const int8_t *q, const float *scale, const int16_t *xq, const 
  * widened, by its two levels and adds both products into each of 16 output sums: no shuffles, and the
  * same instruction count per product as rwkv_gemv_i8. A 2-core Zen 4, 3072 x 768 (one layer's matrix of
  * 0.19B) out of cache, against rwkv_gemv_i8: 2.2x faster with 90% zero inputs, 0.6x with half of them
- * zero; about even with 4 and 16 rows of x at 90% zeros. So it is used only where a model's feed-forward
+ * zero; in cache, 1.9-2.3x with 4 and 16 rows at 90% zeros. So it is used only where a model's feed-forward
  * inputs are mostly zero (`core/sparse_ffn.py`). The sums are the same exact integers, scaled by
  * i8_scaled, so both layouts give the same bits. */
 
@@ -615,118 +615,98 @@ void rwkv_gemv_i8(const int8_t *q, const float *scale, const int16_t *xq, const 
 #define I8P_WIDTH 256       /* outputs per pass over the listed pairs */
 #define I8P_STACK_PAIRS 512 /* pairs listed at a time when there is no memory for the whole list */
 
-/* The pairs j < npair (of inputs 2j and 2j+1 < in) at which any of rows x[0], x[in], ..., x[(nb-1) * in] is
- * not zero, into idx, and each row's two levels as the halves of a word into lev[c * n + p], as vpdpwssd
- * multiplies a pair's interleaved weights by them. Returns how many pairs. */
-static int nonzero_pairs(const int16_t *x, int in, int nb, int j0, int npair, int32_t *idx, int32_t *lev) {
+/* The pairs j in [j0, j0 + npair) (of inputs 2j and 2j+1 < in) at which row x is not zero, into idx, and
+ * their two levels as the halves of a word into lev, as vpdpwssd multiplies a pair's interleaved weights
+ * by them. Returns how many pairs. */
+static int nonzero_pairs(const int16_t *x, int in, int j0, int npair, int32_t *idx, int32_t *lev) {
     int n = 0;
     for (int j = j0; j < j0 + npair; j++) {
-        int any = 0;
-        for (int c = 0; c < nb; c++) any |= x[(int64_t)c * in + 2 * j] | (2 * j + 1 < in ? x[(int64_t)c * in + 2 * j + 1] : 0);
-        if (any) idx[n++] = j;
-    }
-    for (int c = 0; c < nb; c++)
-        for (int p = 0; p < n; p++) {
-            const int j = idx[p];
-            const uint32_t lo = (uint16_t)x[(int64_t)c * in + 2 * j];
-            const uint32_t hi = 2 * j + 1 < in ? (uint16_t)x[(int64_t)c * in + 2 * j + 1] : 0;
-            lev[c * n + p] = (int32_t)(lo | (hi << 16));
+        const uint32_t lo = (uint16_t)x[2 * j], hi = 2 * j + 1 < in ? (uint16_t)x[2 * j + 1] : 0;
+        if (lo | hi) {
+            idx[n] = j;
+            lev[n++] = (int32_t)(lo | (hi << 16));
         }
+    }
     return n;
 }
 
-/* tot[c * I8P_WIDTH + o - o0] += the listed pairs' products for rows c < nb of x, outputs [o0, o1). */
-static void i8p_plain(const int8_t *qp, const int32_t *idx, const int32_t *lev, int n, int nb, int out, int o0,
-                      int o1, int64_t *tot) {
-    for (int c = 0; c < nb; c++)
-        for (int p = 0; p < n; p++) {
-            const int8_t *w = qp + (int64_t)idx[p] * out * 2;
-            const int32_t lo = (int16_t)(lev[c * n + p] & 0xFFFF), hi = (int16_t)((uint32_t)lev[c * n + p] >> 16);
-            for (int o = o0; o < o1; o++) tot[c * I8P_WIDTH + o - o0] += w[2 * o] * lo + w[2 * o + 1] * hi;
-        }
+/* tot[o - o0] += the listed pairs' products, outputs [o0, o1). */
+static void i8p_plain(const int8_t *qp, const int32_t *idx, const int32_t *lev, int n, int out, int o0, int o1,
+                      int64_t *tot) {
+    for (int p = 0; p < n; p++) {
+        const int8_t *w = qp + (int64_t)idx[p] * out * 2;
+        const int32_t lo = (int16_t)(lev[p] & 0xFFFF), hi = (int16_t)((uint32_t)lev[p] >> 16);
+        for (int o = o0; o < o1; o++) tot[o - o0] += w[2 * o] * lo + w[2 * o + 1] * hi;
+    }
 }
 
 #if defined(__AVX512BW__) && defined(__AVX512VNNI__)
-/* nv * 16 outputs from o0 for nb rows of x (nb * nv <= 16 sums in registers; both constants at each call). */
+/* nv * 16 outputs from o0 (nv <= 16, a constant at each call), the sums in registers. */
 static inline __attribute__((always_inline)) void i8p_block(const int8_t *qp, const int32_t *idx, const int32_t *lev,
-                                                            int n, int nb, int out, int o0, int nv, int64_t *tot) {
+                                                            int n, int out, int o0, int nv, int64_t *tot) {
     for (int k = 0; k < n; k += I8P_FLUSH) {
         const int k1 = k + I8P_FLUSH < n ? k + I8P_FLUSH : n;
         __m512i acc[16];
-        for (int v = 0; v < nb * nv; v++) acc[v] = _mm512_setzero_si512();
+        for (int v = 0; v < nv; v++) acc[v] = _mm512_setzero_si512();
         for (int p = k; p < k1; p++) {
             const int8_t *w = qp + ((int64_t)idx[p] * out + o0) * 2;
             if (p + 8 < n) {
                 const char *f = (const char *)(qp + ((int64_t)idx[p + 8] * out + o0) * 2);
                 for (int l = 0; l < (nv + 1) / 2; l++) _mm_prefetch(f + 64 * l, _MM_HINT_T0);
             }
+            const __m512i x = _mm512_set1_epi32(lev[p]);
             for (int v = 0; v < nv; v++) {
                 const __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + 32 * v)));
-                for (int c = 0; c < nb; c++)
-                    acc[c * nv + v] = _mm512_dpwssd_epi32(acc[c * nv + v], wv, _mm512_set1_epi32(lev[c * n + p]));
+                acc[v] = _mm512_dpwssd_epi32(acc[v], wv, x);
             }
         }
-        for (int c = 0; c < nb; c++)
-            for (int v = 0; v < nv; v++) {
-                int32_t t[16];
-                _mm512_storeu_si512((void *)t, acc[c * nv + v]);
-                for (int j = 0; j < 16; j++) tot[c * I8P_WIDTH + 16 * v + j] += t[j];
-            }
+        for (int v = 0; v < nv; v++) {
+            int32_t t[16];
+            _mm512_storeu_si512((void *)t, acc[v]);
+            for (int j = 0; j < 16; j++) tot[16 * v + j] += t[j];
+        }
     }
 }
 
-/* Outputs [o0, o0 + width) from as wide register blocks as fit: one row of x in blocks of 256 outputs,
- * two to four in blocks of 64, then 16 at a time; the last few in plain C. */
-static void i8p_sums(const int8_t *qp, const int32_t *idx, const int32_t *lev, int n, int nb, int out, int o0,
-                     int width, int64_t *tot) {
+/* Outputs [o0, o0 + width) in register blocks of 256, 128, 64 and 16 outputs; the last few in plain C. */
+static void i8p_sums(const int8_t *qp, const int32_t *idx, const int32_t *lev, int n, int out, int o0, int width,
+                     int64_t *tot) {
     int o = 0;
-    if (nb == 1 && width == 256) o = (i8p_block(qp, idx, lev, n, 1, out, o0, 16, tot), 256);
-    else if (nb > 1 && width >= 64) {
-        for (; o + 64 <= width; o += 64) {
-            if (nb == 4) i8p_block(qp, idx, lev, n, 4, out, o0 + o, 4, tot + o);
-            else if (nb == 3) i8p_block(qp, idx, lev, n, 3, out, o0 + o, 4, tot + o);
-            else i8p_block(qp, idx, lev, n, 2, out, o0 + o, 4, tot + o);
-        }
-    }
-    for (; o + 16 <= width; o += 16) {
-        if (nb == 1) i8p_block(qp, idx, lev, n, 1, out, o0 + o, 1, tot + o);
-        else if (nb == 2) i8p_block(qp, idx, lev, n, 2, out, o0 + o, 1, tot + o);
-        else if (nb == 3) i8p_block(qp, idx, lev, n, 3, out, o0 + o, 1, tot + o);
-        else i8p_block(qp, idx, lev, n, 4, out, o0 + o, 1, tot + o);
-    }
-    if (o < width) i8p_plain(qp, idx, lev, n, nb, out, o0 + o, o0 + width, tot + o);
+    if (o + 256 <= width) o = (i8p_block(qp, idx, lev, n, out, o0 + o, 16, tot + o), o + 256);
+    if (o + 128 <= width) o = (i8p_block(qp, idx, lev, n, out, o0 + o, 8, tot + o), o + 128);
+    if (o + 64 <= width) o = (i8p_block(qp, idx, lev, n, out, o0 + o, 4, tot + o), o + 64);
+    for (; o + 16 <= width; o += 16) i8p_block(qp, idx, lev, n, out, o0 + o, 1, tot + o);
+    if (o < width) i8p_plain(qp, idx, lev, n, out, o0 + o, o0 + width, tot + o);
 }
 #else
-static void i8p_sums(const int8_t *qp, const int32_t *idx, const int32_t *lev, int n, int nb, int out, int o0,
-                     int width, int64_t *tot) {
-    i8p_plain(qp, idx, lev, n, nb, out, o0, o0 + width, tot);
+static void i8p_sums(const int8_t *qp, const int32_t *idx, const int32_t *lev, int n, int out, int o0, int width,
+                     int64_t *tot) {
+    i8p_plain(qp, idx, lev, n, out, o0, o0 + width, tot);
 }
 #endif
 
 /* Output rows [r0, r1) of y = W x for `batch` rows of x, W given as qp (pairs of inputs, see above) with
- * scale[o] per output; x as rwkv_quantize_x left it. Rows of x go four at a time over the pairs that any of
- * the four needs. */
+ * scale[o] per output; x as rwkv_quantize_x left it. Rows of x go one at a time, each over its own pairs:
+ * sharing one list between four rows made 4 and 16 rows 1.3-1.5x slower with 90% zeros on a 2-core Zen 4,
+ * since the four rows' lists together hold a third of the pairs. */
 void rwkv_gemv_i8p(const int8_t *qp, const float *scale, const int16_t *xq, const float *xs, float *y, int batch,
                    int in, int out, int r0, int r1) {
     const int npair = (in + 1) / 2;
-    int32_t small[5 * I8P_STACK_PAIRS], *list = malloc(5 * (size_t)npair * sizeof *list);
+    int32_t small[2 * I8P_STACK_PAIRS], *list = malloc(2 * (size_t)npair * sizeof *list);
     const int chunk = list ? npair : I8P_STACK_PAIRS; /* no memory for the whole list: a chunk at a time */
     if (!list) list = small;
-    int64_t tot[4 * I8P_WIDTH];
-    for (int b = 0; b < batch; b += 4) {
-        const int nb = batch - b < 4 ? batch - b : 4;
+    int64_t tot[I8P_WIDTH];
+    for (int b = 0; b < batch; b++) {
         const int16_t *x = xq + (int64_t)b * in;
-        int n = chunk == npair ? nonzero_pairs(x, in, nb, 0, npair, list, list + chunk) : 0;
+        int n = chunk == npair ? nonzero_pairs(x, in, 0, npair, list, list + chunk) : 0;
         for (int o0 = r0; o0 < r1; o0 += I8P_WIDTH) {
             const int width = r1 - o0 < I8P_WIDTH ? r1 - o0 : I8P_WIDTH;
             memset(tot, 0, sizeof tot);
             for (int j0 = 0; j0 < npair; j0 += chunk) {
-                if (chunk < npair) n = nonzero_pairs(x, in, nb, j0, npair - j0 < chunk ? npair - j0 : chunk, list, list + chunk);
-                i8p_sums(qp, list, list + chunk, n, nb, out, o0, width, tot);
+                if (chunk < npair) n = nonzero_pairs(x, in, j0, npair - j0 < chunk ? npair - j0 : chunk, list, list + chunk);
+                i8p_sums(qp, list, list + chunk, n, out, o0, width, tot);
             }
-            for (int c = 0; c < nb; c++)
-                for (int o = 0; o < width; o++)
-                    y[(int64_t)(b + c) * out + o0 + o] = i8_scaled(tot[c * I8P_WIDTH + o], scale[o0 + o], xs[b + c]);
+            for (int o = 0; o < width; o++) y[(int64_t)b * out + o0 + o] = i8_scaled(tot[o], scale[o0 + o], xs[b]);
         }
     }
     if (list != small) free(list);

@@ -5,7 +5,7 @@ The value matrix multiplies relu(k)^2. In a trained model most of that is zero (
 the built-in model); with random weights about half. Both layouts let a decode step read only the weight
 rows of the inputs that are not zero, which is faster where most are zero and slower where few are
 (3072 x 768 on a 2-core Zen 4, against the plain layout, int8: 2.2x faster with 90% zeros, 0.6x with 50%,
-about even for 4 and 16 sequences with 90%; fp32 and bf16: 3.6-5.1x with 90% zeros, 1.6-2.2x for 16
+1.9-2.3x for 4 and 16 sequences with 90% in cache; fp32 and bf16: 3.6-5.1x with 90% zeros, 1.6-2.2x for 16
 sequences, 2.3-3.0x and 1.1-1.3x with 80%, 1.6-1.8x and 0.4-0.6x with half). So at load the model
 runs a short fixed prompt (32 tokens), counts the zeros each layer's value matrix receives, and changes
 the layout of the layers where they reach SPARSE_MIN.
