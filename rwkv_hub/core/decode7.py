@@ -17,7 +17,7 @@ from functools import cached_property
 
 import torch
 
-from .linear import C_BF16, C_BF16_BYIN, C_BF16_BYIN_RX, C_BF16_RX, Linear
+from .linear import Linear, rounding_kind
 from .native import load_decode7
 from .rwkv7 import GROUP_NORM_EPS, NATIVE_MAX_HEAD_SIZE, Block, Layout, finish_time_mix
 from .state import State
@@ -89,7 +89,7 @@ def _describe(blk: Block, n_head: int, head_size: int, round_bf16: bool) -> _Lay
     for name in _MATRICES:
         m = getattr(blk, name).c_matrix()
         if m is not None:
-            kind = {C_BF16: C_BF16_RX, C_BF16_BYIN: C_BF16_BYIN_RX}.get(m.kind, m.kind) if round_bf16 else m.kind
+            kind = rounding_kind(m.kind) if round_bf16 else m.kind
             setattr(layer, name, _Mat(kind, m.in_features, m.out_features, m.weight, m.scale))
     return layer
 

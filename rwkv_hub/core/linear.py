@@ -29,6 +29,8 @@ C_INT8_AMX = 6  # int8 weights in AMX tile order, GEMV_INT8's arithmetic (GEMV_I
 # fp32 / bf16 weights stored by input, W^T (in, out), for mostly-zero inputs (GEMV_F32_BYIN, GEMV_BF16_BYIN), and
 # bf16 by input times inputs rounded to bf16 (GEMV_BF16_BYIN_RX)
 C_F32_BYIN, C_BF16_BYIN, C_BF16_BYIN_RX = 7, 8, 9
+# Each bf16 kind's twin that rounds its inputs to bf16 first (`rounding_kind`).
+_ROUNDING_KINDS = {C_BF16: C_BF16_RX, C_BF16_BYIN: C_BF16_BYIN_RX}
 C_KINDS = {torch.bfloat16: C_BF16, torch.float32: C_F32}
 # Rows above which int8 weights are expanded to the compute dtype for a GEMM instead of the weight-only kernel.
 INT8_GEMV_MAX_ROWS = 4
@@ -121,6 +123,12 @@ def onednn_f32_works() -> bool:
     return _onednn_linear_works(torch.float32, False)
 
 
+def rounding_kind(kind: int) -> int:
+    """The gemv.c kind that multiplies like `kind` but on inputs rounded to bf16, as a bf16 GEMM takes them
+    (`kind` itself where its inputs are already taken so, or are not bf16's to round)."""
+    return _ROUNDING_KINDS.get(kind, kind)
+
+
 def f32_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x @ w.T for fp32 x and (out, in) fp32 w on any device. On the CPU oneDNN's GEMM reads w as stored and
     is faster than the MKL one behind `F.linear`: 190-215 against 130-170 GFLOP/s for a 0.19B layer's
@@ -182,7 +190,7 @@ class DenseLinear(Linear):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind is not None and x.numel() // x.shape[-1] <= C_MAX_ROWS[self.kind]:
-            kind = C_BF16_RX if self.kind == C_BF16 and x.dtype == torch.bfloat16 else self.kind
+            kind = rounding_kind(self.kind) if x.dtype == torch.bfloat16 else self.kind
             return _gemv(x, self, kind, self.w, None)
         if self.widen:
             return _widened(x, self.out_features, self.in_features, lambda lo, hi, buf: buf.copy_(self.w[lo:hi]))
@@ -527,7 +535,7 @@ class ByInputLinear(Linear):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.prompts or x.numel() // x.shape[-1] <= C_MAX_ROWS[self.kind]:
-            kind = C_BF16_BYIN_RX if self.kind == C_BF16_BYIN and x.dtype == torch.bfloat16 else self.kind
+            kind = rounding_kind(self.kind) if x.dtype == torch.bfloat16 else self.kind
             return _gemv(x, self, kind, self.wt, None)
         return f32_linear(x, self.wt.t()) if self.wt.dtype == torch.float32 else x @ self.wt
 
