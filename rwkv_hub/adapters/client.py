@@ -32,11 +32,13 @@ DEFAULT_URL = f"ws://127.0.0.1:{DEFAULT_PORT}/ws"
 
 
 class ServerError(RWKVHubError):
-    """The daemon answered a request with an error event."""
+    """The daemon answered a request with an error event, or refused the connection (`status`: its HTTP
+    status, so a caller can tell a wrong token, 401, from an address that is no daemon's WebSocket)."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, status: int | None = None):
         super().__init__(f"{code}: {message}")
         self.code = code
+        self.status = status
 
 
 class Request:
@@ -149,9 +151,8 @@ class Client:
                     self._ws = await websockets.connect(self.url, additional_headers=headers, max_size=None)
                     break
                 except websockets.InvalidStatus as e:  # a refusal (token, origin) does not get better by retrying
-                    raise ServerError(
-                        "refused", f"the daemon refused the connection ({e.response.status_code})"
-                    ) from None
+                    status = e.response.status_code
+                    raise ServerError("refused", f"the daemon refused the connection ({status})", status) from None
                 except OSError:
                     if attempt == self.retries:
                         raise ConnectionError(

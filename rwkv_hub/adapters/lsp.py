@@ -10,32 +10,61 @@ loads a model itself.
 A newer request for the same document makes the daemon drop the older one, which then answers with
 `ContentModified` (-32801), the code editors take silently; `$/cancelRequest` cancels on the daemon too.
 When the daemon is down the editor is told once, completions come back empty, and every new request
-tries again.
+tries again. What the user or the editor got wrong (an address that is no daemon's, a wrong token,
+malformed params, a document never opened) is a message or an `InvalidParams` answer, never a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
+import websockets
+from cattrs import transform_error
+from cattrs.errors import ClassValidationError
+from cattrs.v import format_exception
 from lsprotocol import types
-from pygls.exceptions import JsonRpcContentModified
+from pygls.exceptions import JsonRpcContentModified, JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
+from pygls.protocol.json_rpc import JsonRPCRequestMessage
 from pygls.workspace import TextDocument
 
-from ..core.errors import RWKVHubError
 from ..hub.completion import SUFFIX_CHARS, clip_prefix
 from ..hub.selection import COMMANDS
-from ..hub.token import get_token
+from ..hub.token import ENV as TOKEN_ENV
+from ..hub.token import get_token, token_path
 from .client import DEFAULT_URL, Client, Request, ServerError
 
 log = logging.getLogger("rwkv_hub.lsp")
 NAME = "rwkv-hub"
 COMMAND_PREFIX = "rwkv-hub."
+
+
+def daemon_url(url: str) -> str:
+    """The daemon's WebSocket URL for `url`, which may also be the http:// address `rwkv-hub serve` prints
+    (users paste that): http(s) becomes ws(s), and no path the daemon's /ws. Raises ValueError saying what
+    to give instead."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (a port out of range raises here rather than at each request)
+    except ValueError:
+        parts = None
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme) if parts else ""
+    if parts is None or scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(
+            f"{url!r} is not a daemon address: give ws://HOST:PORT/ws or the http://HOST:PORT `rwkv-hub serve` prints"
+        )
+    if parts.scheme in ("http", "https") and parts.path in ("", "/"):
+        parts = parts._replace(path="/ws")
+    return urlunsplit(parts._replace(scheme=scheme))
 
 
 @dataclass
@@ -58,6 +87,7 @@ class Settings:
             return [f"initializationOptions must be an object, not {type(options).__name__}"]
         problems = []
         kinds = {"url": str, "token_file": str, "preset": str, "max_lines": int, "format": str, "translate_to": str}
+        optional = {"token_file", "preset", "max_lines", "format"}  # null: the default; url and target need a value
         known = {f.name for f in fields(self)}
         for key, value in options.items():
             if key not in known:
@@ -67,12 +97,22 @@ class Settings:
                     problems.append("rewrite_instructions must be a list of non-empty strings")
                 else:
                     self.rewrite_instructions = value[:10]
-            elif value is not None and (not isinstance(value, kinds[key]) or isinstance(value, bool)):
-                problems.append(f"option {key!r} must be {kinds[key].__name__}, not {type(value).__name__}")
-            elif key == "max_lines" and value is not None and not 1 <= value <= 200:
+            elif value is None and key in optional:
+                setattr(self, key, None)
+            elif not isinstance(value, kinds[key]) or isinstance(value, bool):
+                got = "null" if value is None else type(value).__name__
+                problems.append(f"option {key!r} must be {kinds[key].__name__}, not {got}")
+            elif key == "max_lines" and not 1 <= value <= 200:
                 problems.append("option 'max_lines' must be between 1 and 200")
+            elif key == "translate_to" and not value.strip():
+                problems.append("option 'translate_to' must name a language")
             else:
-                setattr(self, key, value)
+                try:
+                    if key == "url":
+                        daemon_url(value)
+                    setattr(self, key, value)
+                except ValueError as e:
+                    problems.append(f"option 'url': {e}")
         return problems
 
 
@@ -84,6 +124,7 @@ class Bridge:
         self.settings = settings
         self.client: Client | None = None
         self.down_reported = False
+        self.failing = False  # the last try to connect failed: the next success is announced
         self.errors_reported: set[str] = set()
         self._connecting = asyncio.Lock()  # requests that arrive together share one connection
 
@@ -95,6 +136,25 @@ class Bridge:
             except OSError as e:
                 raise ConnectionError(f"cannot read the token file {path}: {e.strerror}") from None
         return get_token(create=False)
+
+    def _token_source(self) -> str:
+        if self.settings.token_file:
+            return str(Path(self.settings.token_file).expanduser())
+        return f"${TOKEN_ENV}" if os.environ.get(TOKEN_ENV) else str(token_path())
+
+    def _set_up_wrongly(self, e: Exception) -> str:
+        """What to tell of a connection that retrying will not mend: the address or the token is wrong."""
+        if isinstance(e, ValueError):
+            return str(e)
+        url = daemon_url(self.settings.url)
+        if isinstance(e, ServerError) and e.status == 401:
+            return (
+                f"the daemon refused the token from {self._token_source()} (401): it must be what "
+                "`rwkv-hub token` prints; set token_file to the file that holds it"
+            )
+        if isinstance(e, ServerError):
+            return f"{url} is not the daemon's WebSocket (HTTP {e.status}): give the address `rwkv-hub serve` prints"
+        return f"{url} did not answer as an rwkv-hub daemon ({e}): give the address `rwkv-hub serve` prints"
 
     def tell(self, kind: types.MessageType, text: str) -> None:
         self.server.window_show_message(types.ShowMessageParams(type=kind, message=f"{NAME}: {text}"))
@@ -112,16 +172,20 @@ class Bridge:
         if self.client is not None and self.client.connected:
             return self.client
         try:
-            client = Client(self.settings.url, token=self._token(), retries=0)
+            client = Client(daemon_url(self.settings.url), token=self._token(), retries=0)
             await client.connect()
-        except (ConnectionError, ServerError) as e:
+        except ConnectionError as e:  # not running (yet): one warning, and every request tries again
             if not self.down_reported:
-                self.down_reported = True
                 self.tell(types.MessageType.Warning, f"{e}; completions resume when it is reachable")
+            self.down_reported = self.failing = True
             return None
-        if self.down_reported:
-            self.down_reported = False
-            self.tell(types.MessageType.Info, f"connected to the daemon at {self.settings.url}")
+        except (ValueError, ServerError, websockets.WebSocketException) as e:  # set up wrongly: one error
+            self.tell_once(self._set_up_wrongly(e))
+            self.failing = True
+            return None
+        if self.failing:
+            self.failing = self.down_reported = False
+            self.tell(types.MessageType.Info, f"connected to the daemon at {client.url}")
         self.client = client
         return client
 
@@ -150,17 +214,76 @@ class Bridge:
             await self.client.close()
 
 
+@dataclass
+class _Unparsed:
+    """A request whose params did not parse, to be answered InvalidParams."""
+
+    id: int | str
+    method: str
+    why: str
+
+
+def _why(e: BaseException, kind: Any) -> str:
+    """cattrs's words for a field that did not parse, but lsprotocol's own for a value out of range."""
+    return str(e) if type(e) is ValueError else format_exception(e, kind)
+
+
+class _Protocol(LanguageServerProtocol):
+    """pygls's protocol, except that a request whose params do not parse is answered InvalidParams with its
+    id, as JSON-RPC requires: pygls only reports it out of band, and the editor waits for ever."""
+
+    def structure_message(self, data: dict[str, Any]) -> Any:
+        if not ("jsonrpc" in data and "id" in data and "method" in data and "error" not in data):
+            return super().structure_message(data)
+        try:
+            return self._converter.structure(data, self.get_message_type(data["method"]) or JsonRPCRequestMessage)
+        except Exception as e:  # what does not parse is the sender's error
+            why = transform_error(e, format_exception=_why) if isinstance(e, ClassValidationError) else [str(e)]
+            return _Unparsed(data["id"], data["method"], "; ".join(why))
+
+    def handle_message(self, message: Any) -> None:
+        if isinstance(message, _Unparsed):
+            error = JsonRpcInvalidParams(f"invalid params for {message.method}: {message.why}")
+            self._send_response(message.id, error=error.to_response_error())
+        else:
+            super().handle_message(message)
+
+
 def _word_before(line: str) -> str:
     """The identifier the cursor is in (what a completion menu filters on)."""
     m = re.search(r"[\w$]*$", line)
     return m.group(0) if m else ""
 
 
+def _opened(server: LanguageServer, uri: str) -> TextDocument | None:
+    """The document the editor opened at `uri`; None for any other (pygls would read the disk instead,
+    and fail on a missing file, an untitled buffer or a folder)."""
+    return server.workspace.text_documents.get(unquote(uri))
+
+
+def _locate(doc: TextDocument, pos: types.Position) -> tuple[int, types.Position]:
+    """The offset in `doc.source` of a position in the client's units, and the position clamped to the
+    text: past a line's end means its end, past the last line the document's end, as the LSP says (pygls's
+    own conversion stops one character short at the end of a last line, and changes `pos`)."""
+    lines = doc.lines
+    line, character = pos.line, pos.character
+    if line >= len(lines):
+        ends_open = bool(lines) and not lines[-1].endswith(("\n", "\r"))
+        line, character = (len(lines) - 1, sys.maxsize) if ends_open else (len(lines), 0)
+    start = sum(len(x) for x in lines[:line])
+    text = lines[line].rstrip("\r\n") if line < len(lines) else ""
+    units = i = 0
+    while i < len(text) and units < character:
+        units += doc.position_codec.client_num_units(text[i])
+        i += 1
+    return start + i, types.Position(line, units)
+
+
 def build_server(settings: Settings | None = None) -> LanguageServer:
     """The language server with every feature registered; `start_io()` runs it."""
     from .. import __version__
 
-    server = LanguageServer(NAME, __version__)
+    server = LanguageServer(NAME, __version__, protocol_cls=_Protocol)
     bridge = Bridge(server, settings or Settings())
     server.bridge = bridge  # type: ignore[attr-defined]
 
@@ -173,17 +296,16 @@ def build_server(settings: Settings | None = None) -> LanguageServer:
     async def shutdown(*_: Any) -> None:
         await bridge.close()
 
-    def where(params: Any) -> tuple[TextDocument, str, str]:
-        doc = server.workspace.get_text_document(params.text_document.uri)
-        offset = doc.offset_at_position(params.position)
-        return doc, doc.source[:offset], doc.source[offset:]
-
-    async def complete(params: Any) -> str | None:
-        doc, prefix, suffix = where(params)
+    async def complete(params: Any) -> tuple[str, types.Position, str] | None:
+        """The daemon's completion at the cursor, the cursor clamped to the text, and the word before it."""
+        doc = _opened(server, params.text_document.uri)
+        if doc is None:
+            return None
+        offset, pos = _locate(doc, params.position)
+        prefix, suffix = doc.source[:offset], doc.source[offset:]
         if not prefix.strip():
             return None
         s = bridge.settings
-        pos = params.position
 
         def make(client: Client) -> Request:
             return client.complete(
@@ -198,23 +320,25 @@ def build_server(settings: Settings | None = None) -> LanguageServer:
             )
 
         got = await bridge.run(make)
-        return got[0] if got and got[0].strip() else None
+        if not got or not got[0].strip():
+            return None
+        return got[0], pos, _word_before(prefix[prefix.rfind("\n") + 1 :])
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(params: types.InlineCompletionParams) -> types.InlineCompletionList:
-        text = await complete(params)
-        here = types.Range(params.position, params.position)
-        items = [types.InlineCompletionItem(insert_text=text, range=here)] if text else []
-        return types.InlineCompletionList(items=items)
+        got = await complete(params)
+        if got is None:
+            return types.InlineCompletionList(items=[])
+        text, pos, _ = got
+        return types.InlineCompletionList(items=[types.InlineCompletionItem(text, range=types.Range(pos, pos))])
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
     async def completion(params: types.CompletionParams) -> types.CompletionList:
-        text = await complete(params)
-        if not text:
+        got = await complete(params)
+        if got is None:
             return types.CompletionList(is_incomplete=True, items=[])
-        _, prefix, _ = where(params)
-        word = _word_before(prefix.rsplit("\n", 1)[-1])
-        start = types.Position(params.position.line, params.position.character - len(word))
+        text, pos, word = got
+        start = types.Position(pos.line, pos.character - server.workspace.position_codec.client_num_units(word))
         first = (word + text).split("\n", 1)[0]
         item = types.CompletionItem(
             label=first[:80] + ("…" if len(first) > 80 or "\n" in text else ""),
@@ -222,7 +346,7 @@ def build_server(settings: Settings | None = None) -> LanguageServer:
             detail=NAME,
             filter_text=word + text,
             sort_text="0",
-            text_edit=types.TextEdit(types.Range(start, params.position), word + text),
+            text_edit=types.TextEdit(types.Range(start, pos), word + text),
         )
         return types.CompletionList(is_incomplete=True, items=[item])
 
@@ -231,9 +355,9 @@ def build_server(settings: Settings | None = None) -> LanguageServer:
     @server.feature(types.TEXT_DOCUMENT_CODE_ACTION, types.CodeActionOptions(code_action_kinds=kinds))
     def code_actions(params: types.CodeActionParams) -> list[types.CodeAction]:
         r = params.range
-        if r.start == r.end:
-            return []
         uri = params.text_document.uri
+        if r.start == r.end or _opened(server, uri) is None:
+            return []
         rng = {
             "start": {"line": r.start.line, "character": r.start.character},
             "end": {"line": r.end.line, "character": r.end.character},
@@ -263,24 +387,44 @@ def build_server(settings: Settings | None = None) -> LanguageServer:
     return server
 
 
+def _uint(n: Any) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**31
+
+
+def _arguments(command: str, args: tuple) -> tuple[str, types.Range, str]:
+    """A command's [uri, range] (rewrite: and instruction), checked: malformed ones are the caller's error,
+    answered InvalidParams with the shape wanted rather than failing somewhere inside."""
+    rewrite = command == "rewrite"
+    bad = JsonRpcInvalidParams(
+        f"{COMMAND_PREFIX}{command} takes the arguments [uri, range{', instruction' if rewrite else ''}]: the "
+        "document's URI, {start, end} of {line, character} (integers from 0)"
+        + (" and a non-empty instruction" if rewrite else "")
+    )
+    try:
+        uri, rng = args[0], args[1]
+        ends = [(rng[k]["line"], rng[k]["character"]) for k in ("start", "end")]
+        ask = args[2] if rewrite else ""
+    except (IndexError, KeyError, TypeError):
+        raise bad from None
+    if not isinstance(uri, str) or not all(_uint(n) for end in ends for n in end) or not isinstance(ask, str):
+        raise bad
+    if rewrite and not ask.strip():
+        raise bad
+    (l0, c0), (l1, c1) = ends
+    return uri, types.Range(types.Position(l0, c0), types.Position(l1, c1)), ask.strip()
+
+
 def _command_handler(server: LanguageServer, bridge: Bridge, command: str):
     async def handler(*args: Any) -> str | None:
-        """Arguments: the document's URI, the range ({start, end} of {line, character}), and for rewrite
-        the instruction. The answer replaces the selection (rewrite, translate), is inserted below its first
-        line (docstring) or is shown (explain); it is also the command's result."""
-        try:
-            uri, rng = args[0], args[1]
-            r = types.Range(
-                types.Position(rng["start"]["line"], rng["start"]["character"]),
-                types.Position(rng["end"]["line"], rng["end"]["character"]),
-            )
-            ask = args[2] if command == "rewrite" else ""
-        except (IndexError, KeyError, TypeError):
-            wanted = "uri, range, instruction" if command == "rewrite" else "uri, range"
-            bridge.tell_once(f"{COMMAND_PREFIX}{command}: expected the arguments [{wanted}]")
-            return None
-        doc = server.workspace.get_text_document(uri)
-        selected = doc.source[doc.offset_at_position(r.start) : doc.offset_at_position(r.end)]
+        """Arguments: the document's URI, the range ({start, end} of {line, character}; either order), and
+        for rewrite the instruction. The answer replaces the selection (rewrite, translate), is inserted
+        below its first line (docstring) or is shown (explain); it is also the command's result."""
+        uri, rng, ask = _arguments(command, args)
+        doc = _opened(server, uri)
+        if doc is None:
+            raise JsonRpcInvalidParams(f"{COMMAND_PREFIX}{command}: {uri} is not open in the editor")
+        (a, start), (b, end) = sorted([_locate(doc, rng.start), _locate(doc, rng.end)], key=lambda x: x[0])
+        selected = doc.source[a:b]
         s = bridge.settings
 
         def make(client: Client) -> Request:
@@ -297,42 +441,67 @@ def _command_handler(server: LanguageServer, bridge: Bridge, command: str):
         got = await bridge.run(make)
         if got is None:
             return None
-        text = got[0].strip("\n")
         if command == "explain":
-            bridge.tell(types.MessageType.Info, text.strip())
-        elif command == "docstring":
-            below = types.Position(r.start.line + 1, 0)
-            await _apply(server, uri, types.TextEdit(types.Range(below, below), _docstring(doc, r, text)))
+            text = got[0].strip()
+            bridge.tell(types.MessageType.Info, text)
+            return text
+        if command == "docstring":
+            edit = _docstring(doc, start.line, got[0])
         else:
-            await _apply(server, uri, types.TextEdit(r, text))
-        return text
+            edit = types.TextEdit(types.Range(start, end), _fit(got[0], selected))
+        await _apply(server, bridge, uri, edit)
+        return edit.new_text
 
     return handler
 
 
-def _docstring(doc: TextDocument, r: types.Range, text: str) -> str:
-    """The docstring as lines under the selection's first line, one level deeper than it."""
-    first = doc.lines[r.start.line] if r.start.line < len(doc.lines) else ""
-    indent = first[: len(first) - len(first.lstrip())] + "    "
+def _fit(answer: str, selected: str) -> str:
+    """The answer as the selection's replacement: without the space RWKV models put after `Response:`
+    (unless the selection starts with one) and the blank lines around it; a selection of whole lines keeps
+    its line break, so the line after it does not join its last."""
+    text = answer.strip("\r\n").rstrip()
+    if text.startswith(" ") and not selected[:1].isspace():
+        text = text[1:]
+    return text + selected[len(selected.rstrip("\r\n")) :]
+
+
+def _docstring(doc: TextDocument, line: int, text: str) -> types.TextEdit:
+    """The docstring as lines under the selection's first line, one level deeper than it. Under a last line
+    with no line break (the line below does not exist) it goes at that line's end, after a break."""
+    lines = doc.lines
+    first = lines[line] if line < len(lines) else ""
+    indent = first[: len(first) - len(first.lstrip())].rstrip("\r\n") + "    "
     body = text.strip()
     if doc.language_id == "python" and not body.startswith(('"""', "'''")):
         body = f'"""{body}"""'
-    return "".join(indent + line.strip() + "\n" if line.strip() else "\n" for line in body.split("\n"))
+    block = "".join(indent + x.strip() + "\n" if x.strip() else "\n" for x in body.split("\n"))
+    if line + 1 < len(lines) or first.endswith(("\n", "\r")):
+        below = types.Position(line + 1, 0)
+        return types.TextEdit(types.Range(below, below), block)
+    end = types.Position(line, doc.position_codec.client_num_units(first))
+    return types.TextEdit(types.Range(end, end), "\n" + block.rstrip("\n"))
 
 
-async def _apply(server: LanguageServer, uri: str, edit: types.TextEdit) -> None:
-    result = await server.workspace_apply_edit_async(
-        types.ApplyWorkspaceEditParams(edit=types.WorkspaceEdit(changes={uri: [edit]}), label=NAME)
-    )
-    if not result.applied:
-        raise RWKVHubError(f"the editor did not apply the edit: {result.failure_reason or 'no reason given'}")
+async def _apply(server: LanguageServer, bridge: Bridge, uri: str, edit: types.TextEdit) -> None:
+    """Ask the editor to make the edit; one it refuses (a read-only buffer, say) is told, not raised."""
+    try:
+        result = await server.workspace_apply_edit_async(
+            types.ApplyWorkspaceEditParams(edit=types.WorkspaceEdit(changes={uri: [edit]}), label=NAME)
+        )
+        refused = None if result.applied else result.failure_reason or "no reason given"
+    except JsonRpcException as e:
+        refused = e.message
+    if refused:
+        bridge.tell(types.MessageType.Error, f"the editor did not apply the edit: {refused}")
 
 
 class _QuietSupersession(logging.Filter):
-    """A superseded request is routine, not a failure: keep its traceback out of the editor's log."""
+    """A superseded request is routine and malformed params are the sender's error, not failures: keep
+    their tracebacks out of the editor's log (the answer says what happened)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], JsonRpcContentModified))
+        quiet = (JsonRpcContentModified, JsonRpcInvalidParams)
+        return not (record.exc_info and isinstance(record.exc_info[1], quiet))
 
 
 def serve_stdio(settings: Settings) -> None:
