@@ -106,6 +106,26 @@ def test_sessions_survive_a_restart(any_model, tmp_path):
     assert one.result.finish_reason == "length"
 
 
+def test_a_session_keeps_what_its_state_read_last_privately(model, tmp_path):
+    """The last text the state read is kept with the turn (so the next turn can end a reply that was cut
+    short) and follows rewind, fork, reset and a restart; the files are the user's alone."""
+    store = SessionStore(model.state_shape, tmp_path / "sessions")
+    store.create("t")
+
+    async def go():
+        async with Engine(model, sessions=store) as engine:
+            return await turn(engine, "t", "User: hi\n\nAssistant:", SamplingParams(temperature=0, max_tokens=3))
+
+    one = run(go())
+    read = (list(b"User: hi\n\nAssistant:") + one.result.tokens)[-8:]
+    assert store.get("t").tail == bytes(read).decode("utf-8", "replace")
+    assert (tmp_path / "sessions").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "sessions" / "t.json").stat().st_mode & 0o777 == 0o600
+    assert SessionStore(model.state_shape, tmp_path / "sessions").get("t").tail == store.get("t").tail
+    assert store.fork("t", "u").tail == store.get("t").tail
+    assert store.rewind("t").tail is None and store.reset("u").tail is None
+
+
 def test_damaged_and_foreign_files_are_reported_and_skipped(model, tmp_path):
     store = SessionStore(model.state_shape, tmp_path)
     for sid in ("good", "garbled", "torn", "foreign"):

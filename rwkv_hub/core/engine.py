@@ -37,6 +37,7 @@ from .state import State
 from .tokenizer import StreamDecoder
 
 EDIT_TAIL = 16  # tokens before an interactive prompt's end where its state is also cached
+SESSION_TAIL_TOKENS = 8  # tokens whose text a session keeps as what its state read last (Session.tail)
 log = logging.getLogger("rwkv_hub")
 
 
@@ -478,7 +479,11 @@ class Engine:
         if job.session is not None:  # keep the turn only if the whole prompt was read
             whole = job.state is not None and job.pos == len(job.ids)
             turn = [*job.messages, {"role": "assistant", "content": "".join(job.text)}]
-            self.sessions.release(job.session, job.state if whole else None, len(job.ids) + len(job.generated), turn)
+            read = (job.ids + job.generated)[-SESSION_TAIL_TOKENS:]  # every generated token has been fed
+            tail = self.model.tokenizer.decode_bytes(read).decode("utf-8", "replace")
+            self.sessions.release(
+                job.session, job.state if whole else None, len(job.ids) + len(job.generated), turn, tail
+            )
         job.stream.result = GenerationResult(
             "".join(job.text),
             reason,

@@ -46,7 +46,11 @@ class Session:
     tokens: int = 0  # tokens the state has read
     transcript: list[dict] = field(default_factory=list)  # the turns' messages, {"role", "content"}, for display
     busy: bool = False  # a request is running on it
-    previous: tuple | None = None  # (state, tokens, transcript length) before the last turn, for `rewind`
+    previous: tuple | None = None  # (state, tokens, transcript, tail) before the last turn, for `rewind`
+    # The last characters the state has read (a turn may end without its format's turn end: cut short by
+    # max_tokens, cancelled, or stopped by another stop string), so the next turn can supply what is
+    # missing; None when not known (a session saved before this was recorded).
+    tail: str | None = None
 
     def info(self) -> dict:
         keys = ("id", "created", "updated", "turns", "tokens")
@@ -97,7 +101,7 @@ class SessionStore:
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # conversations are private
             self._restore()
 
     def __len__(self) -> int:
@@ -136,7 +140,7 @@ class SessionStore:
         """A new session that continues from where `sid` is now; the two then go their own ways."""
         src = self.get(sid)
         s = self.create(new_id, src.initial)
-        s.state, s.turns, s.tokens = src.state, src.turns, src.tokens  # states are never changed in place
+        s.state, s.turns, s.tokens, s.tail = src.state, src.turns, src.tokens, src.tail  # states never change in place
         s.transcript = list(src.transcript)
         self._persist(s)
         return s
@@ -144,7 +148,7 @@ class SessionStore:
     def reset(self, sid: str) -> Session:
         s = self.get(sid)
         s.state = s.initial if s.initial is not None else State.zeros(self.shape)
-        s.turns, s.tokens, s.transcript, s.previous, s.updated = 0, 0, [], None, time.time()
+        s.turns, s.tokens, s.transcript, s.previous, s.tail, s.updated = 0, 0, [], None, None, time.time()
         self._persist(s)
         return s
 
@@ -166,11 +170,20 @@ class SessionStore:
             s.busy = True
         return s
 
-    def release(self, s: Session, state: State | None = None, tokens: int = 0, messages: list[dict] = ()) -> None:
-        """End a request on a session; with a state, the turn (and its messages) is kept and saved."""
+    def release(
+        self,
+        s: Session,
+        state: State | None = None,
+        tokens: int = 0,
+        messages: list[dict] = (),
+        tail: str | None = None,
+    ) -> None:
+        """End a request on a session; with a state, the turn (its messages, and `tail`, the last text the
+        state read) is kept and saved."""
         if state is not None:
-            s.previous = (s.state, s.tokens, len(s.transcript))
+            s.previous = (s.state, s.tokens, len(s.transcript), s.tail)
             s.state, s.turns, s.tokens, s.updated = state.to("cpu"), s.turns + 1, s.tokens + tokens, time.time()
+            s.tail = tail
             s.transcript = (s.transcript + [dict(m) for m in messages])[-MAX_TRANSCRIPT:]
             self._persist(s)
         s.busy = False
@@ -184,8 +197,8 @@ class SessionStore:
                 raise SessionError(f"session {sid!r} is busy with another request")
             if s.previous is None:
                 raise SessionError(f"session {sid!r} has no turn to take back")
-            state, tokens, keep = s.previous
-            s.state, s.tokens, s.transcript = state, tokens, s.transcript[:keep]
+            state, tokens, keep, tail = s.previous
+            s.state, s.tokens, s.transcript, s.tail = state, tokens, s.transcript[:keep], tail
             s.turns, s.previous, s.updated = max(0, s.turns - 1), None, time.time()
         self._persist(s)
         return s
@@ -218,7 +231,9 @@ class SessionStore:
             return
         s.state.save(self.folder / f"{s.id}.safetensors")
         meta = {"format": META_FORMAT, **s.info(), "transcript": s.transcript, "shape": asdict(self.shape)}
-        write_text(self.folder / f"{s.id}.json", json.dumps(meta))
+        if s.tail is not None:
+            meta["tail"] = s.tail
+        write_text(self.folder / f"{s.id}.json", json.dumps(meta), mode=0o600)  # a transcript is private
 
     def _restore(self) -> None:
         for meta_path in sorted(self.folder.glob("*.json")):
@@ -235,6 +250,7 @@ class SessionStore:
                 _check_id(sid)
                 s = Session(sid, state, initial, meta["created"], meta["updated"], meta["turns"], meta["tokens"])
                 s.transcript = [m for m in meta.get("transcript", []) if isinstance(m, dict)]
+                s.tail = meta["tail"] if isinstance(meta.get("tail"), str) else None
             except (RWKVHubError, OSError, ValueError, KeyError, TypeError) as e:
                 msg = f"session file {meta_path.name} skipped: {e}"
                 self.problems.append(msg)
