@@ -192,11 +192,13 @@ def test_by_input_layout_gives_the_product(dtype, n_out, n_in, rows):
 
 @needs_gemv
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_row_by_input_gets_the_same_bits_alone_or_batched(dtype):
-    """A sequence's result must not depend on the others decoded with it."""
-    w = torch.randn(300, 1100, generator=torch.Generator().manual_seed(3)).to(dtype)
+@pytest.mark.parametrize(("n_out", "n_in"), [(300, 1100), (768, 3072)])
+def test_a_row_by_input_gets_the_same_bits_alone_or_batched(dtype, n_out, n_in):
+    """A sequence's result must not depend on the others decoded with it (fp32 batches of 8 rows and more
+    take the inputs in chunks of another size than one row alone)."""
+    w = torch.randn(n_out, n_in, generator=torch.Generator().manual_seed(3)).to(dtype)
     lin = ByInputLinear(DenseLinear(w))
-    x = relu_squared(F32_KERNEL_MAX_ROWS, 1100, 0.9, seed=4).to(dtype)
+    x = relu_squared(F32_KERNEL_MAX_ROWS, n_in, 0.9, seed=4).to(dtype)
     x[3] = 0.0
     batched = lin(x)
     for r in range(x.shape[0]):
