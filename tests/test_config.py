@@ -7,6 +7,7 @@ import stat
 
 import pytest
 
+from rwkv_hub.core.errors import RWKVHubError
 from rwkv_hub.hub.config import Config, ConfigError, load_config
 from rwkv_hub.hub.token import get_token, token_path
 
@@ -79,3 +80,16 @@ def test_token_is_made_once_owner_only_and_can_be_overridden(monkeypatch):
     assert stat.S_IMODE(os.stat(token_path()).st_mode) == 0o600
     monkeypatch.setenv("RWKV_HUB_TOKEN", "from-env")
     assert get_token() == "from-env" and get_token("explicit") == "explicit"
+
+
+def test_an_empty_or_unreadable_token_file_is_a_clear_error(monkeypatch):
+    """A blank file once read as "no token": the daemon started and answered every request 500."""
+    monkeypatch.delenv("RWKV_HUB_TOKEN", raising=False)
+    token_path().parent.mkdir(parents=True, exist_ok=True)
+    token_path().write_text("\n")
+    with pytest.raises(RWKVHubError, match="is empty; delete it"):
+        get_token()
+    token_path().unlink()
+    token_path().mkdir()
+    with pytest.raises(RWKVHubError, match="cannot read the token file"):
+        get_token()

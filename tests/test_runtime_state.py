@@ -322,3 +322,22 @@ def test_a_state_holds_no_memory_beyond_its_own_tensors(checkpoint_factory, mode
     for name, state in (("prompt", one), ("batch", batch), ("decode", stepped)):
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in state.tensors().values()}
         assert sum(storages.values()) == state.nbytes, f"{name}: holds {sum(storages.values())} bytes"
+
+
+def test_select_takes_rows_from_either_end_and_refuses_others(histories) -> None:
+    stacked = rwkv_hub.State.stack(histories)
+    assert_same_tensors(state_snapshot(stacked.select(-1)), state_snapshot(histories[2]))
+    assert_same_tensors(state_snapshot(stacked.select([0, -1]).split()[1]), state_snapshot(histories[2]))
+    for bad in (3, -4, [5], [0, 3], 1.5, "0"):
+        with pytest.raises(rwkv_hub.StateError, match="rows"):
+            stacked.select(bad)
+
+
+def test_forward_takes_numpy_and_torch_token_ids(model) -> None:
+    """The decode loop feeds `logits.argmax()` back, a 0-d tensor; numpy ids come from tokenizers."""
+    import numpy as np
+
+    want, _ = model.forward([4], None)
+    for token in (4, np.int64(4), torch.tensor(4)):
+        got, _ = model.forward(token, None)
+        assert torch.equal(got, want), type(token)

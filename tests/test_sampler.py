@@ -245,3 +245,21 @@ def test_ids_without_text_are_never_drawn() -> None:
     assert max(drawn) < 65530
     greedy = Sampler(65536, [SamplingParams(temperature=0)], never=never).sample(logits[:1])
     assert greedy[0] < 65530
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_non_finite_logits_sample_the_finite_or_fail_clearly(greedy: bool) -> None:
+    """NaN is never drawn and +inf always is (an fp16 overflow); a row with nothing finite is one clear
+    error, not an IndexError from inside a sort."""
+    from rwkv_hub.core.errors import RWKVHubError
+
+    params = SamplingParams(temperature=0 if greedy else 1.0, top_p=0.9, seed=1)
+    s = Sampler(8, [params])
+    nan = torch.full((1, 8), float("nan"))
+    nan[0, 5] = 1.0
+    assert all(s.sample(nan) == [5] for _ in range(5))
+    inf = torch.zeros(1, 8)
+    inf[0, 2] = float("inf")
+    assert s.sample(inf) == [2]
+    with pytest.raises(RWKVHubError, match="not finite"):
+        s.sample(torch.full((1, 8), float("nan")))

@@ -148,7 +148,7 @@ class Model:
 
     def forward(self, tokens: int | Sequence[int], state: State | None = None) -> tuple[torch.Tensor, State]:
         """Feed tokens to one sequence; return the logits after the last one (fp32, shape [vocab]) and the new state."""
-        toks = [tokens] if isinstance(tokens, int) else list(tokens)
+        toks = [tokens] if _is_scalar(tokens) else list(tokens)
         logits, new = self.forward_batch([toks], state if state is not None else self.new_state())
         return logits[0], new
 
@@ -454,3 +454,14 @@ def _move_tensors(value: object, place: Callable[[torch.Tensor], torch.Tensor]) 
         for f in dataclasses.fields(value):
             setattr(value, f.name, _move_tensors(getattr(value, f.name), place))
     return value
+
+
+def _is_scalar(tokens: object) -> bool:
+    """One token id as a Python, numpy or torch integer (`logits.argmax()` is a 0-d tensor)."""
+    if isinstance(tokens, torch.Tensor):
+        return tokens.dim() == 0
+    try:
+        operator.index(tokens)
+    except TypeError:
+        return False
+    return True

@@ -9,6 +9,7 @@ a batched step never copies states around.
 from __future__ import annotations
 
 import json
+import operator
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,8 +134,16 @@ class State:
         return [self.select(b) for b in range(self.batch_size)]
 
     def select(self, rows: int | list[int]) -> State:
-        """The state of one row (or several rows, in that order)."""
-        idx = slice(rows, rows + 1) if isinstance(rows, int) else torch.tensor(rows, dtype=torch.long)
+        """The state of one row (or several rows, in that order); negative rows count from the end."""
+        n, one = self.batch_size, not isinstance(rows, (list, tuple))
+        try:
+            picked = [operator.index(r) for r in ([rows] if one else rows)]
+        except TypeError:
+            picked = None
+        if picked is None or not all(-n <= r < n for r in picked):
+            raise StateError(f"rows {rows!r} are not all rows of a state of batch {n} (0 to {n - 1}, or -1 to -{n})")
+        rows_ = [r % n for r in picked]
+        idx = slice(rows_[0], rows_[0] + 1) if one else torch.tensor(rows_, dtype=torch.long)
         return State(self.shape, [t[idx] for t in self.att_x], [t[idx] for t in self.wkv], [t[idx] for t in self.ffn_x])
 
     def save(self, path: str | os.PathLike) -> Path:

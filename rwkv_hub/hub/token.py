@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 
 from ..core.atomic import write_text
+from ..core.errors import RWKVHubError
 from .config import config_dir
 
 ENV = "RWKV_HUB_TOKEN"
@@ -28,7 +29,13 @@ def get_token(explicit: str | None = None, create: bool = True) -> str | None:
         return os.environ[ENV]
     p = token_path()
     if p.exists():
-        return p.read_text().strip() or None
+        try:
+            token = p.read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise RWKVHubError(f"cannot read the token file {p}: {e}; delete it to have a new one made") from None
+        if not token:
+            raise RWKVHubError(f"the token file {p} is empty; delete it to have a new one made")
+        return token
     if not create:
         return None
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -166,6 +166,14 @@ class Sampler:
             raise ValueError(f"logits of shape {tuple(logits.shape)}; expected ({len(slot_ids)}, {self.vocab_size})")
         slots_ = [self._slots[s] for s in slot_ids]
         work = logits.detach().to(self.device, torch.float32, copy=True)
+        # NaN is no candidate and +inf the likeliest (an fp16 overflow, damaged weights or state): the
+        # sampler's sorts and sums must see finite numbers or -inf.
+        work.nan_to_num_(nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
+        if not torch.isfinite(work).any(-1).all():
+            raise RWKVHubError(
+                "the model's logits are not finite numbers (NaN or -inf throughout): its weights or state are"
+                " damaged, or 16-bit weights overflowed; try a bf16 or fp32 strategy"
+            )
         if self._never.numel():
             work.index_fill_(1, self._never, float("-inf"))
         for b, s in enumerate(slots_):
