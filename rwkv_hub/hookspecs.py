@@ -4,7 +4,10 @@ A plugin is a module (or object) with functions marked `@rwkv_hub.hookimpl` and 
 Plugins are found through the entry-point group `rwkv_hub` and through modules named in the config
 file; rwkv-hub's own formats and presets are plugins registered the same way. Registration hooks are
 called once at start-up with a `register` callback, so the host knows which plugin registered what. No
-hook is called per token: logit processors and stream filters are collected at start-up.
+hook is called per token: logit processors and stream filters are collected at start-up. The per-request
+hooks, and a plugin's formats, run in a thread of their own with a time bound, so that a slow plugin
+cannot stall the daemon; a plugin's failure is reported against it (`rwkv-hub plugins`), never the
+request's.
 
 New arguments may be added to these hooks later; pluggy passes a plugin only the arguments it names,
 so existing plugins keep working.
@@ -26,7 +29,10 @@ def register_formats(register: Callable[..., None]) -> None:
     """Register prompt formats: call `register(fmt)` with a `rwkv_hub.hub.formats.PromptFormat` per format.
 
     Called once at start-up, for every plugin. A later registration of the same name replaces an
-    earlier one by the precedence config > entry point > built-in (with a warning).
+    earlier one by the precedence config > entry point > built-in (with a warning). A format whose
+    `defaults` are not valid sampling parameters is refused. `render` returns a `Rendered`; anything else,
+    or an exception other than `FormatError`, fails the request naming the plugin. `read_answer` reads
+    the finished text into the answer.
     """
 
 
@@ -34,7 +40,8 @@ def register_formats(register: Callable[..., None]) -> None:
 def register_presets(register: Callable[..., None]) -> None:
     """Register parameter presets: call `register(preset)` with a `rwkv_hub.hub.presets.Preset`, or with a
     dict of the same fields (`name`, `description`, `description_zh`, `format`, `params`); unknown
-    fields are refused. Called once at start-up, for every plugin.
+    fields, bad parameters and a `format` no plugin registers are refused. Called once at start-up, for
+    every plugin.
     """
 
 
@@ -64,8 +71,9 @@ def register_logit_processors(register: Callable[..., None]) -> None:
 @hookspec
 def register_stream_filters(register: Callable[..., None]) -> None:
     """Offer stream filters: call `register(name, make_filter)` where `make_filter()` returns a function
-    `filter(delta: str) -> str` applied to each text delta of one request. Collected once at start-up;
-    a request enables one by name.
+    `filter(delta: str) -> str` applied to each text delta of one request, on the event loop (keep it
+    quick). Collected once at start-up; a request enables one by name. One that raises or returns
+    anything but text is dropped for that request.
     """
 
 
@@ -91,14 +99,17 @@ def register_bots(register: Callable[..., None]) -> None:
 def prepare_request(request: dict[str, Any]) -> None:
     """Adjust a request before it runs: `request` has `format`, `preset`, `params` (a dict), `input` and
     `prompt` (the rendered text); change them in place. Called for every request, by every plugin, in
-    registration order; an exception skips that plugin's change and is reported.
+    registration order, each on its own copy: an exception, or a request left unable to run (a prompt
+    that is not text, parameters of the wrong type or range), drops that plugin's changes and is
+    reported against it.
     """
 
 
 @hookspec
 def generation_finished(request: dict[str, Any], result: dict[str, Any]) -> None:
-    """Observe a finished request: `result` has `text`, `finish_reason`, `usage` (prompt and completion
-    tokens) and `timings`. Called for every request, by every plugin; return values are ignored.
+    """Observe a finished request: `result` has `text` (as generated), `finish_reason`, `usage` (prompt and
+    completion tokens) and `timings`. Called for every request, by every plugin, in a thread of its own;
+    return values are ignored.
     """
 
 

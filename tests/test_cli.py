@@ -112,3 +112,19 @@ def test_help_does_not_import_torch(args):
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert "rwkv_hub.cli" in imported
     assert "torch" not in imported
+
+
+def test_serve_on_a_port_in_use_is_a_one_line_user_error(tmp_path: Path) -> None:
+    import os
+    import socket
+
+    ckpt = write_random_checkpoint(tmp_path / "model.pth", **SHAPE)
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "RWKV_HUB_TOKEN": "t"}
+    serve = [sys.executable, "-m", "rwkv_hub", "serve", "--model", str(ckpt), "--strategy", "cpu fp32"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([*serve, "--port", str(port)], capture_output=True, text=True, env=env, timeout=120)
+    assert_user_error(result)
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr

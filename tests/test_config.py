@@ -54,12 +54,14 @@ def test_every_key_is_read(tmp_path):
     [
         ('model = "x"\nmodle = "y"\n', "line 2: unknown key 'modle'"),
         ('port = "80"\n', "line 1: port must be a port number, not str"),
-        ("port = 0\n", "port must be between 1 and 65535"),
+        ("port = 65536\n", "line 1: port must be between 0"),
         ("\n[limits]\nmax_activ = 3\n", "line 3: unknown key limits.max_activ"),
         ("[limits]\nmax_active = true\n", "line 2: limits.max_active must be a whole number, not bool"),
         ("[limits]\nmax_queue = 0\n", "limits.max_queue must be at least 1"),
         ("[plugins]\nenable = []\n", "unknown key plugins.enable"),
-        ("\n[limits]\nprefill_budget = 32\n", "line 2: \\[limits\\]: prefill_budget must be at least prefill_chunk"),
+        ("\n[limits]\nprefill_budget = 32\n", "line 3: \\[limits\\]: prefill_budget must be at least prefill_chunk"),
+        ("[limits]\ncache_interval = 100\n", "line 2: \\[limits\\]: cache_interval must be a multiple"),
+        ("[limits]\nmax_json_depth = 5000\n", "line 2: limits.max_json_depth must be at most 256"),
         ("[presets.chat]\ntemprature = 1\n", "line 1: presets.chat: unknown parameter 'temprature'"),
         ("model = \n", "not valid TOML"),
     ],
@@ -67,6 +69,10 @@ def test_every_key_is_read(tmp_path):
 def test_bad_files_name_the_key_and_line(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_config(write(tmp_path, text))
+
+
+def test_port_zero_means_any_free_port(tmp_path):
+    assert load_config(write(tmp_path, "port = 0\n")).port == 0
 
 
 def test_missing_file_is_a_clear_error(tmp_path):

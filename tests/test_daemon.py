@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import openai
 import pytest
@@ -20,13 +23,16 @@ from rwkv_hub.hub.config import Config, Limits
 
 TOKEN = "test-token-0123456789"
 SHAPE = dict(n_layer=2, n_embd=128, vocab_size=256, head_size=64)
+APP = "https://my.app"  # the one browser origin the daemon allows
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
 def daemon(checkpoint_factory, model_factory, tmp_path_factory):
     model = model_factory(checkpoint_factory(**SHAPE))
     server = DaemonThread()
-    config = Config(port=0, limits=Limits(max_active=8, max_message_bytes=64 * 1024, max_requests_per_connection=4))
+    limits = Limits(max_active=8, max_message_bytes=64 * 1024, max_requests_per_connection=4)
+    config = Config(port=0, allow_origins=[APP], limits=limits)
     hub = server.hub(model, tmp_path_factory.mktemp("sessions"), cache_bytes=2**26, limits=config.limits.engine())
     running = server.start(hub, config, TOKEN)
     yield running
@@ -45,6 +51,26 @@ def get(daemon, path: str, headers: dict | None = None) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+
+
+def request(daemon, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None):
+    """(status, headers, JSON body or None) of one raw HTTP request, errors included."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    req = urllib.request.Request(daemon.url + path, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            status, hdrs, raw = r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        status, hdrs, raw = e.code, e.headers, e.read()
+    return status, hdrs, json.loads(raw) if raw else None
+
+
+def idle(daemon) -> None:
+    """Wait until the engine has nothing to do (earlier tests' cancelled streams have ended and been counted)."""
+    deadline = time.time() + 20
+    while (daemon.daemon.hub.engine.active or daemon.daemon.hub.engine.queued) and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
 
 
 def metric(daemon, name: str) -> float:
@@ -169,7 +195,10 @@ def test_hello_chat_sessions_and_concurrent_requests(daemon):
     assert {p["name"]: p for p in hello["preset_details"]}["creative"]["params"]["top_p"] == 0.5
     assert da["type"] == db["type"] == dc["type"] == "done"
     assert db["usage"]["completion_tokens"] == 5
-    assert dc["usage"]["prompt_tokens"] == len("User: more\n\nAssistant:")  # the session fed only the new turn
+    # The session fed only the new turn, after what the first reply's state lacked of its turn end ("\n\n"):
+    # all of it or some after a reply cut short by max_tokens, none after one ended by the stop string.
+    extra = dc["usage"]["prompt_tokens"] - len("User: more\n\nAssistant:")
+    assert extra in (0, 1, 2) and (extra > 0 or da["finish_reason"] != "length")
     assert {s["id"]: s["turns"] for s in listing["data"]}["s1"] == 2
     assert fork["data"]["id"] == "s2" and fork["data"]["turns"] == 2 and deleted["data"] == {"deleted": "s2"}
 
@@ -522,3 +551,284 @@ def test_a_request_sent_as_the_connection_closes_fails_with_connection_error(dae
                 await c.hello()
 
     asyncio.run(asyncio.wait_for(go(), 30))
+
+
+# --- defects found in review: each test fails without its fix ---------------------------------------------------
+
+
+def test_a_non_streaming_request_is_cancelled_when_its_client_disconnects(daemon):
+    idle(daemon)
+    before = metric(daemon, "rwkv_hub_cancelled_total")
+    body = json.dumps({"prompt": "def f():", "max_tokens": 4000}).encode()
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    url = urlsplit(daemon.url)
+    with socket.create_connection((url.hostname, url.port)) as s:
+        s.sendall(head.encode() + body)
+        deadline = time.time() + 10
+        while daemon.daemon.hub.engine.active == 0 and time.time() < deadline:
+            time.sleep(0.01)
+        assert daemon.daemon.hub.engine.active == 1
+    # The client is gone: its generation stops long before its 4000 tokens, and is counted as cancelled.
+    deadline = time.time() + 10
+    while metric(daemon, "rwkv_hub_cancelled_total") == before and time.time() < deadline:
+        time.sleep(0.05)
+    assert metric(daemon, "rwkv_hub_cancelled_total") == before + 1
+    assert daemon.daemon.hub.engine.active == 0
+
+
+def test_stop_strings_are_bounded_alike_on_both_protocols(daemon):
+    c = client(daemon)
+    msgs = [{"role": "user", "content": "hi"}]
+    for stop in (["x" * 1001], [f"s{i}" for i in range(17)], [""]):
+        with pytest.raises(openai.BadRequestError, match="stop must be") as e:
+            c.chat.completions.create(model="x", messages=msgs, max_tokens=2, stop=stop)
+        assert e.value.body["param"] == "stop"
+    # Sixteen of the user's own, on top of the chat format's hidden ones, are taken.
+    r = c.chat.completions.create(model="x", messages=msgs, max_tokens=2, stop=[f"s{i}" for i in range(16)])
+    assert r.usage.completion_tokens <= 2
+    r = c.completions.create(model="x", prompt="import", max_tokens=3, stop=["y" * 1000])
+    assert r.usage.completion_tokens == 3
+
+    async def go(ws):
+        out = []
+        for stop in ("x" * 1001, ["x" * 1001], ["s"] * 17):
+            await ws.send(json.dumps({"type": "generate", "id": "g", "prompt": "x", "params": {"stop": stop}}))
+            out.append(json.loads(await ws.recv()))
+        return out
+
+    events = ws_run(daemon, go)
+    assert [e["code"] for e in events] == ["bad_request"] * 3
+    assert "at most 1000 characters" in events[0]["message"] and "at most 16 items" in events[2]["message"]
+
+
+def test_deep_json_is_refused_and_the_connection_stays_usable(daemon):
+    async def go(ws):
+        await ws.send('{"type": "hello", "id": "d", "client": ' + "[" * 30_000 + "]" * 30_000 + "}")
+        deep = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "hello", "id": "h"}))
+        return deep, json.loads(await ws.recv())
+
+    deep, hello = ws_run(daemon, go)
+    assert deep["type"] == "error" and deep["code"] == "bad_request" and "deeper than 32" in deep["message"]
+    assert hello["type"] == "hello"
+    body = ('{"prompt": "x", "metadata": ' + "[" * 5000 + "]" * 5000 + "}").encode()
+    status, _, err = request(daemon, "POST", "/v1/completions", body, AUTH)
+    assert status == 400 and "deeper than 32" in err["error"]["message"]
+
+
+def test_bad_types_and_lone_surrogates_are_400s_naming_the_field(daemon):
+    c = client(daemon)
+    msgs = [{"role": "user", "content": "hi"}]
+    cases = [
+        (lambda: c.completions.create(model="x", prompt="x", max_tokens=2, extra_body={"preset": ["a"]}), "preset"),
+        (lambda: c.chat.completions.create(model="x", messages=msgs, extra_body={"format": {"a": 1}}), "format"),
+        (lambda: c.completions.create(model="x", prompt="x", stream="yes"), "stream"),
+        (lambda: c.completions.create(model="x", prompt="x", n=True), "n"),
+    ]
+    for call, param in cases:
+        with pytest.raises(openai.BadRequestError) as e:
+            call()
+        assert e.value.body["param"] == param and e.value.body["type"] == "invalid_request_error", e.value.body
+    # The official client cannot even send a lone surrogate (it encodes the body as UTF-8); JSON escapes can.
+    for path, body, param in (
+        ("/v1/completions", {"prompt": "a\ud800b", "max_tokens": 2}, "prompt"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "\ud83d"}]}, "messages[0].content"),
+    ):
+        status, _, err = request(daemon, "POST", path, body, AUTH)
+        assert status == 400 and err["error"]["param"] == param and "surrogate" in err["error"]["message"]
+
+    async def go(ws):
+        out = []
+        for raw in (
+            '{"type": "generate", "id": "s1", "prompt": "a\\ud800b"}',
+            '{"type": "chat", "id": "s2", "session": "surr", "message": "\\ud83d"}',
+        ):
+            await ws.send(raw)
+            out.append(json.loads(await ws.recv()))
+        return out
+
+    events = ws_run(daemon, go)
+    assert [(e["id"], e["code"]) for e in events] == [("s1", "bad_request"), ("s2", "bad_request")]
+    assert events[0]["message"].startswith("prompt: a lone UTF-16 surrogate")
+
+
+def test_cors_lets_an_allowed_origin_in_and_keeps_others_out(daemon):
+    preflight = {
+        "Origin": APP,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+    status, headers, _ = request(daemon, "OPTIONS", "/v1/chat/completions", headers=preflight)
+    assert status == 204 and headers["Access-Control-Allow-Origin"] == APP
+    assert "POST" in headers["Access-Control-Allow-Methods"]
+    assert "authorization" in headers["Access-Control-Allow-Headers"] and headers["Vary"] == "Origin"
+    status, headers, body = request(daemon, "GET", "/v1/models", headers=AUTH | {"Origin": APP})
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == APP and body["data"]
+    status, headers, _ = request(daemon, "GET", "/v1/models", headers={"Origin": APP})  # the page may read errors
+    assert status == 401 and headers["Access-Control-Allow-Origin"] == APP
+    status, headers, _ = request(
+        daemon, "OPTIONS", "/v1/models", headers=preflight | {"Origin": "https://evil.example"}
+    )
+    assert status == 403 and "Access-Control-Allow-Origin" not in headers
+
+
+def test_include_usage_echo_and_unsupported_fields(daemon):
+    c = client(daemon)
+    chunks = list(
+        c.chat.completions.create(
+            model="x",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens <= 3
+    assert chunks[-1].usage.total_tokens == chunks[-1].usage.prompt_tokens + chunks[-1].usage.completion_tokens
+    plain = c.completions.create(model="x", prompt="import", max_tokens=3, temperature=0)
+    echoed = c.completions.create(model="x", prompt="import", max_tokens=3, temperature=0, echo=True)
+    assert echoed.choices[0].text == "import" + plain.choices[0].text
+    parts = list(c.completions.create(model="x", prompt="import", max_tokens=3, temperature=0, echo=True, stream=True))
+    assert "".join(p.choices[0].text for p in parts) == echoed.choices[0].text
+    for extra, param in (({"suffix": "x"}, "suffix"), ({"logit_bias": {"32": -100}}, "logit_bias")):
+        with pytest.raises(openai.BadRequestError, match="not supported") as e:
+            c.completions.create(model="x", prompt="import", max_tokens=3, **extra)
+        assert e.value.body["param"] == param
+    assert c.completions.create(model="x", prompt="import", max_tokens=1, logit_bias={}, suffix=None).choices
+
+
+def test_http_errors_are_in_openai_shape(daemon):
+    c = client(daemon)
+    model = c.models.retrieve(daemon.daemon.hub.engine.model.path.stem)
+    assert model.id == daemon.daemon.hub.engine.model.path.stem
+    with pytest.raises(openai.NotFoundError) as e:
+        c.models.retrieve("gpt-4o")
+    assert e.value.body["code"] == "model_not_found" and e.value.body["param"] == "model"
+    cases = [
+        ("POST", "/v1/completions", {"prompt": "a" * 70_000}, 413, "too_large"),
+        ("GET", "/v1/nothing-here", None, 404, "not_found"),
+        ("GET", "/v1/chat/completions", None, 405, "method_not_allowed"),
+        ("POST", "/v1/completions", {"prompt": "x", "temperature": "hot"}, 400, "bad_request"),
+    ]
+    for method, path, body, status, code in cases:
+        got, headers, err = request(daemon, method, path, body, AUTH)
+        assert (got, err["error"]["code"]) == (status, code), err
+        assert set(err["error"]) == {"message", "type", "param", "code"}
+    assert request(daemon, "GET", "/v1/models")[2]["error"]["type"] == "authentication_error"
+    assert request(daemon, "GET", "/v1/models", headers={"Origin": "https://x.example"})[2]["error"]["type"] == (
+        "permission_error"
+    )
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(model="x", prompt="x", temperature=9)
+    assert e.value.body["param"] == "temperature"
+
+
+def test_metrics_count_disconnects_closes_and_http_errors(daemon, caplog):
+    caplog.set_level(logging.DEBUG)
+    idle(daemon)
+    names = ("rwkv_hub_cancelled_total", "rwkv_hub_tokens_generated_total", "rwkv_hub_errors_total")
+    before = {n: metric(daemon, n) for n in names}
+    stream = client(daemon).completions.create(model="x", prompt="def f():", max_tokens=2000, stream=True)
+    for n, _ in enumerate(stream, 1):
+        if n == 20:
+            break
+    stream.close()  # the SSE client leaves
+
+    async def vanish(ws):
+        await ws.send(json.dumps({"type": "generate", "id": "a", "prompt": "def f():", "params": {"max_tokens": 2000}}))
+        for _ in range(10):
+            await ws.recv()
+
+    ws_run(daemon, vanish)
+    for _ in range(3):
+        assert request(daemon, "POST", "/v1/completions", {"prompt": ""}, AUTH)[0] == 400
+    deadline = time.time() + 10
+    while metric(daemon, names[0]) < before[names[0]] + 2 and time.time() < deadline:
+        time.sleep(0.05)
+    after = {n: metric(daemon, n) for n in names}
+    assert after[names[0]] == before[names[0]] + 2
+    assert after[names[1]] >= before[names[1]] + 30
+    assert after[names[2]] == before[names[2]] + 3
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # a client leaving is no fault
+
+
+def test_null_openai_fields_strict_types_and_the_real_caps(daemon):
+    c = client(daemon)
+    msgs = [{"role": "user", "content": "hi"}]
+    nulls = {f: None for f in ("service_tier", "reasoning_effort", "functions", "prompt_cache_key", "verbosity")}
+    r = c.chat.completions.create(model="not-our-name", messages=msgs, max_tokens=1, n=None, extra_body=nulls)
+    assert r.model == daemon.daemon.hub.engine.model.path.stem  # any model name is served by the one model
+    status, _, body = request(
+        daemon, "GET", "/v1/models", headers={"Authorization": f"bearer {TOKEN}"}
+    )  # RFC 7235: the scheme is case-insensitive
+    assert status == 200 and body["data"]
+    with pytest.raises(openai.BadRequestError, match="1 to 4096") as e:
+        c.completions.create(model="x", prompt="x", max_tokens=10**9)
+    assert e.value.body["code"] == "too_long" and e.value.body["param"] == "max_tokens"
+
+    async def go(ws):
+        await ws.send(json.dumps({"type": "generate", "id": "m", "prompt": "x", "params": {"max_tokens": 10**9}}))
+        return json.loads(await ws.recv())
+
+    ev = ws_run(daemon, go)
+    assert ev["code"] == "too_long" and "1 to 4096" in ev["message"]
+
+
+def test_a_burst_of_completions_for_one_document_keeps_the_newest(daemon):
+    """More completions for one document than the per-connection limit, none cancelled by the client: each
+    supersedes the one before, so the newest is never refused as busy."""
+
+    async def go(ws):
+        params = {"max_tokens": 400, "stop": [], "temperature": 1.0}
+        msgs = [
+            {"type": "complete", "id": f"c{i}", "prefix": "x = 1\n", "path": "a.py", "params": params} for i in range(8)
+        ]
+        await ws.send(json.dumps(msgs[0]))
+        await ws.recv()  # c0 is streaming
+        for m in msgs[1:]:
+            await ws.send(json.dumps(m))
+        ends = {}
+        while len(ends) < len(msgs):
+            ev = json.loads(await ws.recv())
+            if ev["type"] in ("done", "error"):
+                ends[ev["id"]] = ev
+        return ends
+
+    ends = ws_run(daemon, go)
+    assert ends["c7"]["type"] == "done" and ends["c7"]["finish_reason"] in ("length", "stop"), ends["c7"]
+    assert all(ends[f"c{i}"].get("finish_reason") == "cancelled" for i in range(7)), ends
+
+
+def test_busy_is_503_with_retry_after_and_a_stop_is_no_complete_answer(model_factory, checkpoint_factory, tmp_path):
+    """A small daemon of its own: one slot, one queue place; then it stops (as on SIGTERM) mid-answer."""
+    model = model_factory(checkpoint_factory(**SHAPE))
+    server = DaemonThread()
+    config = Config(port=0, limits=Limits(max_active=1, max_queue=1))
+    running = server.start(server.hub(model, tmp_path, limits=config.limits.engine()), config, TOKEN)
+    try:
+        c = client(running)
+        long = [c.completions.create(model="x", prompt="a", max_tokens=4000, stream=True) for _ in range(2)]
+        status, headers, err = request(running, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 2}, AUTH)
+        assert status == 503 and headers["Retry-After"] == "1"
+        assert (err["error"]["type"], err["error"]["code"]) == ("server_error", "busy")
+        for s in long:
+            s.close()
+        engine = running.daemon.hub.engine
+        deadline = time.time() + 20
+        while (engine.active or engine.queued) and time.time() < deadline:
+            time.sleep(0.02)
+        chat = c.chat.completions.create(
+            model="x", messages=[{"role": "user", "content": "hi"}], max_tokens=4000, stream=True
+        )
+        seen = [next(chat), next(chat)]
+        engine.request_stop()  # what SIGTERM does
+        with pytest.raises(openai.APIError) as e:
+            seen += list(chat)
+        assert e.value.code == "cancelled"
+        assert all(ch.choices[0].finish_reason is None for ch in seen)
+    finally:
+        server.stop(running).result(60)
+        server.close()

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from rwkv_hub.hub.formats import BUILTIN_FORMATS, MAX_FIELD_CHARS, FormatError, FormatInput, Message
+from rwkv_hub.hub.formats import (
+    BUILTIN_FORMATS,
+    MAX_FIELD_CHARS,
+    FormatError,
+    FormatFailed,
+    FormatInput,
+    Message,
+    PromptFormat,
+    Rendered,
+    StrippedDeltas,
+    render_with,
+)
 from rwkv_hub.hub.presets import BUILTIN_PRESETS, Preset, PresetError
 
 FMT = {f.name: f for f in BUILTIN_FORMATS}
@@ -139,3 +150,37 @@ def test_preset_validation():
 def test_message_objects_are_accepted_directly():
     out = FMT["chat"].render(FormatInput(messages=(Message("user", "x"),)))
     assert out.prompt == "User: x\n\nAssistant:"
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [" ", " Hello", " world", " ", "\n", " "],  # the model's space after "Assistant:", and trailing space
+        ["  ", "\t", "\n"],  # only whitespace: no answer
+        ["a", " ", " ", "b", "  "],  # inner whitespace is kept once text follows it
+        ["\u3000你好", "\u3000"],  # Unicode whitespace, as str.strip sees it
+        ["x"],
+    ],
+)
+def test_stripped_deltas_add_up_to_the_stripped_answer(pieces):
+    reader = StrippedDeltas()
+    deltas = [reader.push(p) for p in pieces]
+    assert "".join(deltas) == "".join(pieces).strip()
+    assert all(d == "" or not d[-1].isspace() for d in deltas)  # nothing that may yet be trailing is sent
+
+
+def test_render_with_names_the_plugin_when_a_format_fails():
+    fmt = FMT["instruction"]
+    assert render_with(fmt, FormatInput(instruction="x"), "builtin").prompt == "Instruction: x\n\nResponse:"
+    with pytest.raises(FormatError, match="needs an instruction") as e:  # the format's word: passed through
+        render_with(fmt, FormatInput(), "builtin")
+    assert not isinstance(e.value, FormatFailed)
+    cases = [
+        (lambda i: {}["k"], "format 'f' failed: KeyError: 'k' \\(plugin p\\)"),
+        (lambda i: "text", "render returned str, not a Rendered"),
+        (lambda i: Rendered(5), "a prompt of type int"),
+        (lambda i: Rendered("x", "\n\n"), "stop strings are a tuple of texts"),
+    ]
+    for render_fn, message in cases:
+        with pytest.raises(FormatFailed, match=message):
+            render_with(PromptFormat("f", "", render_fn), FormatInput(), "p")

@@ -112,6 +112,9 @@ def test_bad_parameters_and_empty_prompt_are_user_errors(byte_model) -> None:
         (["Us", "er", ":"], ["\n\nUser"], "User:", False),
         (["x\n", "\nU", "ser"], ["\n\nUser"], "x", True),
         (["a", "b"], [], "ab", False),
+        (["ab", "aba", "c"], ["abac"], "ab", True),  # a partial match that fails falls back to its border
+        (["xab", "cd"], ["abcd", "bc"], "xa", True),  # the first stop string completed wins
+        (["xab", "cd"], ["cd", "bcd"], "xa", True),  # of those completed together, the longest
     ],
 )
 def test_stop_matcher_holds_back_possible_starts(pieces, stops, shown, stopped) -> None:
@@ -125,6 +128,27 @@ def test_stop_matcher_holds_back_possible_starts(pieces, stops, shown, stopped) 
     if not hit:
         out += m.flush()
     assert (out, hit) == (shown, stopped)
+
+
+def test_a_long_stop_string_costs_its_length_once_not_on_every_token() -> None:
+    """The matcher used to test every prefix of every stop string against the buffer on each token, which
+    is quadratic in a stop string's length and stalled the whole engine; now each character costs O(1)."""
+    import time
+
+    stop = "x" * 20_000
+    m = StopMatcher([stop])
+    t0 = time.perf_counter()
+    shown = [m.push("x") for _ in range(2_000)]
+    elapsed = time.perf_counter() - t0
+    assert shown == [("", False)] * 2_000  # all of it could still become the stop string: held back
+    assert m.push("y") == ("x" * 2_000 + "y", False)
+    assert elapsed < 1.0, f"{elapsed:.2f} s for 2,000 tokens"  # before: minutes
+
+
+def test_a_lone_surrogate_is_a_user_error_not_a_crash(byte_model) -> None:
+    _, model = byte_model
+    with pytest.raises(rwkv_hub.RWKVHubError, match="lone UTF-16 surrogate"):
+        model.generate("a\ud800b")
 
 
 def test_cli_streams_and_reports(byte_model) -> None:

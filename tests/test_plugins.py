@@ -9,20 +9,30 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
+import threading
+import time
+import types
+import urllib.request
 from pathlib import Path
 
+import openai
 import pytest
+import websockets
+from conftest import DaemonThread
 
-from rwkv_hub import hookspecs
+from rwkv_hub import hookimpl, hookspecs
 from rwkv_hub.core.engine import Engine
 from rwkv_hub.core.sessions import SessionStore
-from rwkv_hub.hub.completion import CompletionError
+from rwkv_hub.hub.completion import CompletionError, CompletionFormat
+from rwkv_hub.hub.config import Config
+from rwkv_hub.hub.formats import FormatError, PromptFormat, Rendered
 from rwkv_hub.hub.hub import Hub, RequestError
-from rwkv_hub.hub.plugins import PluginError, PluginHost
+from rwkv_hub.hub.plugins import PluginError, PluginHost, PluginTimeout
 from rwkv_hub.hub.presets import PresetError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +62,40 @@ def model(model_factory):
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, timeout=120))
+
+
+@pytest.fixture
+def inline(monkeypatch):
+    """`inline(name, *hooks)`: a plugin module made of hook functions (each named after its hook), importable
+    under `name` for this test, so a host loads it as a config file's plugin."""
+
+    def make(name: str, *hooks) -> str:
+        module = types.ModuleType(name)
+        for fn in hooks:
+            setattr(module, fn.__name__, hookimpl(fn))
+        monkeypatch.setitem(sys.modules, name, module)
+        return name
+
+    return make
+
+
+SCRIPT = "  hi there  "  # what the `script` logit processor makes the model write, then dots
+
+
+def register_logit_processors(register):
+    """Offers `script`: the model writes SCRIPT, whatever it would have written."""
+
+    def script(tokens, logits):
+        out = logits.clone().fill_(-1e9)
+        out[ord(SCRIPT[len(tokens)]) if len(tokens) < len(SCRIPT) else ord(".")] = 0.0
+        return out
+
+    register("script", script)
+
+
+def scripted(**fields) -> dict:
+    """A request whose generation is SCRIPT exactly (byte tokens: one per character)."""
+    return fields | {"params": {"max_tokens": len(SCRIPT)}, "logit_processors": ["script"]}
 
 
 # --- every hook ---------------------------------------------------------------------------------------------
@@ -205,10 +249,12 @@ def test_completion_formats_are_chosen_by_language_and_contained(good, model):
             hub = Hub(engine, h)
             s = hub.complete({"prefix": "local x = 1\n", "suffix": "return x\n", "language": "lua"})
             await s.text()
-            with pytest.raises(CompletionError, match="completion format 'broken' failed: ValueError: no idea"):
-                hub.complete({"prefix": "IDENTIFICATION DIVISION.\n", "language": "cobol"})
+            # A plugin's code runs when the stream starts (off the event loop), so its failure comes from there.
+            broken = "completion format 'broken' failed: ValueError: no idea.*plugins.bad_registration"
+            with pytest.raises(CompletionError, match=broken):
+                await hub.complete({"prefix": "IDENTIFICATION DIVISION.\n", "language": "cobol"}).text()
             with pytest.raises(CompletionError, match="no text before the cursor"):
-                hub.complete({"prefix": "", "language": "python"})
+                await hub.complete({"prefix": "", "language": "python"}).start()
             return s
 
     s = run(go())
@@ -220,6 +266,362 @@ def test_config_plugin_overrides_built_in_with_a_warning():
     h = host("plugins.clashing")
     assert h.formats["chat"].description == "my chat"
     assert any("'chat'" in w and "plugins.clashing" in w for w in h.warnings)
+
+
+def test_bad_format_defaults_and_a_preset_for_a_missing_format_are_refused_when_the_plugin_loads(inline):
+    def register_formats(register):
+        register(PromptFormat("bad-defaults", "", lambda i: Rendered("x"), defaults={"top_p": "high", "bogus": 1}))
+        register(PromptFormat("out-of-range", "", lambda i: Rendered("x"), defaults={"top_p": 7}))
+        register(PromptFormat("fine", "", lambda i: Rendered("x"), defaults={"top_p": 0.5}))
+
+    def register_presets(register):
+        register({"name": "ghost", "description": "d", "format": "no-such-format"})
+        register({"name": "for-fine", "description": "d", "format": "fine"})
+
+    h = host(inline("p.entries", register_formats, register_presets))
+    assert "fine" in h.formats and "for-fine" in h.presets  # the plugin's good entries stay
+    assert "bad-defaults" not in h.formats and "out-of-range" not in h.formats and "ghost" not in h.presets
+    errors = {(f.stage, f.error) for f in h.failures if f.plugin == "p.entries"}
+    assert any(st == "register_formats" and "'bad-defaults'" in e and "top_p" in e for st, e in errors)
+    assert any(st == "register_formats" and "'out-of-range'" in e and "out of range" in e for st, e in errors)
+    assert (
+        "register_presets",
+        "PresetError: preset 'ghost' names format 'no-such-format', which no plugin registers",
+    ) in errors
+
+
+def test_a_prepare_request_that_raises_leaves_no_change_behind(inline, model):
+    if model is None:
+        pytest.skip("the built-in model is not there")
+
+    def prepare_request(request):
+        request["prompt"] = "CORRUPTED BY PLUGIN"
+        request["params"]["max_tokens"] = 1
+        raise RuntimeError("blew up after changing the request")
+
+    h = host(inline("p.mutate", prepare_request), GOOD)  # the good plugin's change (max_tokens 7) still counts
+
+    async def go():
+        async with Engine(model) as engine:
+            s = Hub(engine, h).submit({"format": "raw", "input": {"text": "abc"}, "params": {"max_tokens": 20}})
+            await s.text()
+            return s
+
+    s = run(go())
+    assert s.request["prompt"] == "abc" and s.request["params"]["max_tokens"] == 7
+    assert s.result.completion_tokens == 7
+    assert [(f.plugin, f.stage) for f in h.failures] == [("p.mutate", "prepare_request")]
+
+
+def test_a_prepare_request_that_leaves_a_malformed_request_is_the_plugins_fault(inline, model):
+    if model is None:
+        pytest.skip("the built-in model is not there")
+
+    def prepare_request(request):
+        text = request["input"]["text"]
+        if text == "bad type":
+            request["params"]["temperature"] = "hot"
+        if text == "int prompt":
+            request["prompt"] = 12345
+        if text == "out of range":
+            request["params"]["top_p"] = 7
+
+    h = host(inline("p.malformed", prepare_request))
+
+    async def go():
+        async with Engine(model) as engine:
+            hub = Hub(engine, h)
+            out = []
+            for text in ("bad type", "int prompt", "out of range"):
+                s = hub.submit({"format": "raw", "input": {"text": text}, "params": {"max_tokens": 2}})
+                await s.text()
+                out.append((s.request["prompt"], s.request["params"].get("temperature"), s.result.completion_tokens))
+            return out
+
+    assert run(go()) == [("bad type", None, 2), ("int prompt", None, 2), ("out of range", None, 2)]
+    [failure] = h.failures  # one entry per plugin and stage, counted
+    assert (failure.plugin, failure.stage, failure.count) == ("p.malformed", "prepare_request", 3)
+    assert "top_p" in failure.error  # the latest
+
+
+def test_slow_plugin_code_does_not_stall_the_event_loop_and_its_request_fails_in_time(inline, model):
+    if model is None:
+        pytest.skip("the built-in model is not there")
+    release = threading.Event()
+
+    def prepare_request(request):
+        if request["prompt"] == "slow":
+            release.wait(5)
+
+    def slow_render(inp):
+        release.wait(5)
+        return Rendered(inp.input)
+
+    def slow_build(ctx):
+        release.wait(5)
+
+    def register_formats(register):
+        register(PromptFormat("slow", "", slow_render))
+
+    def register_completion_formats(register):
+        register(CompletionFormat("slow-fim", "", slow_build))
+
+    plugin = inline("p.slow", prepare_request, register_formats, register_completion_formats)
+    h = host(plugin, timeout_s=0.5)
+
+    async def go():
+        async with Engine(model) as engine:
+            hub = Hub(engine, h)
+            t0 = time.perf_counter()
+            slow = [
+                asyncio.create_task(hub.submit({"format": "raw", "input": {"text": "slow"}}).text()),
+                asyncio.create_task(hub.submit({"format": "slow", "input": {"input": "x"}}).text()),
+                asyncio.create_task(hub.complete({"prefix": "x = ", "format": "slow-fim"}).text()),
+            ]
+            fast = hub.submit({"format": "raw", "input": {"text": "fast"}, "params": {"max_tokens": 3}})
+            await fast.text()
+            fast_s = time.perf_counter() - t0
+            errors = [(type(e), str(e)) for e in await asyncio.gather(*slow, return_exceptions=True)]
+            slow_s = time.perf_counter() - t0
+            release.set()
+            return fast, fast_s, errors, slow_s
+
+    fast, fast_s, errors, slow_s = run(go())
+    assert fast.result.completion_tokens == 3 and fast_s < 0.45  # served while the slow code still ran
+    assert 0.5 <= slow_s < 2.5
+    assert errors == [
+        (PluginTimeout, f"plugin p.slow did not return from {stage} within 0.5 s; the request was not run")
+        for stage in ("prepare_request", "format 'slow' render", "completion format 'slow-fim' build")
+    ]
+    assert {(f.plugin, f.stage) for f in h.failures} == {
+        ("p.slow", "prepare_request"),
+        ("p.slow", "format 'slow' render"),
+        ("p.slow", "completion format 'slow-fim' build"),
+    }
+
+
+def test_a_broken_format_fails_its_request_naming_the_plugin(inline, model):
+    if model is None:
+        pytest.skip("the built-in model is not there")
+
+    def register_formats(register):
+        register(PromptFormat("keyerror", "render raises", lambda i: {}["boom"]))
+        register(PromptFormat("plain-str", "render returns text", lambda i: "not Rendered"))
+        register(PromptFormat("str-stop", "render's stop is one string", lambda i: Rendered("x", "\n")))
+
+    h = host(inline("p.formats", register_formats))
+
+    async def go():
+        async with Engine(model) as engine:
+            hub = Hub(engine, h)
+            for name, why in [
+                ("keyerror", "KeyError: 'boom'"),
+                ("plain-str", "TypeError: render returned str, not a Rendered"),
+                ("str-stop", "TypeError: render returned stop='\\\\n'"),
+            ]:
+                with pytest.raises(FormatError, match=rf"format '{name}' failed: {why}.*\(plugin p\.formats\)"):
+                    await hub.submit({"format": name, "input": {"input": "x"}}).text()
+
+    run(go())
+    assert [(f.plugin, f.stage) for f in h.failures] == [
+        ("p.formats", "format 'keyerror' render"),
+        ("p.formats", "format 'plain-str' render"),
+        ("p.formats", "format 'str-stop' render"),
+    ]
+
+
+def test_a_stream_filter_that_returns_no_text_or_raises_is_dropped_for_that_stream(inline, model):
+    if model is None:
+        pytest.skip("the built-in model is not there")
+
+    def register_stream_filters(register):
+        register("five", lambda: lambda delta: 5)
+        register("raises", lambda: lambda delta: 1 / 0)
+        register("upper", lambda: str.upper)
+
+    h = host(inline("p.filters", register_stream_filters, register_logit_processors))
+
+    async def go():
+        async with Engine(model) as engine:
+            hub = Hub(engine, h)
+            s = hub.submit(scripted(format="raw", input={"text": "x"}, stream_filters=["five", "raises", "upper"]))
+            return [d async for d in s]
+
+    deltas = run(go())
+    assert all(isinstance(d, str) for d in deltas) and "".join(deltas) == SCRIPT.upper()
+    stages = [(f.stage, f.count) for f in h.failures]
+    assert stages == [("stream filter 'five'", 1), ("stream filter 'raises'", 1)]  # dropped after the first delta
+
+
+def test_a_hook_that_fails_every_time_is_counted_not_logged_every_time(inline, caplog):
+    def generation_finished(request, result):
+        raise RuntimeError("always")
+
+    h = host(inline("p.always", generation_finished))
+    with caplog.at_level(logging.WARNING, logger="rwkv_hub"):
+        for _ in range(12):
+            h.call("generation_finished", request={}, result={})
+    [failure] = h.failures
+    assert (failure.stage, failure.count) == ("generation_finished", 12)
+    logged = [r.getMessage() for r in caplog.records if "p.always" in r.getMessage()]
+    assert len(logged) == 2  # the first in full, then at the tenth
+    assert "failed in generation_finished: RuntimeError: always; it is called again the next time" in logged[0]
+    assert "has failed in generation_finished 10 times" in logged[1]
+
+
+def test_names_that_are_not_text_are_refused_with_a_request_error(model):
+    if model is None:
+        pytest.skip("the built-in model is not there")
+    h = host()
+
+    async def go():
+        async with Engine(model) as engine:
+            hub = Hub(engine, h)
+            with pytest.raises(PresetError, match="preset must be a preset name \\(text\\), not list"):
+                hub.submit({"preset": ["a"], "input": {"input": "x"}})
+            with pytest.raises(FormatError, match="format must be a format name \\(text\\), not dict"):
+                hub.submit({"format": {"a": 1}, "input": {"input": "x"}})
+            with pytest.raises(RequestError, match="stream_filters must be a list of names, not str"):
+                hub.submit({"input": {"input": "x"}, "stream_filters": "abc"})
+            with pytest.raises(RequestError, match=r"logit_processors\[0\] must be a name \(text\), not dict"):
+                hub.submit({"input": {"input": "x"}, "logit_processors": [{"a": 1}]})
+            with pytest.raises(RequestError, match="session must be a session id"):
+                hub.submit({"input": {"input": "x"}, "session": ["s"]})
+
+    run(go())
+
+
+# --- answers, as the format reads them -----------------------------------------------------------------------
+
+
+def test_answers_are_read_by_the_format_and_streamed_to_match(inline, model):
+    if model is None:
+        pytest.skip("the built-in model is not there")
+
+    def register_formats(register):
+        register(
+            PromptFormat("marked", "", lambda i: Rendered("Q: " + i.input), read_answer=lambda s: "READ:" + s.strip())
+        )
+
+    h = host(inline("p.answers", register_logit_processors))
+    h2 = host(inline("p.marked", register_formats, register_logit_processors))
+
+    async def go():
+        async with Engine(model) as engine:
+            hub, out = Hub(engine, h), {}
+            for name, fields in [
+                ("chat", {"input": {"input": "hi"}}),
+                ("raw", {"format": "raw", "input": {"text": "x"}}),
+            ]:
+                s = hub.submit(scripted(**fields))
+                deltas = [d async for d in s]
+                out[name] = deltas, s.result.text
+                out[name + " text"] = await hub.submit(scripted(**fields)).text()
+            # An editor completion keeps its leading space (the demo model answers "Assistant:" with one).
+            out["complete"] = await hub.complete({"prefix": "User: hi\n\nAssistant:", "language": "plaintext"}).text()
+            s = Hub(engine, h2).submit(scripted(format="marked", input={"input": "x"}))
+            out["marked"] = (
+                [d async for d in s],
+                await Hub(engine, h2).submit(scripted(format="marked", input={"input": "x"})).text(),
+            )
+            return out
+
+    out = run(go())
+    deltas, raw = out["chat"]
+    assert raw == SCRIPT and len(deltas) > 1 and "".join(deltas) == SCRIPT.strip() == out["chat text"]
+    deltas, raw = out["raw"]
+    assert "".join(deltas) == SCRIPT == raw == out["raw text"]  # raw: verbatim
+    assert out["complete"].startswith(" ") and out["complete"].strip()
+    deltas, text = out["marked"]
+    assert "".join(deltas) == SCRIPT and text == "READ:" + SCRIPT.strip()  # a custom reader: deltas as generated
+
+
+def test_a_read_answer_that_fails_gives_the_text_as_generated(inline, model):
+    if model is None:
+        pytest.skip("the built-in model is not there")
+
+    def register_formats(register):
+        register(PromptFormat("raises", "", lambda i: Rendered(i.input), read_answer=lambda s: 1 / 0))
+        register(PromptFormat("int", "", lambda i: Rendered(i.input), read_answer=len))
+
+    h = host(inline("p.readers", register_formats, register_logit_processors))
+
+    async def go():
+        async with Engine(model) as engine:
+            hub = Hub(engine, h)
+            return [await hub.submit(scripted(format=f, input={"input": "x"})).text() for f in ("raises", "int")]
+
+    assert run(go()) == [SCRIPT, SCRIPT]
+    assert [(f.stage, f.error.split(":")[0]) for f in h.failures] == [
+        ("format 'raises' read_answer", "ZeroDivisionError"),
+        ("format 'int' read_answer", "TypeError"),
+    ]
+
+
+def test_through_the_daemon_a_slow_hook_leaves_others_served_and_answers_are_read(inline, model, tmp_path):
+    if model is None:
+        pytest.skip("the built-in model is not there")
+    release, finished = threading.Event(), []
+
+    def prepare_request(request):
+        if request["input"].get("input") == "slow":
+            release.wait(5)
+
+    def generation_finished(request, result):
+        finished.append(result["text"])
+
+    def register_formats(register):
+        register(PromptFormat("keyerror", "render raises", lambda i: {}["boom"]))
+
+    plugin = inline("p.daemon", prepare_request, generation_finished, register_formats, register_logit_processors)
+    server = DaemonThread()
+    hub = server.hub(model, tmp_path)
+    hub.host = PluginHost([plugin], entry_points=False, timeout_s=1.0).load()
+    token = "test-token-0123456789"
+    running = server.start(hub, Config(port=0), token)
+    try:
+
+        async def ws_go():
+            url = running.url.replace("http", "ws", 1) + "/ws"
+            async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+                await ws.send(json.dumps({"type": "chat", "id": "slow", "message": "slow"}))
+                t0 = time.perf_counter()
+                health = await asyncio.to_thread(urllib.request.urlopen, running.url + "/health", timeout=10)
+                health_s = time.perf_counter() - t0
+                for rid, extra in [
+                    ("script", scripted(message="hi")),
+                    ("broken", {"message": "x", "format": "keyerror"}),
+                ]:
+                    await ws.send(json.dumps({"type": "chat", "id": rid} | extra))
+                events: dict[str, list] = {}
+                while len([e for evs in events.values() for e in evs if e["type"] in ("done", "error")]) < 3:
+                    ev = json.loads(await ws.recv())
+                    events.setdefault(ev["id"], []).append(ev)
+                release.set()
+                return health.status, health_s, events
+
+        status, health_s, events = asyncio.run(asyncio.wait_for(ws_go(), 60))
+        assert status == 200 and health_s < 0.5  # the event loop was free while the hook slept
+        [slow] = events["slow"]
+        assert (
+            slow["type"] == "error"
+            and "plugin p.daemon did not return from prepare_request within 1 s" in slow["message"]
+        )
+        assert "".join(e["text"] for e in events["script"] if e["type"] == "delta") == SCRIPT.strip()
+        [broken] = events["broken"]
+        assert broken["code"] == "bad_request" and "format 'keyerror' failed: KeyError" in broken["message"]
+        assert "p.daemon" in broken["message"]
+
+        c = openai.OpenAI(base_url=running.url + "/v1", api_key=token, max_retries=0, timeout=60)
+        reply = c.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}], max_tokens=12)
+        time.sleep(0.1)  # generation_finished runs in its own thread just after the stream ends
+        assert finished[-1].startswith(" ") and reply.choices[0].message.content == finished[-1].strip()
+        done = c.completions.create(model="x", prompt="User: hi\n\nAssistant:", max_tokens=5)
+        assert done.choices[0].text.startswith(" ")  # a completion's text is verbatim
+    finally:
+        release.set()
+        server.stop(running).result(60)
+        server.close()
 
 
 # --- requests through the hub ---------------------------------------------------------------------------------
@@ -253,8 +655,13 @@ def test_request_precedence_and_errors(model):
             engine.sessions.create("s")
             first = hub.submit({"input": {"input": "hi"}, "session": "s", "params": {"max_tokens": 5}})
             await first.text()
+            assert first.result.finish_reason == "length"  # cut short: the state has not read a turn end
+            tail = engine.sessions.get("s").tail
             second = hub.render({"input": {"input": "more"}, "session": "s"})
-            assert second["prompt"] == "User: more\n\nAssistant:"  # continuing: no preamble again
+            missing = "\n" if tail.endswith("\n") else "\n\n"  # the turn end, not glued onto the reply
+            assert second["prompt"] == missing + "User: more\n\nAssistant:"  # continuing: no preamble again
+            engine.sessions.get("s").tail = "done.\n\n"
+            assert hub.render({"input": {"input": "more"}, "session": "s"})["prompt"] == "User: more\n\nAssistant:"
 
     run(go())
 
@@ -323,3 +730,19 @@ def test_cli_runs_a_plugin_command_and_reports_broken_plugins():
     assert "plugins.broken_import" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-c", code, "plugins"], capture_output=True, text=True, env=env)
     assert "FAILED plugins.broken_import (config) in import" in r.stdout
+
+
+def test_cli_render_of_a_broken_plugin_format_prints_one_line():
+    code = (
+        "import sys, types; from rwkv_hub import hookimpl; from rwkv_hub.cli import main;"
+        "from rwkv_hub.hub.formats import PromptFormat; from rwkv_hub.hub import plugins;"
+        "m = types.ModuleType('broken_fmt'); sys.modules['broken_fmt'] = m;"
+        "m.register_formats = hookimpl(lambda register: register(PromptFormat('boom', '', lambda i: {}['k'])));"
+        "host = plugins.PluginHost(['broken_fmt'], entry_points=False).load();"
+        "plugins.PluginHost.load = lambda self: host; sys.exit(main(sys.argv[1:]))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, "formats", "render", "boom", "--input", "x"], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    assert r.stderr.splitlines() == ["rwkv-hub: error: format 'boom' failed: KeyError: 'k' (plugin broken_fmt)"]

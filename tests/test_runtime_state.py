@@ -341,3 +341,15 @@ def test_forward_takes_numpy_and_torch_token_ids(model) -> None:
     for token in (4, np.int64(4), torch.tensor(4)):
         got, _ = model.forward(token, None)
         assert torch.equal(got, want), type(token)
+
+
+def test_saving_to_a_bad_path_is_a_state_error_and_leaves_nothing(histories, tmp_path) -> None:
+    (tmp_path / "afile").write_text("x")
+    for bad, why in (
+        (tmp_path, "it is a folder"),
+        (tmp_path / "no" / "s.st", "writable folder"),
+        (tmp_path / "afile" / "s.st", "writable folder"),
+    ):
+        with pytest.raises(rwkv_hub.StateError, match=why):
+            histories[0].save(bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

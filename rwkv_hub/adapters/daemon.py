@@ -6,7 +6,9 @@ Ctrl-C or SIGTERM stops taking requests, cancels running streams, saves sessions
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import signal
 import sys
 import threading
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..core.errors import RWKVHubError
 from ..hub.config import Config
 from ..hub.hub import Hub
 from ..hub.plugins import PluginHost
@@ -24,6 +27,10 @@ from .server import Daemon
 
 log = logging.getLogger("rwkv_hub")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class ListenError(RWKVHubError):
+    """The address cannot be listened on (the port is taken, or the host is not this machine's)."""
 
 
 @dataclass
@@ -72,10 +79,22 @@ async def start(config: Config, token: str, hub: Hub | None = None, engine_threa
     bots.build(bots.enabled())  # bad bot settings stop the start here, before anything runs
     hub.engine.start(thread=engine_thread)
     daemon = Daemon(hub, config, token)
-    runner = web.AppRunner(daemon.app(), handle_signals=False, access_log=None, shutdown_timeout=5)
+    # handler_cancellation: a client that disconnects cancels its handler, and so its generation, also
+    # while a non-streaming request waits for the whole text (aiohttp's default leaves it running).
+    runner = web.AppRunner(
+        daemon.app(), handle_signals=False, access_log=None, shutdown_timeout=5, handler_cancellation=True
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        await hub.engine.stop()
+        hint = " (is another daemon running there?)" if e.errno == errno.EADDRINUSE else ""
+        where = f"{_url_host(config.host)}:{config.port}"
+        reason = os.strerror(e.errno) if e.errno else str(e)  # asyncio's strerror repeats the address
+        raise ListenError(f"cannot listen on {where}: {reason}{hint}") from None
     port = site._server.sockets[0].getsockname()[1]
     hub.host.call("daemon_started", hub=hub)
     url = f"http://{_url_host(config.host)}:{port}"
@@ -105,7 +124,11 @@ def serve(config: Config, token: str | None = None, allow_remote: bool = False) 
     loop = asyncio.new_event_loop()
     server = threading.Thread(target=loop.run_forever, name="rwkv-hub-server", daemon=True)
     server.start()
-    running = asyncio.run_coroutine_threadsafe(start(config, token, hub, engine_thread=False), loop).result()
+    try:
+        running = asyncio.run_coroutine_threadsafe(start(config, token, hub, engine_thread=False), loop).result()
+    except ListenError:
+        loop.call_soon_threadsafe(loop.stop)
+        raise  # one line on stderr and exit status 2, as every user error (cli.main)
     model = hub.engine.model
     print(f"rwkv-hub: serving {model.path.name} ({model.strategy.name}) on {running.url}", flush=True)
     print(f"  WebSocket: {running.url.replace('http', 'ws', 1)}/ws   OpenAI API: {running.url}/v1", flush=True)

@@ -1,14 +1,18 @@
-"""OpenAI-compatible routes: `/v1/models`, `/v1/completions`, `/v1/chat/completions`, streaming or not.
+"""OpenAI-compatible routes: `/v1/models`, `/v1/models/{id}`, `/v1/completions`, `/v1/chat/completions`.
 
 Requests are read the way OpenAI's API reads them (model, prompt or messages, max_tokens, temperature,
-top_p, stop, presence and frequency penalties, seed, stream); RWKV's extras ride along as extra fields
-(`penalty_decay`, `top_k`, `preset`, `format`). Chat messages are rendered by the chat format plugin
-(or the format named). A client that disconnects cancels its generation.
+top_p, stop, presence and frequency penalties, seed, stream, stream_options, echo); RWKV's extras ride
+along as extra fields (`penalty_decay`, `top_k`, `preset`, `format`). Fields are checked here, at the
+boundary, so a bad one is a 400 naming it (`param`), never a 500. Chat messages are rendered by the chat
+format plugin (or the format named). A client that disconnects cancels its generation; a generation
+cancelled by the daemon (it is stopping) is reported as an error, never as a complete answer.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -16,9 +20,14 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..core.errors import RWKVHubError
+from ..hub.presets import PARAM_TYPES
+from .protocol import MAX_STOP_CHARS, MAX_STOPS, ProtocolError, loads
 
 if TYPE_CHECKING:
+    from ..hub.hub import HubStream
     from .server import Daemon
+
+log = logging.getLogger("rwkv_hub")
 
 # Fields of an OpenAI request that become sampling parameters, and the name they take here.
 PARAMS = {
@@ -33,33 +42,64 @@ PARAMS = {
     "seed": "seed",
     "stop": "stop",
 }
-# Accepted and ignored: they change nothing here (one choice, no log probabilities, no tools).
+# OpenAI fields accepted and ignored, whatever their value: they do not change the text (who asks, storage,
+# routing, caching), or ask for something this daemon does not produce (log probabilities, tool calls,
+# structured output, reasoning), which the answer then simply lacks.
 IGNORED = {
-    "model",
-    "n",
     "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "prompt_cache_key",
+    "safety_identifier",
     "logprobs",
     "top_logprobs",
-    "echo",
-    "best_of",
-    "stream_options",
-    "suffix",
-    "logit_bias",
-    "response_format",
     "tools",
     "tool_choice",
     "parallel_tool_calls",
-    "store",
-    "metadata",
+    "functions",
+    "function_call",
+    "response_format",
+    "reasoning_effort",
+    "verbosity",
+    "web_search_options",
+    "prediction",
 }
+# OpenAI fields accepted only as null or their default: any other value asks for a different answer than the
+# one this daemon would give. Field -> (its default, why another value is refused).
+DEFAULT_ONLY: dict[str, tuple[Any, str]] = {
+    "n": (1, "one choice per request"),
+    "best_of": (1, "one choice per request"),
+    "suffix": ("", "text after the insertion point is not supported; send the text before it as the prompt"),
+    "logit_bias": ({}, "logit biases are not supported yet"),
+    "modalities": (["text"], "only text is produced"),
+    "audio": (None, "only text is produced"),
+}
+# Fields this module reads itself, on both routes.
+OWN = {"model", "stream", "stream_options", "preset", "format"}
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
 def add_routes(app: web.Application, daemon: Daemon) -> None:
     api = _Api(daemon)
     app.router.add_get("/v1/models", api.models)
+    app.router.add_get("/v1/models/{model:.+}", api.model)
     app.router.add_post("/v1/completions", api.completions)
     app.router.add_post("/v1/chat/completions", api.chat)
+
+
+class _Refusal(Exception):
+    """A request this API refuses; `response()` is the OpenAI-shaped error that says why."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400, code: str = "bad_request"):
+        super().__init__(message)
+        self.param, self.status, self.code = param, status, code
+
+    def response(self) -> web.Response:
+        from .server import http_error
+
+        headers = {"Retry-After": "1"} if self.code == "busy" else None  # busy is brief: a slot frees soon
+        return http_error(self.status, self.code, str(self), self.param, headers)
 
 
 class _Api:
@@ -70,102 +110,123 @@ class _Api:
     def model_id(self) -> str:
         return self.daemon.hub.engine.model.path.stem
 
+    def _model(self) -> dict[str, Any]:
+        return {"id": self.model_id, "object": "model", "created": int(self.daemon.started), "owned_by": "rwkv-hub"}
+
     async def models(self, request: web.Request) -> web.Response:
-        created = int(self.daemon.started)
-        return web.json_response(
-            {
-                "object": "list",
-                "data": [{"id": self.model_id, "object": "model", "created": created, "owned_by": "rwkv-hub"}],
-            }
-        )
+        return web.json_response({"object": "list", "data": [self._model()]})
+
+    async def model(self, request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        if name != self.model_id:
+            message = f"the model {name!r} does not exist; this daemon serves {self.model_id!r}"
+            return _Refusal(message, "model", 404, "model_not_found").response()
+        return web.json_response(self._model())
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        body = await _body(request)
-        if isinstance(body, web.Response):
-            return body
-        prompt = body.get("prompt", "")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            return _bad("prompt must be a string (one prompt per request)")
-        req = {"format": body.get("format", "raw"), "input": {"text": prompt}}
-        return await self._run(request, body, req, chat=False)
+        return await self._answer(request, chat=False)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        body = await _body(request)
-        if isinstance(body, web.Response):
-            return body
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            return _bad("messages must be a non-empty list of {role, content}")
-        system, turns = [], []
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-                return _bad(f"messages[{i}] must be an object with a role and content")
-            content = _content(m.get("content"))
-            if content is None:
-                return _bad(f"messages[{i}].content must be text (or a list of text parts)")
-            role = {"developer": "system"}.get(m["role"], m["role"])
-            if role not in ("system", "user", "assistant"):
-                return _bad(f"messages[{i}].role {m['role']!r} is not supported; use system, user or assistant")
-            if role == "system" and not turns:
-                system.append(content)
-            else:
-                turns.append({"role": role, "content": content})
-        if not turns:
-            return _bad("messages need at least one user or assistant message")
-        req = {"input": {"messages": turns, "system": "\n".join(system)}}
-        if "format" in body:
-            req["format"] = body["format"]
-        return await self._run(request, body, req, chat=True)
+        return await self._answer(request, chat=True)
 
-    async def _run(self, request: web.Request, body: dict[str, Any], req: dict[str, Any], chat: bool):
-        unknown = sorted(set(body) - set(PARAMS) - IGNORED - {"prompt", "messages", "stream", "preset", "format"})
-        if unknown:
-            return _bad(f"unknown field {unknown[0]!r}")
-        params = {PARAMS[k]: v for k, v in body.items() if k in PARAMS and v is not None}
-        if not chat:
-            params.setdefault("max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS)
-        if body.get("n", 1) != 1:
-            return _bad("n must be 1: one choice per request")
-        req["params"] = params
-        if body.get("preset"):
-            req["preset"] = body["preset"]
+    async def _answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
         try:
-            stream = self.daemon.hub.submit(req)
-        except RWKVHubError as e:
-            from .server import error_code
+            body = await self._body(request)
+            _check_fields(body, OWN | ({"messages"} if chat else {"prompt", "echo"}))
+            req = _chat_request(body) if chat else _completion_request(body)
+            req["params"] = self._params(body, chat)
+            preset = _string(body, "preset")
+            if preset:
+                req["preset"] = preset
+            _string(body, "model")  # any name is served by the one model (docs/protocol.md)
+            streaming = _flag(body, "stream")
+            options = body.get("stream_options")
+            if options is not None and not isinstance(options, dict):
+                raise _Refusal("stream_options must be an object", "stream_options")
+            include_usage = _flag(options or {}, "include_usage", "stream_options.include_usage")
+            echo = req["input"]["text"] if not chat and _flag(body, "echo") else ""
+            try:
+                stream = self.daemon.hub.submit(req)
+                await stream.start()  # a plugin's failure, a busy engine: an error status, before any answer
+            except RWKVHubError as e:
+                from .server import error_code
 
-            code = error_code(e)
-            return _bad(str(e), status={"busy": 503, "too_long": 400}.get(code, 400), code=code)
+                code = error_code(e)
+                status = 503 if code == "busy" else 400
+                raise _Refusal(str(e), _param_of(str(e), body), status, code) from None
+        except _Refusal as r:
+            return r.response()
         self.daemon.counters["req_openai_chat" if chat else "req_openai_completions"] += 1
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        created = int(time.time())
-        base = {"id": rid, "created": created, "model": self.model_id}
-        if body.get("stream"):
-            return await self._sse(request, stream, base, chat)
+        base = {"id": rid, "created": int(time.time()), "model": self.model_id}
+        if streaming:
+            return await self._sse(request, stream, base, chat, echo, include_usage)
         try:
             text = await stream.text()
-        except BaseException:
-            stream.cancel()  # the client went away, or the server is stopping
+        except RWKVHubError as e:  # the model failed on this request
+            return _Refusal(str(e), None, 500, "internal").response()
+        except BaseException:  # CancelledError: the client went away, or the server is stopping
+            stream.cancel()
+            self.daemon.count_when_done(stream)
             raise
         self.daemon.count_finished(stream)
         r = stream.result
-        usage = {
-            "prompt_tokens": r.prompt_tokens,
-            "completion_tokens": r.completion_tokens,
-            "total_tokens": r.prompt_tokens + r.completion_tokens,
-        }
+        if r.finish_reason == "cancelled":
+            return _Refusal(CANCELLED, None, 503, "cancelled").response()
         finish = _finish(r.finish_reason)
         if chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-            return web.json_response(base | {"object": "chat.completion", "choices": [choice], "usage": usage})
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        return web.json_response(base | {"object": "text_completion", "choices": [choice], "usage": usage})
+            return web.json_response(base | {"object": "chat.completion", "choices": [choice], "usage": _usage(r)})
+        choice = {"index": 0, "text": echo + text, "logprobs": None, "finish_reason": finish}
+        return web.json_response(base | {"object": "text_completion", "choices": [choice], "usage": _usage(r)})
 
-    async def _sse(self, request: web.Request, stream, base: dict[str, Any], chat: bool) -> web.StreamResponse:
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            text = await request.text()
+        except UnicodeDecodeError:
+            raise _Refusal("the body must be a JSON object in UTF-8") from None
+        try:
+            body = loads(text, self.daemon.config.limits.max_json_depth)
+        except ProtocolError as e:
+            raise _Refusal(str(e), e.param) from None
+        if not isinstance(body, dict):
+            raise _Refusal("the body must be a JSON object")
+        return body
+
+    def _params(self, body: dict[str, Any], chat: bool) -> dict[str, Any]:
+        """The sampling parameters, with their types, the stop strings' bounds and the daemon's max_tokens
+        cap checked here; ranges are checked by the hub (SamplingParams)."""
+        from .server import check_max_tokens
+
+        params: dict[str, Any] = {}
+        for field, name in PARAMS.items():
+            value = body.get(field)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, PARAM_TYPES[name]):
+                raise _Refusal(f"{field} has the wrong type ({type(value).__name__})", field)
+            if name == "max_tokens":
+                try:
+                    check_max_tokens(value, self.daemon.config.limits.max_new_tokens, name=field)
+                except ProtocolError as e:
+                    raise _Refusal(str(e), field, code=e.code) from None
+            params[name] = value
+        stops = params.get("stop", [])
+        stops = [stops] if isinstance(stops, str) else stops
+        if len(stops) > MAX_STOPS or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stops):
+            raise _Refusal(
+                f"stop must be a string or up to {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters", "stop"
+            )
+        if not chat:
+            params.setdefault("max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS)
+        return params
+
+    async def _sse(
+        self, request: web.Request, stream: HubStream, base: dict[str, Any], chat: bool, echo: str, usage: bool
+    ) -> web.StreamResponse:
+        """The answer as server-sent events. A generation that ends cancelled (the daemon is stopping) or
+        failed ends with an error event instead of a finish reason, then `[DONE]`."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
         obj = "chat.completion.chunk" if chat else "text_completion"
 
         def chunk(delta: str | None, finish: str | None, first: bool = False) -> bytes:
@@ -174,30 +235,112 @@ class _Api:
                 choice = {"index": 0, "delta": d, "finish_reason": finish}
             else:
                 choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
-            return f"data: {json.dumps(base | {'object': obj, 'choices': [choice]}, ensure_ascii=False)}\n\n".encode()
+            return _event(base | {"object": obj, "choices": [choice]})
 
         try:
+            await resp.prepare(request)
             if chat:
                 await resp.write(chunk(None, None, first=True))
+            if echo:
+                await resp.write(chunk(echo, None))
             async for delta in stream:
                 await resp.write(chunk(delta, None))
             self.daemon.count_finished(stream)
-            await resp.write(chunk(None if chat else "", _finish(stream.result.finish_reason)))
+            r = stream.result
+            if r.finish_reason == "cancelled":
+                await resp.write(_event(_error_event(CANCELLED, "cancelled")))
+            else:
+                await resp.write(chunk(None if chat else "", _finish(r.finish_reason)))
+                if usage:  # as OpenAI's: one more chunk, with no choices and the whole request's usage
+                    await resp.write(_event(base | {"object": obj, "choices": [], "usage": _usage(r)}))
             await resp.write(b"data: [DONE]\n\n")
-        except BaseException:  # ConnectionResetError, CancelledError: the client is gone
+        except ConnectionError:  # the client went away as we wrote: an ordinary end, not a fault
+            log.debug("the client of %s went away", base["id"])
             stream.cancel()
+            self.daemon.count_when_done(stream)
+        except RWKVHubError as e:  # the model failed mid-answer: say so in the stream, which has begun
+            try:
+                await resp.write(_event(_error_event(str(e), "internal")) + b"data: [DONE]\n\n")
+            except ConnectionError:
+                pass
+        except BaseException:  # CancelledError: the client went away, or the server is stopping
+            stream.cancel()
+            self.daemon.count_when_done(stream)
             raise
         return resp
 
 
-async def _body(request: web.Request) -> dict[str, Any] | web.Response:
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        return _bad("the body must be a JSON object")
-    if not isinstance(body, dict):
-        return _bad("the body must be a JSON object")
-    return body
+CANCELLED = "the generation was cancelled before it finished (the daemon is stopping)"
+
+
+def _check_fields(body: dict[str, Any], own: set[str]) -> None:
+    unknown = sorted(set(body) - set(PARAMS) - IGNORED - set(DEFAULT_ONLY) - own)
+    if unknown:
+        raise _Refusal(f"unknown field {unknown[0]!r}", unknown[0])
+    for field, (default, why) in DEFAULT_ONLY.items():
+        value = body.get(field)
+        if value is not None and not (type(value) is type(default) and value == default):
+            raise _Refusal(f"{field} = {json.dumps(value)[:100]} is not supported: {why}", field)
+
+
+def _completion_request(body: dict[str, Any]) -> dict[str, Any]:
+    prompt = body.get("prompt")
+    prompt = "" if prompt is None else prompt
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise _Refusal("prompt must be a string (one prompt per request)", "prompt")
+    return {"format": _string(body, "format") or "raw", "input": {"text": prompt}}
+
+
+def _chat_request(body: dict[str, Any]) -> dict[str, Any]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _Refusal("messages must be a non-empty list of {role, content}", "messages")
+    system, turns = [], []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise _Refusal(f"messages[{i}] must be an object with a role and content", f"messages[{i}]")
+        content = _content(m.get("content"))
+        if content is None:
+            raise _Refusal(f"messages[{i}].content must be text (or a list of text parts)", f"messages[{i}].content")
+        role = {"developer": "system"}.get(m["role"], m["role"])
+        if role not in ("system", "user", "assistant"):
+            message = f"messages[{i}].role {m['role']!r} is not supported; use system, user or assistant"
+            raise _Refusal(message, f"messages[{i}].role")
+        if role == "system" and not turns:
+            system.append(content)
+        else:
+            turns.append({"role": role, "content": content})
+    if not turns:
+        raise _Refusal("messages need at least one user or assistant message", "messages")
+    req: dict[str, Any] = {"input": {"messages": turns, "system": "\n".join(system)}}
+    fmt = _string(body, "format")
+    if fmt:
+        req["format"] = fmt
+    return req
+
+
+def _string(body: dict[str, Any], field: str) -> str | None:
+    value = body.get(field)
+    if value is not None and not isinstance(value, str):
+        raise _Refusal(f"{field} must be a string, not {type(value).__name__}", field)
+    return value
+
+
+def _flag(body: dict[str, Any], field: str, name: str | None = None) -> bool:
+    """A boolean field (null: false); `"yes"` or `1` is refused rather than guessed at."""
+    value = body.get(field)
+    if value is not None and not isinstance(value, bool):
+        raise _Refusal(f"{name or field} must be true or false, not {json.dumps(value)[:100]}", name or field)
+    return bool(value)
+
+
+def _param_of(message: str, body: dict[str, Any]) -> str | None:
+    """The field a hub error is about, from its first word (`top_p = 7 is out of range`, `unknown preset`)."""
+    m = re.match(r"(?:request: )?(?:unknown )?(\w+)", message)
+    word = m.group(1) if m else None
+    return next((f for f in body if word in (f, PARAMS.get(f))), None)
 
 
 def _content(content: Any) -> str | None:
@@ -208,11 +351,18 @@ def _content(content: Any) -> str | None:
     return None
 
 
+def _usage(r) -> dict[str, int]:
+    total = r.prompt_tokens + r.completion_tokens
+    return {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens, "total_tokens": total}
+
+
+def _error_event(message: str, code: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+
+
+def _event(obj: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
+
 def _finish(reason: str) -> str:
     return "length" if reason == "length" else "stop"
-
-
-def _bad(message: str, status: int = 400, code: str = "invalid_request_error") -> web.Response:
-    from .server import http_error
-
-    return http_error(status, code, message)

@@ -7,6 +7,7 @@ code and a message that says what was wrong and where; it never leaks internals.
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,21 @@ from ..core.errors import RWKVHubError
 
 VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("protocol.schema.json")
+# A request's own stop strings (the format's come on top): the schema's `params.stop` says the same, and the
+# OpenAI routes check the same bounds.
+MAX_STOPS = 16
+MAX_STOP_CHARS = 1000
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ProtocolError(RWKVHubError):
-    def __init__(self, code: str, message: str, request_id: str | None = None):
+    """A message that cannot be taken: `code` is the protocol's, `param` the field at fault when one is."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None, param: str | None = None):
         super().__init__(message)
         self.code = code
         self.request_id = request_id
+        self.param = param
 
 
 @cache
@@ -50,17 +59,61 @@ def depth(value: Any, limit: int) -> int:
     return deepest
 
 
-def parse(text: str | bytes, max_depth: int) -> dict[str, Any]:
-    """Decode and validate one client message; raises ProtocolError."""
+def loads(text: str | bytes, max_depth: int) -> Any:
+    """Decode JSON that a client sent (a WebSocket message or an HTTP body); raises ProtocolError.
+
+    Nesting deeper than `max_depth` is refused, also when it is so deep that the decoder itself gives up
+    (a RecursionError: the config keeps `max_json_depth` well below that depth). A lone UTF-16 surrogate
+    (`"\\ud800"`) is valid JSON but not text: it is refused here, naming where it is, before it reaches
+    a tokenizer or a reply that must be encoded as UTF-8.
+    """
+    deep = f"the message is nested deeper than {max_depth} levels"
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise ProtocolError("bad_request", deep) from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ProtocolError("bad_json", f"the message is not valid JSON ({e})") from None
+    rid = data.get("id") if isinstance(data, dict) else None
+    rid = rid if isinstance(rid, str) and not _SURROGATE.search(rid) else None
+    if depth(data, max_depth) > max_depth:
+        raise ProtocolError("bad_request", deep, rid)
+    where = _lone_surrogate(data)
+    if where is not None:
+        param = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in where).lstrip(".") or None
+        message = "a lone UTF-16 surrogate (such as \\ud800) is not text; send whole characters"
+        raise ProtocolError("bad_request", f"{param or 'the message'}: {message}", rid, param)
+    return data
+
+
+def _lone_surrogate(value: Any) -> list[str | int] | None:
+    """The path to the first string (or object key) holding a lone surrogate, or None.
+
+    json.loads joins a valid pair (`"\\ud83d\\ude00"`) into one character, so any surrogate left in
+    decoded JSON is a lone one. The data's depth has been checked, so the walk is short.
+    """
+    stack: list[tuple[Any, list[str | int]]] = [(value, [])]
+    while stack:
+        v, path = stack.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                return path
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                if _SURROGATE.search(k):
+                    return path
+                stack.append((x, [*path, k]))
+        elif isinstance(v, list):
+            stack.extend((x, [*path, i]) for i, x in enumerate(v))
+    return None
+
+
+def parse(text: str | bytes, max_depth: int) -> dict[str, Any]:
+    """Decode and validate one client message; raises ProtocolError."""
+    data = loads(text, max_depth)
     if not isinstance(data, dict):
         raise ProtocolError("bad_request", "a message must be a JSON object with a 'type'")
     rid = data.get("id") if isinstance(data.get("id"), str) else None
-    if depth(data, max_depth) > max_depth:
-        raise ProtocolError("bad_request", f"the message is nested deeper than {max_depth} levels", rid)
     import jsonschema
 
     err = jsonschema.exceptions.best_match(validator().iter_errors(data))
@@ -70,6 +123,9 @@ def parse(text: str | bytes, max_depth: int) -> dict[str, Any]:
         if err.validator in ("anyOf", "oneOf") and not err.absolute_path and data.get("type") == "chat":
             raise ProtocolError(code, "a chat request needs 'messages', 'message' or 'input'", rid)
         text = "does not match any accepted form" if err.validator in ("anyOf", "oneOf") else err.message
+        if err.validator in ("maxLength", "maxItems"):  # jsonschema's message starts with the whole value
+            unit = "characters" if err.validator == "maxLength" else "items"
+            text = f"too long: at most {err.validator_value} {unit}"
         raise ProtocolError(code, f"{where}: {_short(text)}", rid)
     return data
 

@@ -1,17 +1,21 @@
 """The daemon's HTTP side (aiohttp): the WebSocket protocol, health, metrics, and the guard in front.
 
 Every endpoint but `/health` needs the bearer token; any request that carries a browser `Origin` not
-explicitly allowed is refused, so a web page cannot drive the local model. The OpenAI-compatible routes
-live in `openai_api.py`. All model work goes through the `Hub`.
+explicitly allowed is refused, so a web page cannot drive the local model. An allowed origin gets CORS
+headers (its preflight is answered without the token, as browsers send it without one). Every HTTP error
+is a JSON body in the OpenAI API's shape. The OpenAI-compatible routes live in `openai_api.py`. All model
+work goes through the `Hub`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import time
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -48,6 +52,18 @@ def error_text(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, RWKVHubError) else "internal error; the daemon's log has the details"
 
 
+def check_max_tokens(value: object, cap: int, rid: str | None = None, name: str = "max_tokens") -> None:
+    """max_tokens against this daemon's cap (`limits.max_new_tokens`), so the refusal names the real range
+    rather than the library's wider one; other types are left to the parameter checks."""
+    if isinstance(value, int) and not isinstance(value, bool) and not 1 <= value <= cap:
+        raise ProtocolError(
+            "too_long" if value > cap else "bad_request",
+            f"{name} = {value} is out of range: this daemon takes 1 to {cap} (limits.max_new_tokens)",
+            rid,
+            name,
+        )
+
+
 class Daemon:
     """The web application around a Hub: routes, guard, per-connection bookkeeping, metrics."""
 
@@ -58,6 +74,8 @@ class Daemon:
         self.counters: Counter[str] = Counter()
         self.started = time.time()
         self.sockets: set[web.WebSocketResponse] = set()
+        self._counted: weakref.WeakSet[HubStream] = weakref.WeakSet()  # streams whose end is in the counters
+        self._waiting: set[asyncio.Task] = set()  # count_when_done's tasks, kept until they end
 
     async def close_connections(self) -> None:
         """Say goodbye to every WebSocket client (code 1001, going away), so a shutdown need not wait."""
@@ -66,6 +84,7 @@ class Daemon:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=self.config.limits.max_message_bytes)
+        app.on_response_prepare.append(self._cors)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/ws", self._websocket)
@@ -76,22 +95,63 @@ class Daemon:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):
+        response = await self._guarded(request, handler)
+        if response.status >= 400:
+            self.counters["errors"] += 1
+        return response
+
+    async def _guarded(self, request: web.Request, handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
         if origin is not None and origin not in self.config.allow_origins:
             self.counters["refused_origin"] += 1
             return http_error(
                 403, "forbidden_origin", "requests from web pages are refused unless allow_origins lists them"
             )
+        if origin is not None and request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            # A CORS preflight of an allowed origin: browsers send it without the token, and ask before each
+            # request that carries one. `_cors` adds the origin.
+            asked = request.headers.get("Access-Control-Request-Headers", "authorization, content-type")
+            headers = {"Access-Control-Allow-Methods": "GET, POST", "Access-Control-Allow-Headers": asked}
+            return web.Response(status=204, headers=headers | {"Access-Control-Max-Age": "600"})
         if request.path != "/health":
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            given_bytes = given.strip().encode("utf-8", "surrogateescape")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, self.token.encode()):
                 self.counters["refused_token"] += 1
                 return http_error(
                     401,
                     "unauthorized",
                     "a bearer token is required (Authorization: Bearer ...; `rwkv-hub token` prints it)",
                 )
-        return await handler(request)
+        try:
+            return await handler(request)
+        except web.HTTPException as e:  # no such route, wrong method, body too large: in the OpenAI shape too
+            if e.status < 400:
+                raise
+            return self._http_exception(request, e)
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            return http_error(500, "internal", "internal error; the daemon's log has the details")
+
+    def _http_exception(self, request: web.Request, e: web.HTTPException) -> web.Response:
+        if e.status == 404:
+            return http_error(404, "not_found", f"no such route: {request.method} {request.path}")
+        if e.status == 405:
+            allow = e.headers.get("Allow", "")
+            message = f"{request.path} does not take {request.method}; it takes {allow}"
+            return http_error(405, "method_not_allowed", message, headers={"Allow": allow})
+        if e.status == 413:
+            limit = self.config.limits.max_message_bytes
+            return http_error(413, "too_large", f"the body is larger than max_message_bytes ({limit} bytes)")
+        return http_error(e.status, "bad_request", e.text or e.reason)
+
+    async def _cors(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Let a page on an allowed origin read the answers (errors included); other origins got 403."""
+        origin = request.headers.get("Origin")
+        if origin is not None and origin in self.config.allow_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = "Retry-After"
+            response.headers["Vary"] = "Origin"
 
     # --- health and metrics ---------------------------------------------------------------------------------
 
@@ -134,12 +194,30 @@ class Daemon:
         return {k.removeprefix("req_"): v for k, v in self.counters.items() if k.startswith("req_")}
 
     def count_finished(self, stream: HubStream) -> None:
+        """Add a finished stream to the counters, once, whichever path saw it end."""
         r = stream.result
-        if r is not None:
+        if r is not None and stream not in self._counted:
+            self._counted.add(stream)
             self.counters["tokens"] += r.completion_tokens
             self.counters["prompt_tokens"] += r.prompt_tokens
             if r.finish_reason == "cancelled":
                 self.counters["cancelled"] += 1
+
+    def count_when_done(self, stream: HubStream) -> None:
+        """Count a stream whose client left (a disconnect, a closed socket) once the engine has ended it.
+
+        Its reader is gone, so this reads what is still queued for it until the engine's end.
+        """
+
+        async def wait() -> None:
+            with contextlib.suppress(RWKVHubError):  # a failed generation: nothing to count
+                async for _ in stream.stream:
+                    pass
+            self.count_finished(stream)
+
+        task = asyncio.get_running_loop().create_task(wait())
+        self._waiting.add(task)
+        task.add_done_callback(self._waiting.discard)
 
     # --- what the server says about itself --------------------------------------------------------------------
 
@@ -195,6 +273,7 @@ class _Connection:
         self.daemon = daemon
         self.ws = ws
         self.running: dict[str, tuple[asyncio.Task, HubStream | None]] = {}
+        self.cancelled: set[str] = set()  # running ids already cancelled: they hold no place in the limit
         self.completing: dict[str, str] = {}  # document path -> its running completion's id
 
     async def send(self, event: dict[str, Any]) -> None:
@@ -212,6 +291,7 @@ class _Connection:
         for task, stream in self.running.values():
             if stream is not None:
                 stream.cancel()
+                self.daemon.count_when_done(stream)
             task.cancel()
 
     async def handle(self, text: str) -> None:
@@ -231,17 +311,20 @@ class _Connection:
                     raise ProtocolError("not_found", f"no running request with id {rid!r}", rid)
                 if entry[1] is not None:
                     entry[1].cancel()
+                    self.cancelled.add(rid)
             elif kind.startswith("sessions."):
                 await self.send({"type": "result", "id": rid, "data": self._session_op(kind, msg)})
             else:
                 if rid in self.running:
                     raise ProtocolError("bad_request", f"a request with id {rid!r} is already running", rid)
-                if len(self.running) >= limits.max_requests_per_connection:
+                check_max_tokens((msg.get("params") or {}).get("max_tokens"), limits.max_new_tokens, rid)
+                if kind == "complete":  # first: the completion it replaces no longer counts against the limit
+                    self._supersede(msg)
+                if len(self.running) - len(self.cancelled) >= limits.max_requests_per_connection:
                     raise ProtocolError(
                         "busy", f"at most {limits.max_requests_per_connection} requests per connection", rid
                     )
                 if kind == "complete":
-                    self._supersede(msg)
                     stream = self.daemon.hub.complete(msg)
                 elif kind == "selection":
                     stream = self.daemon.hub.selection(msg)
@@ -266,6 +349,7 @@ class _Connection:
         entry = self.running.get(old) if old else None
         if entry is not None and entry[1] is not None:
             entry[1].cancel()
+            self.cancelled.add(old)
 
     def _hub_request(self, kind: str, msg: dict[str, Any]) -> dict[str, Any]:
         req: dict[str, Any] = {
@@ -391,8 +475,32 @@ class _Connection:
             await self.send_error(rid, error_code(e), error_text(e))
         finally:
             self.running.pop(rid, None)
+            self.cancelled.discard(rid)
 
 
-def http_error(status: int, code: str, message: str) -> web.Response:
-    """Errors in the OpenAI API's shape, which its clients know how to show."""
-    return web.json_response({"error": {"message": message, "type": code, "code": code}}, status=status)
+# OpenAI's error types, by HTTP status; our stable code goes in `code`.
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    500: "server_error",
+    503: "server_error",
+}
+
+
+def http_error(
+    status: int, code: str, message: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    """Errors in the OpenAI API's shape, which its clients know how to show; `param` names the field at fault."""
+    body = {
+        "error": {
+            "message": message,
+            "type": ERROR_TYPES.get(status, "invalid_request_error"),
+            "param": param,
+            "code": code,
+        }
+    }
+    return web.json_response(body, status=status, headers=headers)

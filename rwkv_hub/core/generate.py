@@ -38,27 +38,62 @@ class GenerationResult:
 
 
 class StopMatcher:
-    """Cut a text stream at the first stop string, holding back what could still become one."""
+    """Cut a text stream at the first stop string, holding back what could still become one.
+
+    Each stop string is matched by a Knuth-Morris-Pratt automaton that remembers how much of it the text
+    ends with, so a new character costs amortized O(1) per stop string, however long the stop strings
+    are: a long stop string costs its length once, not its length on every token. The earliest stop
+    string to be completed wins (of those completed by the same character, the longest).
+    """
 
     def __init__(self, stops: Sequence[str]):
         self.stops = tuple(stops)
+        self._fail = [_failure(s) for s in self.stops]
+        self._matched = [0] * len(self.stops)  # per stop string: the length of its prefix that ends the text
         self._pending = ""
 
     def push(self, delta: str) -> tuple[str, bool]:
         """Add decoded text; return (text safe to show, whether a stop string was reached)."""
         buf = self._pending + delta
-        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self._pending = ""
-            return buf[: min(hits)], True
-        keep = max((n for s in self.stops for n in range(1, len(s)) if buf.endswith(s[:n])), default=0)
+        for i, ch in enumerate(delta, len(self._pending) + 1):  # i: the length of buf up to and with ch
+            cut = -1
+            for k, stop in enumerate(self.stops):
+                n, fail = self._matched[k], self._fail[k]
+                while n and stop[n] != ch:
+                    n = fail[n - 1]
+                n = n + 1 if stop[n] == ch else 0
+                self._matched[k] = n
+                if n == len(stop) and (cut < 0 or i - n < cut):
+                    cut = i - n
+            if cut >= 0:
+                self._reset()
+                return buf[:cut], True
+        keep = max(self._matched, default=0)
         self._pending = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep], False
 
     def flush(self) -> str:
         """The stream ended without a stop string: whatever was held back is ordinary text."""
-        text, self._pending = self._pending, ""
+        text = self._pending
+        self._reset()
         return text
+
+    def _reset(self) -> None:
+        self._pending = ""
+        self._matched = [0] * len(self.stops)
+
+
+def _failure(stop: str) -> list[int]:
+    """KMP's failure table: for each prefix of `stop`, the length of its longest proper border."""
+    fail = [0] * len(stop)
+    k = 0
+    for i in range(1, len(stop)):
+        while k and stop[i] != stop[k]:
+            k = fail[k - 1]
+        if stop[i] == stop[k]:
+            k += 1
+        fail[i] = k
+    return fail
 
 
 class Generation:

@@ -152,7 +152,12 @@ class State:
 
         meta = {"format": FORMAT, "shape": json.dumps(self.shape.__dict__)}
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}
-        return replace_file(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+        try:
+            return replace_file(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+        except Exception as e:  # OSError, or safetensors' own error for the same causes
+            if Path(path).is_dir():
+                raise StateError(f"cannot save the state to {path}: it is a folder; give a file name") from None
+            raise StateError(f"cannot save the state to {path}: {e}; give a path in a writable folder") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike, expect: StateShape | None = None, device: str = "cpu") -> State:

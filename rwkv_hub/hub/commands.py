@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from .formats import FormatInput, Message
+from .formats import FormatInput, Message, render_with
 from .plugins import PluginHost
 
 
@@ -70,7 +70,8 @@ def _plugins(host: PluginHost, args: argparse.Namespace) -> int:
         version = f" {p['version']}" if p["version"] else ""
         print(f"{p['name']}{version} ({p['source']}, {p['module']})\n  hooks: {', '.join(p['hooks'])}\n  {what}")
     for f in report["failures"]:
-        print(f"FAILED {f['plugin']} ({f['source']}) in {f['stage']}: {f['error']}")
+        times = f" ({f['count']} times)" if f["count"] > 1 else ""
+        print(f"FAILED {f['plugin']} ({f['source']}) in {f['stage']}{times}: {f['error']}")
     for w in report["warnings"]:
         print(f"warning: {w}")
     return 0
@@ -98,7 +99,7 @@ def _render(host: PluginHost, args: argparse.Namespace) -> int:
         examples=tuple(tuple(e) for e in args.example),
         text=args.text,
     )
-    out = fmt.render(inp)
+    out = render_with(fmt, inp, host.owner("formats", fmt.name))  # a plugin's failure: one line, no traceback
     if args.json:
         print(json.dumps({"format": fmt.name, "prompt": out.prompt, "stop": list(out.stop)}, ensure_ascii=False))
     else:

@@ -22,6 +22,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 DEFAULT_PORT = 8765
+# The largest `limits.max_json_depth`: Python's JSON decoder itself gives up (a RecursionError) near 1,000
+# levels less the server's own stack, so the limit stays well below that and a refusal names the real one.
+MAX_JSON_DEPTH = 256
 
 
 class ConfigError(RWKVHubError):
@@ -148,8 +151,8 @@ def _build(data: dict[str, Any], text: str, p: Path) -> Config:
         elif key not in _TABLES:
             known = ", ".join([*_TOP, *_TABLES])
             raise ConfigError(f"{_where(p, text, key)}: unknown key {key!r}; known keys: {known}")
-    if not 0 < cfg.port < 65536:
-        raise ConfigError(f"{_where(p, text, 'port')}: port must be between 1 and 65535")
+    if not 0 <= cfg.port < 65536:
+        raise ConfigError(f"{_where(p, text, 'port')}: port must be between 0 (any free port) and 65535")
     for o in cfg.allow_origins:
         _check(p, text, "allow_origins", o, (str,), 'a list of origins such as "https://example.org"')
     limits = data.get("limits", {})
@@ -161,11 +164,16 @@ def _build(data: dict[str, Any], text: str, p: Path) -> Config:
         _check(p, text, key, value, (int,), "a whole number", "limits")
         if value < 1:
             raise ConfigError(f"{_where(p, text, key, 'limits')}: limits.{key} must be at least 1")
+        if key == "max_json_depth" and value > MAX_JSON_DEPTH:
+            raise ConfigError(f"{_where(p, text, key, 'limits')}: limits.{key} must be at most {MAX_JSON_DEPTH}")
         setattr(cfg.limits, key, value)
     try:
         cfg.limits.engine()
     except ValueError as e:  # e.g. a prefill budget smaller than a prefill chunk
-        raise ConfigError(f"{_where(p, text, 'limits')}: [limits]: {e}") from None
+        # The line of the first key the message names that the file sets, else the [limits] header.
+        named = [w for w in re.findall(r"\w+", str(e)) if w in limits]
+        where = _where(p, text, named[0], "limits") if named else _where(p, text, "limits")
+        raise ConfigError(f"{where}: [limits]: {e}") from None
     plugins = data.get("plugins", {})
     _check(p, text, "plugins", plugins, (dict,), "a table")
     for key, value in plugins.items():

@@ -22,6 +22,11 @@ class FormatError(RWKVHubError):
     """A request does not fit its format (missing input, an unknown role, a bad format definition)."""
 
 
+class FormatFailed(FormatError):
+    """A format's own code failed (raised something other than FormatError, or returned no Rendered): the
+    plugin's fault, named in the message; `__cause__` is what it raised."""
+
+
 @dataclass(frozen=True)
 class Message:
     role: str  # "system", "user" or "assistant"
@@ -91,8 +96,10 @@ class Rendered:
 
 @dataclass(frozen=True)
 class PromptFormat:
-    """A named layout. `render` makes the prompt; `read_answer` turns generated text into the answer;
-    `defaults` are sampling parameters the format suggests (a preset or the request overrides them)."""
+    """A named layout. `render` makes the prompt; `read_answer` turns generated text into the answer (the
+    hub reads every finished answer with it; `str.strip` also shapes the streamed deltas, see
+    `StrippedDeltas`); `defaults` are sampling parameters the format suggests (a preset or the request
+    overrides them; checked when the plugin loads)."""
 
     name: str
     description: str
@@ -105,6 +112,47 @@ class PromptFormat:
             raise FormatError(f"format name {self.name!r}: use 1-64 lowercase letters, digits, '_', '-', '.'")
         if not callable(self.render) or not callable(self.read_answer):
             raise FormatError(f"format {self.name!r}: render and read_answer must be callable")
+
+
+def render_with(fmt: PromptFormat, inp: FormatInput, plugin: str) -> Rendered:
+    """`fmt.render(inp)`, checked. A FormatError is the format's word to the user and passes through; any
+    other failure, or a result that is not a Rendered of text and a tuple of stop strings, is the plugin's
+    and becomes a FormatFailed naming the format and the plugin."""
+    try:
+        out = fmt.render(inp)
+        if not isinstance(out, Rendered):
+            raise TypeError(f"render returned {type(out).__name__}, not a Rendered")
+        if not isinstance(out.prompt, str):
+            raise TypeError(f"render returned a prompt of type {type(out.prompt).__name__}, not text")
+        if not isinstance(out.stop, tuple | list) or not all(isinstance(s, str) for s in out.stop):
+            raise TypeError(f"render returned stop={out.stop!r}; stop strings are a tuple of texts")
+    except FormatError:
+        raise
+    except Exception as e:
+        raise FormatFailed(f"format {fmt.name!r} failed: {type(e).__name__}: {e} (plugin {plugin})") from e
+    return out
+
+
+class StrippedDeltas:
+    """Streams an answer that `str.strip` reads (the default `read_answer`): leading whitespace is dropped
+    until the first other character, and trailing whitespace is held back until more text follows it, so
+    the deltas add up to exactly the stripped text (what `text()` returns) while they still stream."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.held = ""
+
+    def push(self, delta: str) -> str:
+        """The part of `delta` (with what was held back) that is certainly in the answer."""
+        if not self.started:
+            delta = delta.lstrip()
+            if not delta:
+                return ""
+            self.started = True
+        text = self.held + delta
+        body = text.rstrip()
+        self.held = text[len(body) :]
+        return body
 
 
 def clean_message(text: str) -> str:

@@ -6,18 +6,25 @@ that fails to import, registers something malformed, misspells a hook or raises 
 in `failures` (and logged) and skipped, and the rest go on. `RWKV_HUB_STRICT_PLUGINS=1` turns faults
 into errors (for plugin authors and CI); `RWKV_HUB_PLUGINS=a,b` loads only the named third-party plugins
 (set but empty: none), so a broken plugin can always be bypassed.
+
+Plugin code that runs for a request is called through `Calls` (which remembers what is running) and,
+unless it is all built in, in a thread of its own through `run_bounded`, so a slow plugin cannot stall the
+daemon's event loop. Its failures are kept to one `PluginFailure` per plugin and stage, with a count.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import importlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, TypeVar
 
 import pluggy
 
@@ -25,7 +32,7 @@ from .. import hookspecs
 from ..core.errors import RWKVHubError
 from .completion import PREFIX_FORMAT, CompletionError, CompletionFormat
 from .formats import FormatError, PromptFormat
-from .presets import Preset, PresetError
+from .presets import Preset, PresetError, sampling
 
 GROUP = "rwkv_hub"
 STRICT_ENV = "RWKV_HUB_STRICT_PLUGINS"
@@ -34,6 +41,8 @@ BUILTIN = "built-in"
 ENTRY_POINT = "entry point"
 CONFIG = "config"
 PRECEDENCE = {BUILTIN: 0, ENTRY_POINT: 1, CONFIG: 2}
+TIMEOUT_S = 10.0  # how long plugin code may take for one request before the request fails
+_TENFOLD = {10**k for k in range(1, 10)}  # the counts at which a repeated failure is logged again
 KINDS = (
     "formats",
     "presets",
@@ -51,6 +60,13 @@ class PluginError(RWKVHubError):
     """A plugin failed and strict mode is on."""
 
 
+class PluginTimeout(RWKVHubError):
+    """A plugin's code for a request did not return within the time bound; the request failed."""
+
+
+T = TypeVar("T")
+
+
 @dataclass
 class PluginInfo:
     name: str
@@ -65,8 +81,9 @@ class PluginInfo:
 class PluginFailure:
     plugin: str
     source: str
-    stage: str  # "import", "hooks", or the hook that raised
-    error: str
+    stage: str  # "import", "hooks", the hook that raised, or the plugin code that failed on a request
+    error: str  # the latest
+    count: int = 1  # how often: a stage that runs per request fails once per request
 
 
 @dataclass
@@ -98,6 +115,21 @@ class Registered:
     source: str
 
 
+class Calls:
+    """Calls into plugins for one request: `calls(plugin, stage, fn, *args)` is `fn(*args)`, remembering
+    which plugin code is running, so that a request past its time bound fails naming it."""
+
+    def __init__(self) -> None:
+        self.now: tuple[str, str] | None = None
+
+    def __call__(self, plugin: str, stage: str, fn: Callable[..., T], *args: Any) -> T:
+        self.now = (plugin, stage)
+        try:
+            return fn(*args)
+        finally:
+            self.now = None
+
+
 class PluginHost:
     """Loads plugins once and holds what they registered; `load()` is safe to call on a fresh host only."""
 
@@ -109,6 +141,7 @@ class PluginHost:
         allow: Iterable[str] | None = None,
         disable: Iterable[str] = (),
         entry_points: bool = True,
+        timeout_s: float = TIMEOUT_S,
     ):
         self.pm = pluggy.PluginManager(GROUP)
         self.pm.add_hookspecs(hookspecs)
@@ -119,6 +152,9 @@ class PluginHost:
         self.allow = None if allow is None else set(allow)
         self.disable = set(disable)
         self.use_entry_points = entry_points
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()  # request faults are recorded from plugin threads too
+        self._repeats: dict[tuple[str, str], PluginFailure] = {}
         self.plugins: dict[str, PluginInfo] = {}
         self.failures: list[PluginFailure] = []
         self.warnings: list[str] = []
@@ -174,16 +210,33 @@ class PluginHost:
         return table["prefix"].value if "prefix" in table else PREFIX_FORMAT
 
     def format(self, name: str) -> PromptFormat:
+        if not isinstance(name, str):
+            raise FormatError(f"format must be a format name (text), not {type(name).__name__}")
         try:
             return self.registry["formats"][name].value
         except KeyError:
             raise FormatError(f"unknown format {name!r}; known: {', '.join(sorted(self.formats))}") from None
 
     def preset(self, name: str) -> Preset:
+        if not isinstance(name, str):
+            raise PresetError(f"preset must be a preset name (text), not {type(name).__name__}")
         try:
             return self.registry["presets"][name].value
         except KeyError:
             raise PresetError(f"unknown preset {name!r}; known: {', '.join(sorted(self.presets))}") from None
+
+    def owner(self, kind: str, name: str) -> str:
+        """The plugin whose registration of `name` is in use (the built-ins' for a fallback)."""
+        entry = self.registry[kind].get(name)
+        return entry.plugin if entry is not None else "builtin"
+
+    def is_builtin(self, plugin: str) -> bool:
+        info = self.plugins.get(plugin)
+        return info is not None and info.source == BUILTIN
+
+    def hook_plugins(self, hook: str) -> list[str]:
+        """The plugins implementing `hook`, in the order they are called."""
+        return [impl.plugin_name for impl in getattr(self.pm.hook, hook).get_hookimpls()]
 
     # --- loading --------------------------------------------------------------------------------------------
 
@@ -203,8 +256,8 @@ class PluginHost:
                 continue
             self._add_lazily(lambda mod=mod: importlib.import_module(mod), mod, CONFIG, None)
         self._check_hooks()
-        self._collect("register_formats", "formats", _as_format)
-        self._collect("register_presets", "presets", _as_preset)
+        self._collect("register_formats", "formats", _as_format, _check_format)
+        self._collect("register_presets", "presets", _as_preset, self._check_preset)
         self._collect("register_commands", "commands", _as_command)
         self._collect("register_initial_states", "initial_states", _as_initial_state)
         self._collect("register_logit_processors", "logit_processors", _as_callable("logit processor"))
@@ -217,18 +270,24 @@ class PluginHost:
         try:
             obj = importer()
         except Exception as e:  # an import error of any kind is the plugin's fault
-            self._fault(name, source, "import", e)
+            self._fault(name, source, "import", e, "the plugin was not loaded")
             return
         self._add(obj, name, source, version)
 
     def _add(self, obj: Any, name: str, source: str, version: str | None) -> None:
         if name in self.plugins:
-            self._fault(name, source, "import", RWKVHubError(f"a plugin named {name!r} is already loaded"))
+            self._fault(
+                name,
+                source,
+                "import",
+                RWKVHubError(f"a plugin named {name!r} is already loaded"),
+                "this one was not loaded",
+            )
             return
         try:
             self.pm.register(obj, name=name)
         except Exception as e:  # pluggy validates signatures against the specs here
-            self._fault(name, source, "hooks", e)
+            self._fault(name, source, "hooks", e, "the plugin was not loaded")
             return
         module = getattr(obj, "__name__", type(obj).__name__)
         hooks = sorted(h.name for h in self.pm.get_hookcallers(obj) or ())
@@ -241,12 +300,20 @@ class PluginHost:
                 fn = getattr(plugin, attr, None)
                 if callable(fn) and hasattr(fn, f"{GROUP}_impl") and not hasattr(hookspecs, attr):
                     err = RWKVHubError(f"{attr!r} is marked as a hook but rwkv-hub has no hook of that name")
-                    self._fault(name, self.plugins[name].source, "hooks", err)
+                    self._fault(name, self.plugins[name].source, "hooks", err, "the plugin was not loaded")
                     self.pm.unregister(plugin)
                     self.plugins.pop(name, None)
                     break
 
-    def _collect(self, hook: str, kind: str, convert: Callable[[tuple, dict], tuple[str, Any]]) -> None:
+    def _collect(
+        self,
+        hook: str,
+        kind: str,
+        convert: Callable[[tuple, dict], tuple[str, Any]],
+        check: Callable[[Any], None] = lambda value: None,
+    ) -> None:
+        """Call `hook` on every plugin; `convert` turns what it hands `register` into an entry (a failure
+        drops all that hook registered), and `check` refuses one entry on its own (that entry is dropped)."""
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
             name = impl.plugin_name
             info = self.plugins[name]
@@ -258,11 +325,21 @@ class PluginHost:
             try:
                 impl.function(*(register for _ in impl.argnames))
             except Exception as e:  # a bad registration or a raising hook: drop all this hook registered
-                self._fault(name, info.source, hook, e)
+                self._fault(name, info.source, hook, e, "all this hook registered was dropped")
                 continue
             for key, value in staged:
+                try:
+                    check(value)
+                except Exception as e:  # a malformed entry: the plugin's other entries still count
+                    self._fault(name, info.source, hook, e, f"{kind[:-1]} {key!r} was not registered")
+                    continue
                 self._put(kind, key, Registered(value, name, info.source))
                 info.registered[kind].append(key)
+
+    def _check_preset(self, preset: Preset) -> None:
+        """A preset's format must exist (formats are collected before presets)."""
+        if preset.format is not None and preset.format not in self.registry["formats"]:
+            raise PresetError(f"preset {preset.name!r} names format {preset.format!r}, which no plugin registers")
 
     def _put(self, kind: str, key: str, new: Registered) -> None:
         table = self.registry[kind]
@@ -280,22 +357,98 @@ class PluginHost:
                 return
         table[key] = new
 
-    def _fault(self, plugin: str, source: str, stage: str, error: BaseException) -> None:
+    def _fault(self, plugin: str, source: str, stage: str, error: BaseException, consequence: str) -> None:
         text = f"{type(error).__name__}: {error}"
         if self.strict:
             raise PluginError(f"plugin {plugin} ({source}) failed in {stage}: {text}") from error
         self.failures.append(PluginFailure(plugin, source, stage, text))
-        log.warning("plugin %s (%s) failed in %s and was skipped: %s", plugin, source, stage, text)
+        log.warning("plugin %s (%s) failed in %s: %s; %s", plugin, source, stage, text, consequence)
+
+    def request_fault(self, plugin: str, stage: str, error: BaseException, consequence: str = "") -> None:
+        """Plugin code failed while serving (a request, or a daemon start or stop); it stays in use and is
+        called again the next time. One PluginFailure per plugin and stage keeps the latest error and a
+        count; the first failure is logged in full, then every tenfold count, so a hook that fails on every
+        request can neither flood the log nor grow `failures` without end."""
+        info = self.plugins.get(plugin)
+        source = info.source if info is not None else "?"
+        text = f"{type(error).__name__}: {error}"
+        if self.strict:
+            raise PluginError(f"plugin {plugin} ({source}) failed in {stage}: {text}") from error
+        with self._lock:
+            failure = self._repeats.get((plugin, stage))
+            if failure is None:
+                failure = self._repeats[plugin, stage] = PluginFailure(plugin, source, stage, text)
+                self.failures.append(failure)
+            else:
+                failure.count += 1
+                failure.error = text
+            count = failure.count
+        if count == 1:
+            then = f"{consequence}; " if consequence else ""
+            log.warning(
+                "plugin %s (%s) failed in %s: %s; %sit is called again the next time (later failures are counted)",
+                *(plugin, source, stage, text, then),
+            )
+            log.debug("what plugin %s raised in %s", plugin, stage, exc_info=error)
+        elif count in _TENFOLD:
+            log.warning("plugin %s (%s) has failed in %s %d times; the latest: %s", plugin, source, stage, count, text)
 
     # --- calling per-request hooks ---------------------------------------------------------------------------
 
     def call(self, hook: str, **kwargs: Any) -> None:
-        """Call a notification hook on every plugin; a plugin that raises is reported and skipped."""
+        """Call a notification hook on every plugin; a plugin that raises is reported, the others still run."""
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
             try:
                 impl.function(*(kwargs[a] for a in impl.argnames))
             except Exception as e:  # the plugin's fault, not the request's
-                self._fault(impl.plugin_name, self.plugins[impl.plugin_name].source, hook, e)
+                self.request_fault(impl.plugin_name, hook, e)
+
+    def prepare(self, request: dict[str, Any], check: Callable[[dict[str, Any]], None], calls: Calls) -> dict[str, Any]:
+        """Every plugin's `prepare_request` in turn, each on its own copy of the request: a hook that raises,
+        or leaves a request that `check` refuses, is reported and its changes are dropped, so the request
+        runs as if that plugin were not there."""
+        for impl in self.pm.hook.prepare_request.get_hookimpls():
+            draft = copy.deepcopy(request)
+            try:
+                calls(impl.plugin_name, "prepare_request", impl.function, *(draft for _ in impl.argnames))
+                check(draft)
+            except Exception as e:  # the plugin's fault, not the request's
+                self.request_fault(impl.plugin_name, "prepare_request", e, "its changes to the request were dropped")
+                continue
+            request = draft
+        return request
+
+    async def run_bounded(self, job: Callable[[Calls], T], then: str = "the request was not run") -> T:
+        """`job(calls)` in a thread of its own, awaited for at most `timeout_s`: past that it raises a
+        PluginTimeout naming the plugin code that was running, and `then`, what becomes of the request.
+        Python cannot stop a thread, so a hook that never returns keeps its thread (a daemon thread: it does
+        not hold up shutdown)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+        calls = Calls()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            if not done.done():  # not given up on already
+                done.set_exception(error) if error is not None else done.set_result(result)
+
+        def work() -> None:
+            try:
+                result, error = job(calls), None
+            except BaseException as e:  # handed to the awaiting request
+                result, error = None, e
+            try:
+                loop.call_soon_threadsafe(settle, result, error)
+            except RuntimeError:  # the loop has closed: nobody is waiting
+                pass
+
+        threading.Thread(target=work, name="rwkv-hub-plugin", daemon=True).start()
+        try:
+            return await asyncio.wait_for(done, self.timeout_s)
+        except TimeoutError:
+            plugin, stage = calls.now or ("?", "the request's preparation")
+            err = PluginTimeout(f"plugin {plugin} did not return from {stage} within {self.timeout_s:g} s; {then}")
+            self.request_fault(plugin, stage, err, "the call goes on in its thread")
+            raise err from None
 
     def override_preset(self, name: str, params: dict[str, Any]) -> Preset:
         """The config file's `[presets.NAME]`: change a preset's parameters, or add a preset."""
@@ -327,6 +480,11 @@ class PluginHost:
 
 
 # --- converting what plugins hand to `register` -------------------------------------------------------------
+
+
+def _check_format(fmt: PromptFormat) -> None:
+    """A format's defaults are sampling parameters of the right names, types and ranges."""
+    sampling(f"format {fmt.name!r}: defaults", fmt.defaults)
 
 
 def _one(args: tuple, kwargs: dict, what: str) -> Any:

@@ -47,6 +47,17 @@ def check_params(where: str, params: Any) -> dict[str, Any]:
     return out
 
 
+def sampling(where: str, params: Any):
+    """SamplingParams of `params`, checked for names, JSON types and ranges; a PresetError names `where`."""
+    from ..core.sampling.params import ParameterError, SamplingParams
+
+    checked = check_params(where, params)
+    try:
+        return SamplingParams(**checked)
+    except (ParameterError, TypeError) as e:
+        raise PresetError(f"{where}: {e}") from None
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str
@@ -80,12 +91,7 @@ class Preset:
 
     def sampling(self, base: Mapping[str, Any] | None = None):
         """SamplingParams of base (format defaults) overridden by this preset; raises on bad ranges."""
-        from ..core.sampling.params import ParameterError, SamplingParams
-
-        try:
-            return SamplingParams(**{**(base or {}), **self.params})
-        except (ParameterError, TypeError) as e:
-            raise PresetError(f"preset {self.name!r}: {e}") from None
+        return sampling(f"preset {self.name!r}", {**(base or {}), **self.params})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"params": dict(self.params)}

@@ -35,7 +35,16 @@ class ByteTokenizer:
     vocab_size = 256
 
     def encode(self, text: str | bytes) -> list[int]:
-        return list(text.encode("utf-8") if isinstance(text, str) else text)
+        """Raises TokenizerError for a lone surrogate (such as "\\ud800" from JSON): it has no UTF-8 form."""
+        if not isinstance(text, str):
+            return list(text)
+        try:
+            return list(text.encode("utf-8"))
+        except UnicodeEncodeError as e:
+            raise TokenizerError(
+                f"the text has a lone UTF-16 surrogate (U+{ord(text[e.start]):04X}) at character {e.start}: "
+                "it is not a character, so it cannot be encoded"
+            ) from None
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         try:
