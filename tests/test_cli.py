@@ -128,3 +128,30 @@ def test_serve_on_a_port_in_use_is_a_one_line_user_error(tmp_path: Path) -> None
         result = subprocess.run([*serve, "--port", str(port)], capture_output=True, text=True, env=env, timeout=120)
     assert_user_error(result)
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_a_closed_pipe_ends_quietly(checkpoint: Path) -> None:
+    """`rwkv-hub inspect ... | head -1`: the reader leaves first; no BrokenPipeError traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rwkv_hub", "inspect", "--json", str(checkpoint)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # before the command has printed anything
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err, err
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys) -> None:
+    """Ctrl-C while a model loads (or a benchmark runs) ends the command, not with a traceback."""
+    import rwkv_hub.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: type("Args", (), {"run": staticmethod(interrupted)})())
+    assert cli.main(["inspect", "x"]) == 130
+    assert capsys.readouterr().err == "rwkv-hub: interrupted\n"
