@@ -134,7 +134,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--strategy", help='overrides the config (default "cpu bf16")')
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 8765; 0 picks a free one)")
+    serve.add_argument("--port", type=_port, help="port (default 8765; 0 picks a free one)")
     serve.add_argument("--token", help="the bearer token to require (default: $RWKV_HUB_TOKEN, else the token file)")
     serve.add_argument("--allow-remote", action="store_true", help="allow listening on a non-local address")
     serve.set_defaults(run=_run_serve)
@@ -307,3 +307,14 @@ def _human_bytes(n: int) -> str:
             return f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GiB"
+
+
+def _port(text: str) -> int:
+    """A TCP port for argparse, so that 70000 is a usage error rather than an OverflowError at bind time."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: give 0 (any free port) to 65535")
+    return port

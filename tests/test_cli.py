@@ -155,3 +155,10 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys) -> None:
     monkeypatch.setattr(parser, "parse_args", lambda argv: type("Args", (), {"run": staticmethod(interrupted)})())
     assert cli.main(["inspect", "x"]) == 130
     assert capsys.readouterr().err == "rwkv-hub: interrupted\n"
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "http"])
+def test_serve_refuses_a_port_out_of_range_before_loading(port: str) -> None:
+    result = rwkv_hub("serve", "--port", port)
+    assert result.returncode == 2 and "is not a port" in result.stderr and "Traceback" not in result.stderr
+

@@ -55,6 +55,7 @@ def test_every_key_is_read(tmp_path):
         ('model = "x"\nmodle = "y"\n', "line 2: unknown key 'modle'"),
         ('port = "80"\n', "line 1: port must be a port number, not str"),
         ("port = 65536\n", "line 1: port must be between 0"),
+        ('model = "x"\ncache_mb = -1\n', "line 2: cache_mb must be 0 or more megabytes"),
         ("\n[limits]\nmax_activ = 3\n", "line 3: unknown key limits.max_activ"),
         ("[limits]\nmax_active = true\n", "line 2: limits.max_active must be a whole number, not bool"),
         ("[limits]\nmax_queue = 0\n", "limits.max_queue must be at least 1"),

@@ -121,7 +121,7 @@ def test_limits_refuse_at_once(model):
                 engine.submit([1, 999], SamplingParams(max_tokens=5))
             a = engine.submit("a", SamplingParams(max_tokens=100))
             b = engine.submit("b", SamplingParams(max_tokens=5))
-            with pytest.raises(EngineBusy, match="busy"):
+            with pytest.raises(EngineBusy, match=r"busy: 2 requests running or waiting, the most it takes"):
                 engine.submit("c", SamplingParams(max_tokens=5))
             a.cancel()
             await a.text()

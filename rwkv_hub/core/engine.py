@@ -290,8 +290,9 @@ class Engine:
         with self._wake:
             if len(self._queue) + len(self._active) >= lim.max_active + lim.max_queue:
                 raise EngineBusy(
-                    f"the engine is busy ({len(self._active)} streams running, {len(self._queue)} waiting); "
-                    "try again shortly"
+                    f"the engine is busy: {len(self._active) + len(self._queue)} requests running or waiting, the"
+                    f" most it takes (limits.max_active {lim.max_active} + limits.max_queue {lim.max_queue});"
+                    " try again shortly"
                 )
             if session is not None:
                 job.session = self.sessions.acquire(session)

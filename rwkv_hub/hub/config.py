@@ -153,6 +153,8 @@ def _build(data: dict[str, Any], text: str, p: Path) -> Config:
             raise ConfigError(f"{_where(p, text, key)}: unknown key {key!r}; known keys: {known}")
     if not 0 <= cfg.port < 65536:
         raise ConfigError(f"{_where(p, text, 'port')}: port must be between 0 (any free port) and 65535")
+    if cfg.cache_mb is not None and cfg.cache_mb < 0:
+        raise ConfigError(f"{_where(p, text, 'cache_mb')}: cache_mb must be 0 or more megabytes (0: no cache)")
     for o in cfg.allow_origins:
         _check(p, text, "allow_origins", o, (str,), 'a list of origins such as "https://example.org"')
     limits = data.get("limits", {})

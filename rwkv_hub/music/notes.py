@@ -107,7 +107,7 @@ class Tune:
         try:
             mid = mido.MidiFile(file=io.BytesIO(data))
         except Exception as e:  # mido raises many kinds (EOFError, KeySignatureError, ...) for damaged files
-            raise MusicError(f"not a readable MIDI file: {e}") from None
+            raise MusicError(f"not a readable MIDI file: {str(e) or type(e).__name__}") from None
         tune = cls(ticks_per_beat=mid.ticks_per_beat)
         tempo: int | None = None
         base_tick, base_out = 0, Fraction(0)  # where the current tempo began, in file ticks and in our ticks
