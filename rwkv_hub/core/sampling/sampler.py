@@ -167,13 +167,15 @@ class Sampler:
         slots_ = [self._slots[s] for s in slot_ids]
         work = logits.detach().to(self.device, torch.float32, copy=True)
         # NaN is no candidate and +inf the likeliest (an fp16 overflow, damaged weights or state): the
-        # sampler's sorts and sums must see finite numbers or -inf.
-        work.nan_to_num_(nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
-        if not torch.isfinite(work).any(-1).all():
-            raise RWKVHubError(
-                "the model's logits are not finite numbers (NaN or -inf throughout): its weights or state are"
-                " damaged, or 16-bit weights overflowed; try a bf16 or fp32 strategy"
-            )
+        # sampler's sorts and sums must see finite numbers or -inf. One sum tells whether any is there (a
+        # decode step's hot path: the full clean-up cost 1.9 ms for 16 rows of 65,536, the sum 0.04).
+        if not torch.isfinite(work.sum()):
+            work.nan_to_num_(nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
+            if not torch.isfinite(work).any(-1).all():
+                raise RWKVHubError(
+                    "the model's logits are not finite numbers (NaN or -inf throughout): its weights or state"
+                    " are damaged, or 16-bit weights overflowed; try a bf16 or fp32 strategy"
+                )
         if self._never.numel():
             work.index_fill_(1, self._never, float("-inf"))
         for b, s in enumerate(slots_):
