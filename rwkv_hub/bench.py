@@ -372,7 +372,9 @@ def bench_official(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `rwkv-hub bench`."""
-    parser.add_argument("--model", help="an RWKV-7 checkpoint (.pth or .safetensors); default: the built-in demo model")
+    parser.add_argument(
+        "--model", help="an RWKV-7, -6, -5 or -4 checkpoint (.pth or .safetensors); default: the demo model"
+    )
     parser.add_argument("--strategy", default="cpu bf16", help='for example "cpu fp32", "cpu bf16", "cpu bf16i8"')
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument(

@@ -42,7 +42,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser(host=None) -> argparse.ArgumentParser:
     """The parser with every built-in command and those plugins add (`host`: a loaded PluginHost)."""
     from rwkv_hub.hub.commands import add_commands
-    from rwkv_hub.hub.plugins import PluginHost
 
     parser = argparse.ArgumentParser(prog=PROG, description="Run RWKV language models locally.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -53,7 +52,7 @@ def build_parser(host=None) -> argparse.ArgumentParser:
         description="Print a checkpoint's shape, parameter count and the memory each strategy needs.",
     )
     inspect.add_argument(
-        "path", nargs="?", help="an RWKV-7, -6 or -5.2 checkpoint (.pth or .safetensors); default: the demo model"
+        "path", nargs="?", help="an RWKV-7, -6, -5 or -4 checkpoint (.pth or .safetensors); default: the demo model"
     )
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     inspect.set_defaults(run=_run_inspect)
@@ -62,8 +61,29 @@ def build_parser(host=None) -> argparse.ArgumentParser:
     _add_bench(commands)
     _add_compose(commands)
     _add_serve(commands)
-    add_commands(commands, host or PluginHost().load())
+    add_commands(commands, host or _configured_host())
     return parser
+
+
+def _configured_host():
+    """The plugins `serve` would load: the config file's modules, disabled names and preset overrides, so
+    that `plugins`, `formats` and `presets` list what the daemon serves. A config file that cannot be read
+    is said by the commands that need it (serve, bot); these lists then show the built-in set."""
+    from rwkv_hub.core.errors import RWKVHubError
+    from rwkv_hub.hub.config import load_config
+    from rwkv_hub.hub.plugins import PluginHost
+
+    try:
+        config = load_config()
+    except RWKVHubError:
+        return PluginHost().load()
+    host = PluginHost(config.plugins, disable=config.disable_plugins).load()
+    for name, params in config.presets.items():
+        try:
+            host.override_preset(name, params)
+        except RWKVHubError as e:
+            host.warnings.append(f"config file preset {name!r} not applied: {e}")
+    return host
 
 
 # Sampling options of `generate`: flag, SamplingParams field, type, help. Unset flags keep the defaults.
@@ -88,10 +108,10 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("prompt", help="the prompt text, or - to read it from standard input")
     parser.add_argument(
-        "--model", help="an RWKV-7, -6 or -5.2 checkpoint (.pth, .safetensors); default: the demo model"
+        "--model", help="an RWKV-7, -6, -5 or -4 checkpoint (.pth, .safetensors); default: the demo model"
     )
     parser.add_argument("--strategy", default="cpu bf16", help='where and how to run it (default "cpu bf16")')
-    parser.add_argument("--tokenizer", help='override the tokenizer: "world", "bytes" or "20b:PATH"')
+    parser.add_argument("--tokenizer", help='override the tokenizer: "world", "bytes", "20b:PATH" or "midi:PATH"')
     for flag, _, kind, text in _SAMPLING_FLAGS:
         parser.add_argument(flag, type=kind, help=text)
     parser.add_argument("--stop", action="append", default=[], help="stop before this text (repeatable)")
@@ -100,11 +120,13 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
 
 def _run_generate(args: argparse.Namespace) -> int:
     import rwkv_hub
+    from rwkv_hub.core.sampling import SamplingParams
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     options = {field: getattr(args, field) for _, field, _, _ in _SAMPLING_FLAGS if getattr(args, field) is not None}
+    params = SamplingParams(**options, stop=tuple(args.stop))  # a bad value is said before the model loads
     model = rwkv_hub.load(args.model, args.strategy, tokenizer=args.tokenizer)
-    run = model.generate(prompt, stop=tuple(args.stop), **options)
+    run = model.generate(prompt, params)
     try:
         for delta in run:
             sys.stdout.write(delta)
@@ -130,7 +152,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--config", help="a TOML config file (default: ~/.config/rwkv-hub/config.toml if present)")
     serve.add_argument(
-        "--model", help="an RWKV-7, -6 or -5.2 checkpoint; overrides the config (default: the demo model)"
+        "--model", help="an RWKV-7, -6, -5 or -4 checkpoint; overrides the config (default: the demo model)"
     )
     serve.add_argument("--strategy", help='overrides the config (default "cpu bf16")')
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")

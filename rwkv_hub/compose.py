@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default="cpu fp32", help='where and how to run it (default "cpu fp32")')
     parser.add_argument("--tokenizer", help='override the tokenizer, e.g. "midi:PATH/tokenizer-midi.json"')
     parser.add_argument("--continue", dest="start", metavar="FILE", help="a tune to continue: .abc, .mid or event text")
-    parser.add_argument("--out", default="piece.mid", help="where to save: its stem names each file")
+    parser.add_argument(
+        "--out", default="piece.mid", help="where to save: its stem names each file (a folder: piece.* in it)"
+    )
     parser.add_argument("--svg", action="store_true", help="also draw sheet music (ABC; needs abcm2ps)")
     parser.add_argument("--wav", action="store_true", help="also render audio (needs fluidsynth and a soundfont)")
     parser.add_argument("--max-tokens", type=int, default=1000, help="the longest piece, in tokens (default 1000)")
@@ -43,6 +45,9 @@ def read_start(path: str, fmt: str) -> str:
         return p.read_text(encoding="utf-8")
     except OSError as e:
         raise RWKVHubError(f"{p}: cannot read it ({e.strerror})") from None
+    except UnicodeDecodeError:
+        kinds = "an .abc file or event text" if fmt == "abc" else "a .mid file or event text"
+        raise RWKVHubError(f"{p}: not UTF-8 text; --continue takes {kinds}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
 
     from .core.engine import Engine
     from .hub.hub import Hub
-    from .hub.music import piece_text, write_piece
+    from .hub.music import piece_base, piece_text, write_piece
     from .hub.plugins import PluginHost
 
     start = read_start(args.start, args.format) if args.start else ""
+    piece_base(args.out)  # a place the piece cannot be saved is said now, not after generating it
     model = rwkv_hub.load(args.model, args.strategy, tokenizer=args.tokenizer)
     params = {"max_tokens": args.max_tokens} | ({"seed": args.seed} if args.seed is not None else {})
 

@@ -162,3 +162,53 @@ def test_serve_refuses_a_port_out_of_range_before_loading(port: str) -> None:
     result = rwkv_hub("serve", "--port", port)
     assert result.returncode == 2 and "is not a port" in result.stderr and "Traceback" not in result.stderr
 
+
+def test_serve_says_an_unusable_host_or_session_folder_before_loading(tmp_path: Path) -> None:
+    """Both are said before the model loads: the model here does not even exist."""
+    import os
+
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "RWKV_HUB_TOKEN": "t"}
+    serve = [sys.executable, "-m", "rwkv_hub", "serve", "--model", str(tmp_path / "absent.pth")]
+    result = subprocess.run(
+        [*serve, "--host", "no-such-host.invalid", "--allow-remote"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert_user_error(result)
+    assert "cannot listen on no-such-host.invalid" in result.stderr and "absent.pth" not in result.stderr
+    (tmp_path / "a-file").write_text("")
+    config = tmp_path / "config.toml"
+    config.write_text(f'session_folder = "{tmp_path / "a-file" / "sessions"}"\n')
+    result = subprocess.run([*serve, "--config", str(config)], capture_output=True, text=True, env=env, timeout=60)
+    assert_user_error(result)
+    assert "cannot keep sessions in" in result.stderr and "session_folder" in result.stderr
+    assert "absent.pth" not in result.stderr
+
+
+def test_generate_says_a_bad_sampling_value_before_loading(tmp_path: Path) -> None:
+    result = rwkv_hub("generate", "hi", "--model", str(tmp_path / "absent.pth"), "--top-p", "1.5")
+    assert_user_error(result)
+    assert "top_p" in result.stderr and "absent.pth" not in result.stderr
+
+
+def test_the_lists_show_the_plugins_and_presets_of_the_config_file(tmp_path: Path) -> None:
+    """`plugins`, `formats` and `presets` list what `serve` would load, config file included."""
+    import os
+
+    folder = tmp_path / "rwkv-hub"
+    folder.mkdir()
+    (folder / "config.toml").write_text('[plugins]\nmodules = ["good_plugin"]\n\n[presets.chat]\ntemperature = 0.9\n')
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "PYTHONPATH": str(Path(__file__).parent / "plugins")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "rwkv_hub", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+
+    presets = {p["name"]: p for p in json.loads(run("presets", "--json").stdout)["presets"]}
+    assert presets["chat"]["params"]["temperature"] == 0.9 and "calm" in presets
+    assert "shout" in run("formats").stdout
+    (folder / "config.toml").write_text("this is not TOML")
+    broken = run("presets")  # the lists still work; `serve` is where the broken file is reported
+    assert broken.returncode == 0 and "chat" in broken.stdout

@@ -693,11 +693,45 @@ def test_include_usage_echo_and_unsupported_fields(daemon):
     assert echoed.choices[0].text == "import" + plain.choices[0].text
     parts = list(c.completions.create(model="x", prompt="import", max_tokens=3, temperature=0, echo=True, stream=True))
     assert "".join(p.choices[0].text for p in parts) == echoed.choices[0].text
-    for extra, param in (({"suffix": "x"}, "suffix"), ({"logit_bias": {"32": -100}}, "logit_bias")):
-        with pytest.raises(openai.BadRequestError, match="not supported") as e:
-            c.completions.create(model="x", prompt="import", max_tokens=3, **extra)
-        assert e.value.body["param"] == param
+    with pytest.raises(openai.BadRequestError, match="not supported") as e:
+        c.completions.create(model="x", prompt="import", max_tokens=3, suffix="x")
+    assert e.value.body["param"] == "suffix"
     assert c.completions.create(model="x", prompt="import", max_tokens=1, logit_bias={}, suffix=None).choices
+
+
+def test_logit_bias_on_both_protocols(daemon):
+    """OpenAI's field (ids as text keys, -100 to 100) and `params.logit_bias` steer the same tokens: the
+    model's tokenizer's ids, checked against its vocabulary."""
+    c = client(daemon)
+    tok = daemon.daemon.hub.engine.model.tokenizer
+    greedy = {"model": "x", "prompt": "import", "max_tokens": 1, "temperature": 0}
+    first = c.completions.create(**greedy).choices[0].text
+    banned = tok.encode(first)[0]
+    other = c.completions.create(**greedy, logit_bias={str(banned): -100}).choices[0].text
+    assert other and other != first
+    forced = tok.encode("Q")[0]
+    assert c.completions.create(**greedy, logit_bias={str(forced): 100}).choices[0].text == "Q"
+    vocab = daemon.daemon.hub.engine.model.spec.vocab_size
+    for bias, words in (
+        ({"x": 1}, "not a token id"),
+        ({str(vocab): 1}, "outside the vocabulary"),
+        ({"1": 500}, "range"),
+    ):
+        with pytest.raises(openai.BadRequestError, match=words) as e:
+            c.completions.create(**greedy, logit_bias=bias)
+        assert e.value.body["param"] == "logit_bias"
+
+    async def go(ws):
+        out = []
+        for bias in ({str(forced): 100}, {"x": 1}):
+            params = {"temperature": 0, "max_tokens": 1, "logit_bias": bias}
+            await ws.send(json.dumps({"type": "generate", "id": "b", "prompt": "import", "params": params}))
+            out.append(await until_done(ws, "b"))
+        return out
+
+    (text, done), (_, refused) = ws_run(daemon, go)
+    assert text == "Q" and done["type"] == "done"
+    assert refused["type"] == "error" and refused["code"] == "bad_request"
 
 
 def test_http_errors_are_in_openai_shape(daemon):
@@ -832,3 +866,58 @@ def test_busy_is_503_with_retry_after_and_a_stop_is_no_complete_answer(model_fac
     finally:
         server.stop(running).result(60)
         server.close()
+
+
+def test_a_chat_may_start_a_new_session_from_an_initial_state(daemon, tmp_path):
+    """`chat` with a session not yet made and `initial_state`: the session starts from that state (it was
+    refused, with an empty session left behind); an existing session keeps its own state."""
+    import torch
+
+    from rwkv_hub.core.sessions import load_tuned_state
+    from rwkv_hub.hub.plugins import InitialState, Registered
+
+    hub = daemon.daemon.hub
+    model = hub.engine.model
+    shape = model.state_shape
+    tuned = {
+        f"blocks.{i}.att.time_state": torch.randn(shape.n_head, shape.head_size, shape.head_size)
+        for i in range(shape.n_layer)
+    }
+    torch.save(tuned, tmp_path / "persona.pth")
+    hub.host.registry["initial_states"]["persona-test"] = Registered(
+        InitialState("persona-test", str(tmp_path / "persona.pth"), ""), "tests", "config"
+    )
+    params = {"max_tokens": 4, "temperature": 0}
+
+    async def go(ws):
+        out = []
+        for sid in ("persona-new", "persona-new"):
+            msg = {"type": "chat", "id": "p", "session": sid, "initial_state": "persona-test", "message": "hi"}
+            await ws.send(json.dumps(msg | {"params": params}))
+            out.append(await until_done(ws, "p"))
+        await ws.send(json.dumps({"type": "chat", "id": "q", "session": "no-persona", "initial_state": "nope"}))
+        out.append(await until_done(ws, "q"))
+        return out
+
+    try:
+        (text, done), (_, again), (_, unknown) = ws_run(daemon, go)
+        assert done["type"] == "done", done
+        initial = load_tuned_state(tmp_path / "persona.pth", shape)
+        gen = model.generate("User: hi\n\nAssistant:", state=initial, temperature=0, max_tokens=4, stop=("\n\n",))
+        assert text == "".join(gen).strip()
+        assert again["type"] == "error" and "already has its state" in again["message"]
+        assert unknown["type"] == "error" and "no-persona" not in hub.engine.sessions
+    finally:
+        del hub.host.registry["initial_states"]["persona-test"]
+        for sid in ("persona-new",):
+            if sid in hub.engine.sessions:
+                hub.engine.sessions.delete(sid)
+
+
+def test_initial_state_is_refused_on_session_operations_that_ignore_it(daemon):
+    async def go(ws):
+        await ws.send(json.dumps({"type": "sessions.reset", "id": "r", "session": "x", "initial_state": "y"}))
+        return json.loads(await ws.recv())
+
+    event = ws_run(daemon, go)
+    assert event["type"] == "error" and event["code"] == "bad_request" and "initial_state" in event["message"]

@@ -184,3 +184,15 @@ def test_render_with_names_the_plugin_when_a_format_fails():
     for render_fn, message in cases:
         with pytest.raises(FormatFailed, match=message):
             render_with(PromptFormat("f", "", render_fn), FormatInput(), "p")
+
+
+def test_a_preset_takes_logit_bias_with_text_keys_as_toml_and_json_give_them() -> None:
+    from rwkv_hub.hub.presets import sampling
+
+    preset = Preset("no-newline", "never a newline", params={"logit_bias": {"10": -100, 11: 2.5}})
+    assert sampling("preset", preset.params).logit_bias == {10: -100.0, 11: 2.5}
+    for bad in ({"-1": 1}, {"1.5": 1}, {"ten": 1}, {True: 1}):
+        with pytest.raises(PresetError, match="not a token id"):
+            Preset("bad", "bad", params={"logit_bias": bad})
+    with pytest.raises(PresetError, match=r"logit_bias\[10\] = 500"):
+        sampling("request", {"logit_bias": {"10": 500}})

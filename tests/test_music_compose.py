@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -151,6 +153,43 @@ def test_rwkv_hub_compose_writes_files(checkpoint_factory, tmp_path):
     midi_into_abc.write_bytes(Tune([Note(0, 60, 480)]).to_midi())
     bad = subprocess.run(cmd + ["--continue", str(midi_into_abc)], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "not ABC" in bad.stderr
+    binary = tmp_path / "noise.abc"
+    binary.write_bytes(b"\xff\xfe\x00\x81" * 10)
+    bad = subprocess.run(cmd + ["--continue", str(binary)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "noise.abc: not UTF-8 text" in bad.stderr and "Traceback" not in bad.stderr
+    folder = tmp_path / "tunes"
+    folder.mkdir()
+    args = ["--continue", str(start), "--out", str(folder), "--max-tokens", "5"]
+    r = subprocess.run(cmd + args, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (folder / "piece.mid").exists() and (folder / "piece.abc").exists()
+
+
+def test_compose_says_where_it_cannot_save_before_loading_or_generating(tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    cmd = [sys.executable, "-m", "rwkv_hub", "compose", "--model", str(tmp_path / "absent.pth"), "--format", "abc"]
+    bad = subprocess.run(cmd + ["--out", str(a_file / "x.mid")], capture_output=True, text=True, timeout=120)
+    # the model does not exist either: the place to save is checked first
+    assert bad.returncode == 2 and "cannot save a piece in" in bad.stderr and "absent.pth" not in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_write_piece_into_a_folder_and_over_a_folder(tmp_path, monkeypatch):
+    notation = DEFAULT_ABC + "GABc|"
+    piece = write_piece("abc", notation, tmp_path)
+    assert piece.files["mid"] == tmp_path / "piece.mid" and (tmp_path / "piece.abc").exists()
+    (tmp_path / "song.abc").mkdir()  # `--out song`: the notation's file would be that folder
+    with pytest.raises(MusicError, match="song.abc: it is a folder"):
+        write_piece("abc", notation, tmp_path / "song")
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", full)  # the disk fills while the piece is written
+    with pytest.raises(MusicError, match="cannot save the piece as .*tune.*: No space left on device"):
+        write_piece("abc", notation, tmp_path / "tune.mid")
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.rglob("*"))
 
 
 def test_midi_base64_is_what_the_client_sends():
@@ -210,3 +249,15 @@ def test_the_tuis_composition_screen_streams_saves_and_offers_to_play(abc_model,
     else:
         assert played.startswith("playing ") or played.startswith("no audio for this piece")
     assert not still_there  # Escape went back to the chat
+
+
+def test_a_format_the_models_vocabulary_cannot_write_is_refused(abc_model):
+    """MIDI event words on a character model (or ABC on a MIDI model) would only make noise: said at once."""
+    from rwkv_hub.hub.hub import RequestError
+
+    async def go():
+        async with Engine(abc_model) as engine:
+            Hub(engine, PluginHost(entry_points=False).load()).compose({"format": "midi"})
+
+    with pytest.raises(RequestError, match="needs a MIDI model.*use format abc"):
+        asyncio.run(go())

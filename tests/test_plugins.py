@@ -746,3 +746,10 @@ def test_cli_render_of_a_broken_plugin_format_prints_one_line():
     )
     assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
     assert r.stderr.splitlines() == ["rwkv-hub: error: format 'boom' failed: KeyError: 'k' (plugin broken_fmt)"]
+
+
+def test_disabling_a_name_no_plugin_has_is_a_warning_not_silence():
+    h = host(GOOD, disable=["plugins.good_plugn"])  # a typo: the plugin still loads, and the typo is named
+    assert "calm" in h.presets
+    assert any("'plugins.good_plugn'" in w and "nothing was disabled" in w for w in h.warnings)
+    assert not any("disable" in w for w in host(GOOD, disable=[GOOD]).warnings)

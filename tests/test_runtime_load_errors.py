@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import zipfile
 from pathlib import Path
 
@@ -173,6 +174,21 @@ def test_truncated_file(good, tmp_path, fraction) -> None:
     expect_error(rwkv_hub.CheckpointError, path)
 
 
+def test_a_changed_byte_in_the_pickle_is_called_damage(good, tmp_path) -> None:
+    """The zip's CRC catches it: the user is told to fetch the file again, not to re-save a state_dict."""
+    if good.suffix != ".pth":
+        pytest.skip("a .pth check")
+    data = bytearray(good.read_bytes())
+    entry = zipfile.ZipFile(good).infolist()[0]  # data.pkl comes first
+    assert entry.filename.endswith("data.pkl")
+    name_len, extra_len = struct.unpack_from("<HH", data, entry.header_offset + 26)  # the local header's
+    data[entry.header_offset + 30 + name_len + extra_len + entry.file_size // 2] ^= 0x5A
+    path = tmp_path / good.name
+    path.write_bytes(bytes(data))
+    msg = expect_error(rwkv_hub.CheckpointError, path)
+    assert "damaged" in msg and "again" in msg and "state_dict" not in msg
+
+
 def test_zip_that_is_not_a_checkpoint(tmp_path) -> None:
     path = tmp_path / "x.pth"
     with zipfile.ZipFile(path, "w") as z:
@@ -287,6 +303,17 @@ def test_unknown_or_unsupported_strategy(good, strategy) -> None:
         rwkv_hub.load(good, strategy=strategy)
     assert isinstance(e.value, rwkv_hub.RWKVHubError)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "advice"),
+    [("cpu fp32 *6 -> cpu bf16", "'cpu bf16' or 'cpu fp32'"), ("cuda fp16 *10 -> cpu fp32", "'cuda fp16i8'")],
+)
+def test_an_official_split_strategy_gets_advice_for_its_devices(good, strategy, advice) -> None:
+    """ChatRWKV users bring split strategies; an all-CPU one is not told to use CUDA."""
+    with pytest.raises(rwkv_hub.StrategyError, match="splits the layers") as e:
+        rwkv_hub.load(good, strategy=strategy)
+    assert advice in str(e.value) and ("cuda" in str(e.value)) == ("cuda" in strategy)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -287,6 +287,10 @@ def test_state_file_with_a_wrongly_shaped_tensor_raises_state_error(model, histo
     save_file(tensors, str(bad), metadata=meta)
     with pytest.raises(rwkv_hub.StateError):
         model.load_state(bad)
+    tensors["1.wkv"] = histories[0].wkv[1].half()  # saved in half precision by another tool
+    save_file(tensors, str(bad), metadata=meta)
+    with pytest.raises(rwkv_hub.StateError, match=r"1\.wkv is .* float16, expected .* float32"):
+        model.load_state(bad)
     del tensors["1.wkv"]
     save_file(tensors, str(bad), metadata=meta)
     with pytest.raises(rwkv_hub.StateError):

@@ -146,6 +146,15 @@ def test_neox_tokenizer(neox_json: Path) -> None:
         NeoXTokenizer(neox_json.with_name("missing.json"))
 
 
+@pytest.mark.parametrize("bad", ["a\ud800b", 5, None, [104, 105]])
+def test_every_tokenizer_refuses_what_is_not_text(bad, world, world_py, neox_json: Path) -> None:
+    """A lone surrogate (JSON can carry one) or a non-text value is a TokenizerError, never a
+    UnicodeEncodeError or, as `bytes(5)` would give, five NUL tokens."""
+    for tok in (world, world_py, ByteTokenizer(), NeoXTokenizer(neox_json)):
+        with pytest.raises(TokenizerError, match="surrogate" if isinstance(bad, str) else "text .str. or bytes"):
+            tok.encode(bad)
+
+
 @pytest.mark.parametrize(
     ("vocab", "expected"),
     [(128, "bytes"), (256, "bytes"), (65536, "world"), (65537, "world"), (50277, "20B"), (65535, "20B")]

@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from dataclasses import dataclass
@@ -55,8 +56,9 @@ def build_hub(config: Config):
 
     from ..core.engine import Engine
     from ..core.prefix_cache import PrefixCache, default_budget
-    from ..core.sessions import SessionStore
+    from ..core.sessions import SessionStore, prepare_folder
 
+    prepare_folder(config.sessions_path())  # an unusable folder is said before the model loads
     path = Path(config.model).expanduser() if config.model else None
     model = rwkv_hub.load(path, config.strategy)  # no model configured: the demo model, with a notice
     host = PluginHost(config.plugins, disable=config.disable_plugins).load()
@@ -93,13 +95,24 @@ async def start(config: Config, token: str, hub: Hub | None = None, engine_threa
         await hub.engine.stop()
         hint = " (is another daemon running there?)" if e.errno == errno.EADDRINUSE else ""
         where = f"{_url_host(config.host)}:{config.port}"
-        reason = os.strerror(e.errno) if e.errno else str(e)  # asyncio's strerror repeats the address
+        if isinstance(e, socket.gaierror):  # a host name that does not resolve
+            reason, hint = e.strerror, "; give a name or address of this machine"
+        else:
+            reason = os.strerror(e.errno) if e.errno else str(e)  # asyncio's strerror repeats the address
         raise ListenError(f"cannot listen on {where}: {reason}{hint}") from None
     port = site._server.sockets[0].getsockname()[1]
     hub.host.call("daemon_started", hub=hub)
     url = f"http://{_url_host(config.host)}:{port}"
     bots.start(url.replace("http", "ws", 1) + "/ws")  # the bots reach this daemon like any other client
     return Running(daemon, runner, url, bots)
+
+
+def _check_host(host: str) -> None:
+    """A host name that does not resolve is said before the model loads, not after."""
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ListenError(f"cannot listen on {host}: {e.strerror}; give a name or address of this machine") from None
 
 
 def _url_host(host: str) -> str:
@@ -115,6 +128,7 @@ def serve(config: Config, token: str | None = None, allow_remote: bool = False) 
             file=sys.stderr,
         )
         return 2
+    _check_host(config.host)
     if config.host not in LOCAL_HOSTS:
         log.warning("listening on %s: other machines can reach this daemon; keep the token secret", config.host)
     token = get_token(token)

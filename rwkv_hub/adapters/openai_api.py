@@ -24,7 +24,7 @@ from ..hub.presets import PARAM_TYPES
 from .protocol import MAX_STOP_CHARS, MAX_STOPS, ProtocolError, loads
 
 if TYPE_CHECKING:
-    from ..hub.hub import HubStream
+    from ..hub.stream import HubStream
     from .server import Daemon
 
 log = logging.getLogger("rwkv_hub")
@@ -41,6 +41,7 @@ PARAMS = {
     "penalty_decay": "penalty_decay",
     "seed": "seed",
     "stop": "stop",
+    "logit_bias": "logit_bias",  # ids of this model's tokenizer, not OpenAI's
 }
 # OpenAI fields accepted and ignored, whatever their value: they do not change the text (who asks, storage,
 # routing, caching), or ask for something this daemon does not produce (log probabilities, tool calls,
@@ -71,7 +72,6 @@ DEFAULT_ONLY: dict[str, tuple[Any, str]] = {
     "n": (1, "one choice per request"),
     "best_of": (1, "one choice per request"),
     "suffix": ("", "text after the insertion point is not supported; send the text before it as the prompt"),
-    "logit_bias": ({}, "logit biases are not supported yet"),
     "modalities": (["text"], "only text is produced"),
     "audio": (None, "only text is produced"),
 }

@@ -25,7 +25,8 @@ from ..core.engine import EngineBusy, RequestTooLong
 from ..core.errors import RWKVHubError
 from ..core.sessions import SessionError
 from ..hub.config import Config
-from ..hub.hub import Hub, HubStream
+from ..hub.hub import Hub
+from ..hub.stream import HubStream
 from . import openai_api
 from .protocol import VERSION, ProtocolError, parse
 
@@ -374,8 +375,9 @@ class _Connection:
                 sessions = self.daemon.hub.engine.sessions
                 if sessions is None:
                     raise SessionError("this daemon keeps no sessions")
-                if sid not in sessions:
-                    sessions.create(sid)
+                if sid not in sessions:  # created on first use, from the initial state if one is named
+                    named = req.pop("initial_state", None)
+                    sessions.create(sid, self.daemon.hub.initial_state(named) if named else None)
                 req["session"] = sid
         return req
 

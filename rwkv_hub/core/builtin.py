@@ -10,7 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "models" / "rwkv7-stdlib-demo.pth"
-NOTICE = "using the built-in demo model; point `model = ...` at a real RWKV checkpoint for real answers"
+NOTICE = (
+    "using the built-in demo model; for real answers give a real RWKV checkpoint "
+    "(--model PATH, `model = PATH` in the config, or rwkv_hub.load(PATH))"
+)
 
 
 def builtin_model_path() -> Path:

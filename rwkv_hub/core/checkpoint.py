@@ -201,7 +201,9 @@ def _read_pth(path: Path) -> dict[str, LazyTensor]:
         try:
             with zf.open(pkl[0]) as fp:
                 obj = _MetaUnpickler(fp, {}).load()
-        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, zipfile.BadZipFile) as e:
+        except zipfile.BadZipFile as e:  # a CRC that does not match: bytes changed after saving
+            raise CheckpointError(f"{path}: the file is damaged ({e}); download or copy it again") from None
+        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as e:
             raise CheckpointError(
                 f"{path}: not a plain tensor state dict ({e}); save the checkpoint's state_dict"
             ) from None

@@ -272,6 +272,7 @@ class Engine:
         bad = next((t for t in ids if not 0 <= t < vocab), None)
         if bad is not None:
             raise RWKVHubError(f"token id {bad} is outside the vocabulary 0..{vocab - 1}")
+        params.check_vocabulary(vocab)
         if state is not None and state.batch_size != 1:
             raise RWKVHubError(f"a request continues one sequence, but the state holds {state.batch_size}")
         if state is not None and state.shape != self.model.state_shape:

@@ -9,6 +9,7 @@ or foreign file found at start-up is reported in `problems` and skipped; it neve
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -90,6 +91,21 @@ def load_tuned_state(path: str | os.PathLike, shape: StateShape) -> State:
     return State(shape, zeros.att_x, wkv, zeros.ffn_x)
 
 
+def prepare_folder(folder: str | os.PathLike) -> Path:
+    """Make the sessions folder (private: conversations) or say why it cannot be used, before any work."""
+    path = Path(folder)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise SessionError(
+            f"cannot keep sessions in {path}: {reason}; set session_folder in the config to a folder you can write"
+        ) from None
+    return path
+
+
 class SessionStore:
     """Sessions by id, optionally persisted in `folder`; safe to use from several threads."""
 
@@ -101,7 +117,7 @@ class SessionStore:
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         if self.folder is not None:
-            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # conversations are private
+            prepare_folder(self.folder)
             self._restore()
 
     def __len__(self) -> int:

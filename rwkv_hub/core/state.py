@@ -196,6 +196,7 @@ class State:
         for k, t in state.tensors().items():
             if tuple(t.shape) != want[k.split(".")[1]] or t.dtype != torch.float32:
                 raise StateError(
-                    f"{p}: tensor {k} has shape {tuple(t.shape)} {t.dtype}, expected {want[k.split('.')[1]]}"
+                    f"{p}: tensor {k} is {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}, "
+                    f"expected {want[k.split('.')[1]]} float32"
                 )
         return state.to(device) if device != "cpu" else state

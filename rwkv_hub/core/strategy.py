@@ -46,10 +46,11 @@ def parse_strategy(text: str, *, check_device: bool = True) -> Strategy:
     """Turn "cpu bf16" or "cuda fp16i8" into a Strategy; raise StrategyError with the accepted forms otherwise."""
     s = " ".join(str(text).strip().lower().split())
     if "->" in s or "*" in s:
-        raise StrategyError(
-            f"strategy {text!r} splits layers across devices, which rwkv-hub does not do; "
-            f"use one device, e.g. 'cuda fp16i8' (int8 halves the memory) or 'cpu bf16'"
-        )
+        if any(part.split()[:1] == ["cpu"] for part in s.split("->")) and "cuda" not in s:
+            advice = "every layer is on the CPU here, so name one form for all of them, e.g. 'cpu bf16' or 'cpu fp32'"
+        else:
+            advice = "use one device, e.g. 'cuda fp16i8' (int8 halves the memory, so more layers fit) or 'cpu bf16'"
+        raise StrategyError(f"strategy {text!r} splits the layers into parts, which rwkv-hub does not do; {advice}")
     m = _PATTERN.match(s)
     if not m:
         raise StrategyError(f"unknown strategy {text!r}; use one of: {', '.join(STRATEGIES)}")

@@ -16,11 +16,11 @@ stall the daemon's event loop, and its errors are raised from there.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.engine import Engine, RequestStats, Stream
+from ..core.engine import Engine, Stream
 from ..core.errors import RWKVHubError
 from . import selection
 from .completion import (
@@ -29,13 +29,12 @@ from .completion import (
     CompletionError,
     CompletionFormat,
     CompletionPrompt,
-    CompletionRules,
-    cut,
     rules_for,
 )
-from .formats import FormatFailed, FormatInput, PromptFormat, StrippedDeltas, render_with
-from .plugins import Calls, PluginHost, PluginTimeout
+from .formats import FormatFailed, FormatInput, PromptFormat, render_with
+from .plugins import Calls, PluginHost
 from .presets import Preset, check_params, resolve_params, sampling
+from .stream import HubStream, Prepared, Reader
 
 REQUEST_FIELDS = (
     "interactive",
@@ -49,8 +48,6 @@ REQUEST_FIELDS = (
     "stream_filters",
 )
 DEFAULT_FORMAT = "chat"
-Filter = tuple[str, str, Callable[[str], str]]  # (plugin, name, filter)
-Reader = tuple[str, str, Callable[[str], str]]  # (plugin, format, read_answer)
 
 
 class RequestError(RWKVHubError):
@@ -72,151 +69,6 @@ class _Plan:
     processors: tuple[Callable, ...] = ()
     filters: tuple[tuple[str, str, Callable[[], Callable[[str], str]]], ...] = ()  # (plugin, name, make_filter)
     interactive: bool = False
-
-
-@dataclass
-class _Ready:
-    """A request whose plugin code has run: what the engine is given."""
-
-    request: dict[str, Any]
-    plan: _Plan
-    params: Any  # SamplingParams
-    filters: list[Filter]
-    boundary: tuple[str, CompletionRules] | None = None
-
-
-class _Unstarted:
-    """What `HubStream.stream` is until the request reaches the engine: no deltas, no result."""
-
-    result = None
-
-    def __init__(self) -> None:
-        self.stats = RequestStats()
-
-    def cancel(self) -> None:
-        pass
-
-    def __aiter__(self) -> _Unstarted:
-        return self
-
-    async def __anext__(self) -> str:
-        raise StopAsyncIteration
-
-
-class HubStream:
-    """The answer of one request as text deltas (after its stream filters); `result`, `stats` and
-    `cancel()` as `Stream`. `text()` is the whole answer, as the format's `read_answer` reads it.
-
-    Deltas: for a format whose `read_answer` is `str.strip` (the default), leading whitespace is dropped and
-    trailing whitespace is held back until more text follows, so the deltas add up to the answer; for any
-    other `read_answer` they are the text as generated, and only `text()` is read.
-
-    A completion's stream has a `boundary` (the prefix whose block it continues, and the rules): text past
-    the first boundary is never yielded, and the generation is stopped there (`finish_reason` "stop").
-    """
-
-    def __init__(self, hub: Hub, request: dict[str, Any], answer: Reader | None):
-        self.hub = hub
-        self.request = request
-        self.answer = answer  # None: the text as it is (editor completions)
-        self.stream: Stream | _Unstarted = _Unstarted()
-        self.filters: list[Filter] = []
-        self.boundary: tuple[str, CompletionRules] | None = None
-        self.cut = False
-        self._pending: Callable[[Calls], _Ready] | None = None
-        self._failed: BaseException | None = None
-        self._cancelled = False
-
-    @property
-    def result(self):
-        return self.stream.result
-
-    @property
-    def finish_reason(self) -> str:
-        return "stop" if self.cut else self.stream.result.finish_reason
-
-    @property
-    def stats(self):
-        return self.stream.stats
-
-    def cancel(self) -> None:
-        self._cancelled = True
-        self.stream.cancel()
-
-    async def start(self) -> None:
-        """Run the request's remaining plugin code off the event loop and queue it on the engine; raises what
-        the request fails with (iterating calls it; an adapter may call it first to report errors early)."""
-        if self._failed is not None:
-            raise self._failed
-        if self._pending is None:
-            return
-        job, self._pending = self._pending, None
-        try:
-            self.hub._launch(self, await self.hub.host.run_bounded(job))
-        except BaseException as e:  # iterating again raises it again
-            self._failed = e if isinstance(e, Exception) else RWKVHubError("the request was cancelled as it started")
-            raise
-
-    async def __aiter__(self) -> AsyncIterator[str]:
-        await self.start()
-        strip = StrippedDeltas() if self.answer is not None and self.answer[2] is str.strip else None
-        text, sent = "", 0
-        async for delta in self.stream:
-            delta = self._filter(delta)
-            if not delta or self.cut:  # after a cut: what the engine made before it saw the cancel
-                continue
-            if self.boundary is not None:
-                text += delta
-                kept, self.cut = cut(self.boundary[0], text, self.boundary[1])
-                if self.cut:
-                    self.stream.cancel()
-                else:  # a new line that is only indentation so far may still turn out blank: hold it back
-                    last = kept.rfind("\n")
-                    if last != -1 and not kept[last:].strip():
-                        kept = kept[:last]
-                delta, sent = kept[sent:], max(sent, len(kept))
-            if strip is not None:
-                delta = strip.push(delta)
-            if delta:
-                yield delta
-
-    def _filter(self, delta: str) -> str:
-        """The stream filters, in order; one that raises or returns anything but text is dropped for this
-        stream and reported against its plugin, and the delta goes on without it."""
-        for f in list(self.filters):
-            plugin, name, fn = f
-            try:
-                out = fn(delta)
-                if not isinstance(out, str):
-                    raise TypeError(f"returned {type(out).__name__}, not text")
-            except Exception as e:  # the plugin's fault, not the request's
-                self.filters.remove(f)
-                self.hub.host.request_fault(plugin, f"stream filter {name!r}", e, "it was dropped for this request")
-                continue
-            delta = out
-        return delta
-
-    async def text(self) -> str:
-        """The whole answer: `read_answer` of the text. A plugin's `read_answer` runs off the event loop; one
-        that fails, or returns anything but text, is reported and the answer is the text as generated."""
-        text = "".join([d async for d in self])
-        if self.answer is None:
-            return text
-        plugin, fmt, read = self.answer
-        if read is str.strip or self.hub.host.is_builtin(plugin):
-            return read(text)
-        stage = f"format {fmt!r} read_answer"
-        try:
-            then = "the answer is the text as generated"
-            answer = await self.hub.host.run_bounded(lambda calls: calls(plugin, stage, read, text), then)
-            if not isinstance(answer, str):
-                raise TypeError(f"returned {type(answer).__name__}, not text")
-        except PluginTimeout:  # reported already
-            return text
-        except Exception as e:  # the plugin's fault: the answer as generated
-            self.hub.host.request_fault(plugin, stage, e, "the answer is the text as generated")
-            return text
-        return answer
 
 
 class Hub:
@@ -259,7 +111,7 @@ class Hub:
         fmt = self.host.completion_format(request.get("format"), language)
         owner = self.host.owner("completion_formats", fmt.name)
 
-        def job(calls: Calls) -> _Ready:
+        def job(calls: Calls) -> Prepared:
             built = self._build(fmt, owner, ctx, calls)
             params = {"max_tokens": MAX_TOKENS} | dict(built.params) | dict(request.get("params") or {})
             extra = params.get("stop", ())
@@ -288,6 +140,13 @@ class Hub:
         fmt = request.get("format")
         if fmt not in FORMATS:
             raise RequestError(f"compose needs format 'abc' or 'midi', not {fmt!r}")
+        vocabulary = getattr(self.engine.model.tokenizer, "name", "")
+        if (fmt == "midi") != (vocabulary == "midi"):
+            needs = "a MIDI model (event words: tokenizer-midi.json)" if fmt == "midi" else "an ABC (character) model"
+            raise RequestError(
+                f"compose format {fmt!r} needs {needs}; this daemon's model reads {vocabulary or 'other'} tokens: "
+                f"use format {'abc' if fmt == 'midi' else 'midi'} or serve a {fmt.upper()} model"
+            )
         start = request.get("continue") or ""
         if fmt == "midi":
             start = " ".join(event_words(start))
@@ -368,7 +227,7 @@ class Hub:
             prompt = missing_turn_end(sessions.get(plan.session).tail, rendered.stop) + prompt
         return self._preview(plan) | {"params": params, "prompt": prompt}
 
-    def _prepare(self, plan: _Plan, calls: Calls) -> _Ready:
+    def _prepare(self, plan: _Plan, calls: Calls) -> Prepared:
         """Render, let every plugin's `prepare_request` adjust (each on a copy, checked), make the filters."""
         req = self.host.prepare(self._rendered(plan, calls), _check_prepared, calls)
         filters = []
@@ -382,7 +241,7 @@ class Hub:
                 self.host.request_fault(plugin, stage, e, "it was dropped for this request")
                 continue
             filters.append((plugin, name, fn))
-        return _Ready(req, plan, _sampling(req["params"]), filters)
+        return Prepared(req, plan, _sampling(req["params"]), filters)
 
     def _build(self, fmt: CompletionFormat, owner: str, ctx: CompletionContext, calls: Calls) -> CompletionPrompt:
         stage = f"completion format {fmt.name!r} build"
@@ -406,7 +265,7 @@ class Hub:
         preview: dict[str, Any],
         answer: Reader | None,
         owners: list[str],
-        job: Callable[[Calls], _Ready],
+        job: Callable[[Calls], Prepared],
     ) -> HubStream:
         """A stream for `job`: run now when all its plugin code is built in, else when first iterated."""
         stream = HubStream(self, preview, answer)
@@ -417,7 +276,7 @@ class Hub:
             stream._pending = job
         return stream
 
-    def _launch(self, stream: HubStream, ready: _Ready) -> None:
+    def _launch(self, stream: HubStream, ready: Prepared) -> None:
         req, plan = ready.request, ready.plan
         stream.stream = self.engine.submit(
             req["prompt"],

@@ -10,13 +10,14 @@ turns what came back into .abc/.txt, .mid, and, where the tools are installed, .
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.atomic import write_text
+from ..core.atomic import replace_file, write_text
 from .formats import FormatError, FormatInput, PromptFormat, Rendered
 from .presets import Preset
 
@@ -119,12 +120,40 @@ def write_piece(
     """Write `notation` (ABC text or MIDI event text) next to `out` (its stem names every file): the
     notation, a .mid, and, if asked and possible, .svg (ABC only) and .wav. Malformed notation is repaired,
     and what was repaired is listed; a piece with nothing playable left raises MusicError."""
+    from ..music.notes import MusicError
+
+    base = piece_base(out)
+    try:
+        return _write_piece(fmt, notation, base, svg, wav, vocab)
+    except OSError as e:
+        raise MusicError(f"cannot save the piece as {base}.*: {e.strerror or e}") from None
+
+
+def piece_base(out: str | Path) -> Path:
+    """The stem every file of a piece at `out` shares (a folder: `piece` in it), with its folder made;
+    checked before any generating, so a path that cannot be written fails first, not after the music."""
+    from ..music.notes import MusicError
+
+    folder = str(out).endswith(("/", os.sep))
+    out = Path(out).expanduser()
+    if folder or out.is_dir():
+        base = out / "piece"
+    else:
+        base = out.with_suffix("") if out.suffix.lower() in (".mid", ".midi", ".abc", ".txt") else out
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MusicError(f"cannot save a piece in {base.parent}: {e.strerror or e}") from None
+    for suffix in (".mid", ".abc", ".txt"):
+        if base.with_suffix(suffix).is_dir():
+            raise MusicError(f"cannot save the piece as {base.with_suffix(suffix)}: it is a folder; give a file name")
+    return base
+
+
+def _write_piece(fmt: str, notation: str, base: Path, svg: bool, wav: bool, vocab: Mapping | None) -> Piece:
     from ..music import midi_text, tools
     from ..music.abc import abc_to_midi, repair_abc, validate_abc
 
-    out = Path(out).expanduser()
-    base = out.with_suffix("") if out.suffix.lower() in (".mid", ".midi", ".abc", ".txt") else out
-    base.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "abc":
         problems = validate_abc(notation)
         fixed = repair_abc(notation)
@@ -141,9 +170,7 @@ def write_piece(
         piece.files["txt"] = base.with_suffix(".txt")
     else:
         raise FormatError(f"unknown music format {fmt!r}; formats are {', '.join(FORMATS)}")
-    tmp = base.with_suffix(".mid.tmp")
-    tmp.write_bytes(midi)
-    tmp.replace(base.with_suffix(".mid"))
+    replace_file(base.with_suffix(".mid"), lambda tmp: tmp.write_bytes(midi))
     piece.files["mid"] = base.with_suffix(".mid")
     if svg:
         if fmt != "abc":

@@ -245,8 +245,10 @@ class PluginHost:
 
         if "builtin" not in self.disable:
             self._add(builtin, "builtin", BUILTIN, None)
+        known = {"builtin", *self.config_modules}
         if self.use_entry_points:
             for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
+                known.add(ep.name)
                 if self.allow is not None and ep.name not in self.allow or ep.name in self.disable:
                     continue
                 version = ep.dist.version if ep.dist is not None else None
@@ -255,6 +257,10 @@ class PluginHost:
             if self.allow is not None and mod not in self.allow or mod in self.disable:
                 continue
             self._add_lazily(lambda mod=mod: importlib.import_module(mod), mod, CONFIG, None)
+        for name in sorted(self.disable - known):  # most likely a typo: say so rather than ignore it
+            msg = f"plugins.disable names {name!r}, which no plugin is called; nothing was disabled"
+            self.warnings.append(msg)
+            log.warning(msg)
         self._check_hooks()
         self._collect("register_formats", "formats", _as_format, _check_format)
         self._collect("register_presets", "presets", _as_preset, self._check_preset)

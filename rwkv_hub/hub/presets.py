@@ -26,6 +26,7 @@ PARAM_TYPES: dict[str, tuple[type, ...]] = {
     "max_tokens": (int,),
     "seed": (int,),
     "stop": (list, tuple, str),
+    "logit_bias": (dict,),
 }
 
 
@@ -43,7 +44,20 @@ def check_params(where: str, params: Any) -> dict[str, Any]:
             raise PresetError(f"{where}: unknown parameter {k!r}; known: {', '.join(PARAM_TYPES)}")
         if isinstance(v, bool) or not isinstance(v, PARAM_TYPES[k]):
             raise PresetError(f"{where}: {k} has the wrong type ({type(v).__name__})")
+        if k == "logit_bias":
+            v = _bias(where, v)
         out[k] = tuple(v) if k == "stop" and not isinstance(v, str) else v
+    return out
+
+
+def _bias(where: str, bias: dict) -> dict[int, Any]:
+    """JSON and TOML keys are strings: {"15": -100} biases token 15 (values are checked by SamplingParams)."""
+    out = {}
+    for key, value in bias.items():
+        text = str(key)
+        if isinstance(key, bool) or not (isinstance(key, int) or text.isascii() and text.isdigit()):
+            raise PresetError(f'{where}: logit_bias key {key!r} is not a token id (a whole number as text, "15")')
+        out[int(key)] = value
     return out
 
 

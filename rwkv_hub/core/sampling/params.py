@@ -87,6 +87,16 @@ class SamplingParams:
         if self.seed is not None:
             _integer("seed", self.seed, 0, 2**64 - 1, " or None for a random seed")
 
+    def check_vocabulary(self, vocab_size: int) -> None:
+        """The token ids named here (banned, biased, stopping) must be the model's; checked when a request
+        is submitted, so a wrong id is the request's error before anything runs."""
+        named = (("banned_tokens", self.banned_tokens), ("logit_bias", tuple(self.logit_bias)))
+        for name, ids in named + (("stop_tokens", self.stop_tokens),):
+            if ids and max(ids) >= vocab_size:
+                raise ParameterError(f"{name} has token id {max(ids)}, outside the vocabulary 0..{vocab_size - 1}")
+        if len(self.banned_tokens) >= vocab_size:
+            raise ParameterError(f"banned_tokens bans all {vocab_size} tokens of the vocabulary")
+
     @property
     def greedy(self) -> bool:
         """True when the most likely token is always taken (temperature 0 or top_p 0)."""

@@ -16,7 +16,7 @@ from functools import lru_cache
 import torch
 
 from ..errors import RWKVHubError
-from .params import ParameterError, SamplingParams
+from .params import SamplingParams
 
 NO_PENALTY_TEXT = " \t0123456789"
 # Rows with more tokens than this near their top logit skip the sorted-candidate path (see nucleus_cutoff).
@@ -87,11 +87,7 @@ class _Slot:
     """One sequence: its parameters, generator, and the column of each token it has generated."""
 
     def __init__(self, params: SamplingParams, vocab_size: int, device: torch.device):
-        for name, ids in (("banned_tokens", params.banned_tokens), ("logit_bias", list(params.logit_bias))):
-            if ids and max(ids) >= vocab_size:
-                raise ParameterError(f"{name} has token id {max(ids)}, outside the vocabulary 0..{vocab_size - 1}")
-        if len(params.banned_tokens) >= vocab_size:
-            raise ParameterError(f"banned_tokens bans all {vocab_size} tokens of the vocabulary")
+        params.check_vocabulary(vocab_size)
         self.params = params
         self.generator = torch.Generator(device=device)
         if params.seed is None:

@@ -25,6 +25,22 @@ class Tokenizer(Protocol):
     def decode_bytes(self, ids: Iterable[int]) -> bytes: ...
 
 
+def utf8(text: str | bytes) -> bytes:
+    """What a tokenizer reads: `str` as UTF-8, bytes as they are. A lone surrogate (such as "\\ud800" from
+    JSON) has no UTF-8 form, and anything else is not text: both raise TokenizerError."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        return bytes(text)
+    if not isinstance(text, str):
+        raise TokenizerError(f"a tokenizer encodes text (str) or bytes, not {type(text).__name__}")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise TokenizerError(
+            f"the text has a lone UTF-16 surrogate (U+{ord(text[e.start]):04X}) at character {e.start}: "
+            "it is not a character, so it cannot be encoded"
+        ) from None
+
+
 class ByteTokenizer:
     """One token per byte, id = byte value, no offset: the vocabulary of byte-level and ABC-music models.
 
@@ -35,16 +51,7 @@ class ByteTokenizer:
     vocab_size = 256
 
     def encode(self, text: str | bytes) -> list[int]:
-        """Raises TokenizerError for a lone surrogate (such as "\\ud800" from JSON): it has no UTF-8 form."""
-        if not isinstance(text, str):
-            return list(text)
-        try:
-            return list(text.encode("utf-8"))
-        except UnicodeEncodeError as e:
-            raise TokenizerError(
-                f"the text has a lone UTF-16 surrogate (U+{ord(text[e.start]):04X}) at character {e.start}: "
-                "it is not a character, so it cannot be encoded"
-            ) from None
+        return list(utf8(text))
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         try:

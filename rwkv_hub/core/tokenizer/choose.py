@@ -45,12 +45,13 @@ def detect(vocab_size: int) -> str:
     if vocab_size >= 50277:
         raise TokenizerError(
             f"vocabulary {vocab_size} means the 20B (GPT-NeoX) tokenizer, which does not ship with rwkv-hub; "
-            'pass tokenizer="20b:/path/to/20B_tokenizer.json" or write that name into a .tokenizer file by the model'
+            'pass tokenizer="20b:/path/to/20B_tokenizer.json" (--tokenizer 20b:PATH on the command line) '
+            "or write that name into a .tokenizer file by the model"
         )
     kind = "REMI music" if vocab_size < 2176 else "MIDI piano" if vocab_size < 20096 else "MIDI music"
     raise TokenizerError(
         f"vocabulary {vocab_size} looks like a {kind} model; put its {MIDI_FILE} beside the checkpoint, or pass "
-        f"tokenizer= ({NAMES} or a Tokenizer object) to load()"
+        f"tokenizer= ({NAMES} or a Tokenizer object) to load() (--tokenizer midi:PATH on the command line)"
     )
 
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from .base import TokenizerError
+from .base import TokenizerError, utf8
 
 FILE_NAME = "tokenizer-midi.json"
 
@@ -37,8 +37,7 @@ class MidiTokenizer:
         self.vocab_size = max(self.words) + 1
 
     def encode(self, text: str | bytes) -> list[int]:
-        if isinstance(text, bytes):
-            text = text.decode("utf-8")
+        text = utf8(text).decode("utf-8", errors="replace")  # a damaged byte: that word is not in the vocabulary
         out = []
         for word in text.split():
             tid = self.ids.get(word)

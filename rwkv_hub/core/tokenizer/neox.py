@@ -12,7 +12,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders
 
-from .base import TokenizerError
+from .base import TokenizerError, utf8
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -50,8 +50,7 @@ class NeoXTokenizer:
         self._added = {i: b"" if t.special else t.content.encode("utf-8") for i, t in added}
 
     def encode(self, text: str | bytes) -> list[int]:
-        if isinstance(text, bytes):
-            text = text.decode("utf-8", errors="replace")
+        text = utf8(text).decode("utf-8", errors="replace")
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int]) -> str:

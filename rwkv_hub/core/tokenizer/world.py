@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..native import build_library
-from .base import TokenizerError
+from .base import TokenizerError, utf8
 
 
 def official_vocab_path() -> Path:
@@ -153,7 +153,7 @@ class WorldTokenizer:
         return isinstance(self._trie, _CTrie)
 
     def encode(self, text: str | bytes) -> list[int]:
-        return self._trie.encode(text.encode("utf-8") if isinstance(text, str) else bytes(text))
+        return self._trie.encode(utf8(text))
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         table, ids = self._bytes, list(ids)
