@@ -373,3 +373,63 @@ def test_the_daemon_starts_and_stops_enabled_bots(checkpoint_factory, model_fact
         assert isinstance(run(go()), str)
     finally:
         server.close()
+
+
+def test_a_taken_or_too_long_nickname_still_gets_the_bot_in(daemon, irc, tmp_path):
+    """A nick in use at the longest length, and a nick over a server's 9-character limit (ngircd's
+    default): the bot registers under a variant instead of repeating a refused name forever."""
+    (tmp_path / "short").mkdir()
+    short = IrcServer(tmp_path / "short")
+    short.conf.write_text(short.conf.read_text().replace("MaxNickLength = 30", "MaxNickLength = 9"))
+    taken = "r" + "w" * 29  # 30 characters, the most the `irc` server takes
+
+    async def go():
+        holder = Person(taken)
+        await holder.connect(irc.port, "#one")
+        got = []
+        for server, nick in ((irc, taken), (short, "rwkv-hub-bot")):
+            settings = IrcSettings.from_table("irc", BOT | {"port": server.port, "nick": nick})
+            bot = IrcBot("irc", settings, Client(ws(daemon), token=TOKEN, retries=0))
+            task = asyncio.create_task(bot.run())
+            await joined(bot, "#one", "#two", timeout=20)
+            got.append(bot.nick)
+            task.cancel()
+        holder.close()
+        return got
+
+    short.start()
+    try:
+        in_use, shortened = run(go(), 60)
+    finally:
+        short.stop()
+    assert in_use != taken and len(in_use) <= 30 and in_use.startswith("rww")
+    assert len(shortened) <= 9 and shortened.startswith("rwkv-hub")
+
+
+def test_formatting_other_bots_commands_and_bad_commands(daemon, irc):
+    """Colours and bold around the bot's name still address it and never reach the model; another bot's
+    `!command` gets no answer; a command used wrongly says what was wrong."""
+
+    async def go():
+        bot, task = await started_bot(daemon, irc, user_burst=10, channel_burst=10)
+        dave = Person("dave")
+        await dave.connect(irc.port, "#one")
+        dave.send("PRIVMSG #one :\x02rwkv\x02: \x0304hello in colour\x03")
+        await dave.answer("#one")
+        dave.send("PRIVMSG #one :!weather paris")
+        quiet = await dave.drain(1.5)
+        dave.send("PRIVMSG #one :!ask")
+        ask = await dave.answer("#one")
+        dave.send("PRIVMSG #one :!preset nosuch")
+        preset = await dave.answer("#one")
+        async with Client(ws(daemon), token=TOKEN) as c:
+            said = await c.get_session(conversation(irc, "#one", "dave"))
+        dave.close()
+        task.cancel()
+        return quiet, ask, preset, [m["content"] for m in said["transcript"] if m["role"] == "user"]
+
+    quiet, ask, preset, said = run(go())
+    assert said == ["hello in colour"]
+    assert quiet == []
+    assert ask == "ask what? !ask QUESTION"
+    assert preset.startswith("no preset 'nosuch'; presets: ") and "chat" in preset

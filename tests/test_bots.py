@@ -89,3 +89,61 @@ def test_settings_are_checked():
     with pytest.raises(BotConfigError, match="'one' is not a channel name"):
         IrcSettings.from_table("irc", {"channels": ["one"]})
     assert IrcSettings.from_table("irc", {"tls": True, "port": 6697, "enabled": True}).tls
+
+
+def test_a_reply_cut_at_the_limit_says_so_even_in_its_last_message():
+    out = collect("word " * 100, 300, 50)  # never long enough for a message of 300: all in the last one
+    assert len(out) == 1 and out[0].endswith(" …") and len(out[0]) <= 52
+
+
+def test_irc_formatting_is_taken_off_and_settings_cannot_break_registration():
+    from rwkv_hub.adapters.bots.irc import strip_formatting
+
+    assert strip_formatting("\x02rwkv\x02: \x0304,12red\x03 \x1ditalic\x1d\x0f") == "rwkv: red italic"
+    assert clean("\x0304colour\x03 stays text") == ["colour stays text"]
+    with pytest.raises(BotConfigError, match="realname must not contain control characters"):
+        IrcSettings.from_table("irc", {"realname": "bot\r\nQUIT"})
+    with pytest.raises(BotConfigError, match="username 'a b' must be"):
+        IrcSettings.from_table("irc", {"username": "a b"})
+
+
+def test_the_state_kept_per_person_is_bounded(monkeypatch):
+    """A stream of new names (nick changes, a join flood) must not grow the bot's memory without end."""
+    import rwkv_hub.adapters.bots.core as core
+
+    monkeypatch.setattr(core, "MAX_TRACKED", 50)
+    settings = BotSettings.from_table("x", {"user_per_minute": 1e9, "channel_per_minute": 1e9})
+    bot = core.BotCore("x", settings, Client("ws://127.0.0.1:9/ws", token="x"), own_names=lambda: {"rwkv"})
+    slow = core.BotCore("x", BotSettings(), Client("ws://127.0.0.1:9/ws", token="x"), own_names=lambda: {"rwkv"})
+
+    async def go():
+        for n in range(500):
+            for b in (bot, slow):
+                got = [m async for m in b.handle(Incoming("net", None, f"user{n}", "!help"))]
+                assert got and "reset" in got[0]
+                got = [m async for m in b.handle(Incoming("net", "#c", f"user{n}", "!help"))]
+
+    asyncio.run(go())
+    for b in (bot, slow):
+        assert len(b.users) <= 51 and len(b.channels) <= 51 and len(b.warned) <= 51
+
+
+def test_commands_say_what_was_wrong():
+    bot = IrcBot("irc", IrcSettings(), Client("ws://127.0.0.1:9/ws", token="x"))
+
+    async def ask(text: str) -> list[str]:
+        return [m async for m in bot.core.handle(Incoming("net", "#c", "dave", text))]
+
+    assert asyncio.run(ask("!ask")) == ["ask what? !ask QUESTION"]
+    assert bot.core.is_command("!reset") and bot.core.is_command("!ask why") and not bot.core.is_command("!weather")
+
+
+def test_commands_answer_when_the_daemon_is_unreachable():
+    """!reset and !preset need the daemon: without it, the person is told, not left without an answer."""
+    bot = IrcBot("irc", IrcSettings(), Client("ws://127.0.0.1:9/ws", token="x", retries=0))
+
+    async def ask(text: str) -> list[str]:
+        return [m async for m in bot.core.handle(Incoming("net", None, text, text))]  # one person each
+
+    for command in ("!reset", "!preset", "!preset chat", "!ask hello?", "hello?"):
+        assert asyncio.run(ask(command)) == ["sorry, the model is not reachable right now; try again later"], command

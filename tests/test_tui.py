@@ -174,13 +174,18 @@ def test_conversations_persist_across_a_restart_of_the_tui(daemon):
     assert sid in names and texts[0] == "remember me"
 
 
+async def until_not_connected(pilot) -> None:
+    """Wait (up to 5 s) until the app has given up on the daemon it was pointed at."""
+    for _ in range(100):
+        await pilot.pause(0.05)
+        if "not connected" in pilot.app.connection:
+            return
+
+
 def test_an_unreachable_daemon_is_reported_not_a_crash():
     async def go():
         async with RwkvApp("http://127.0.0.1:9", TOKEN, autostart=False).run_test(size=(100, 30)) as pilot:
-            for _ in range(100):
-                await pilot.pause(0.05)
-                if "not connected" in pilot.app.connection:
-                    break
+            await until_not_connected(pilot)
             return str(pilot.app.query_one("#status", Static).render())
 
     status = asyncio.run(go())
@@ -242,10 +247,7 @@ def test_the_daemon_going_away_and_coming_back(model_factory, tmp_path):
 
     async def go():
         async with RwkvApp(f"http://127.0.0.1:{port}", TOKEN, autostart=False).run_test(size=(100, 30)) as pilot:
-            for _ in range(100):
-                await pilot.pause(0.05)
-                if "not connected" in pilot.app.connection:
-                    break
+            await until_not_connected(pilot)
             away = pilot.app.connection
             running = launch()  # the daemon comes (back)
             for _ in range(300):
@@ -342,3 +344,92 @@ def test_edit_last_takes_the_message_back_into_the_input(daemon):
 
     value, shown, session = asyncio.run(go())
     assert value == "first try" and shown == [] and session["turns"] == 0 and session["transcript"] == []
+
+
+def test_a_bad_parameter_keeps_the_typed_message(daemon):
+    async def go():
+        async with app_for(daemon).run_test(size=(120, 40)) as pilot:
+            await connected(pilot)
+            shown = len(pilot.app.query_one("#messages").query(Markdown))
+            pilot.app.query_one("#p-top_p", Input).value = "7"
+            await type_and_send(pilot, "a long message I typed")
+            await pilot.pause(0.3)
+            kept = pilot.app.query_one("#prompt", Input).value
+            return kept, len(pilot.app.query_one("#messages").query(Markdown)) - shown
+
+    kept, added = asyncio.run(go())
+    assert kept == "a long message I typed" and added == 0
+
+
+def test_keys_while_the_daemon_is_unreachable_say_so_and_keep_the_message():
+    """Every key that talks to the daemon, pressed while there is none: a notice, no traceback."""
+
+    async def go():
+        async with RwkvApp("http://127.0.0.1:9", TOKEN, autostart=False).run_test(size=(100, 30)) as pilot:
+            await until_not_connected(pilot)
+            pilot.app.session = "was-open"  # as after the daemon went away mid-conversation
+            pilot.app.last_user = "earlier"
+            for key in ("ctrl+n", "ctrl+f", "f8", "ctrl+r", "f2"):
+                await pilot.press(key)
+                await pilot.pause(0.1)
+            await type_and_send(pilot, "not lost")
+            notes = [n.message for n in pilot.app._notifications]
+            return pilot.app.query_one("#prompt", Input).value, notes
+
+    kept, notes = asyncio.run(go())
+    assert kept == "not lost" and notes and all("not connected to the daemon" in n for n in notes)
+
+
+def test_urls_in_every_spelling_the_docs_use(daemon):
+    """`--url` takes the daemon's HTTP address or the WebSocket URL the bots take; a wrong one is said."""
+    from rwkv_hub.adapters.tui.connection import daemon_base
+
+    assert daemon_base("http://localhost") == ("http://localhost:8765", 8765)
+    assert daemon_base("ws://127.0.0.1:9000/ws") == ("http://127.0.0.1:9000", 9000)
+
+    async def go(url):
+        async with RwkvApp(url, TOKEN, autostart=True).run_test(size=(120, 40)) as pilot:
+            for _ in range(200):
+                await pilot.pause(0.05)
+                if pilot.app.connection == "connected" or "not connected" in pilot.app.connection:
+                    break
+            return pilot.app.connection
+
+    ws_url = daemon.url.replace("http", "ws", 1) + "/ws"
+    assert asyncio.run(go(ws_url)) == "connected"
+    bad = asyncio.run(go("localhost:8765"))
+    assert "'localhost:8765' is not a daemon address; give http://HOST:PORT" in bad and "retrying" not in bad
+
+
+def test_a_local_daemon_that_cannot_start_says_why(tmp_path):
+    from rwkv_hub.adapters.tui.connection import LocalDaemon
+
+    async def go():
+        local = LocalDaemon(_free_port(), str(tmp_path / "missing.pth"))
+        try:
+            await local.ready()
+        except ConnectionError as e:
+            return str(e)
+        finally:
+            local.stop()
+
+    said = asyncio.run(go())
+    assert said.startswith("the local daemon did not start: ") and "missing.pth" in said, said
+
+
+def test_f5_on_the_music_screen_opens_no_second_one(daemon):
+    from rwkv_hub.adapters.tui.music import MusicScreen
+
+    async def go():
+        async with app_for(daemon).run_test(size=(120, 40)) as pilot:
+            await connected(pilot)
+            await pilot.press("f5")
+            await pilot.pause(0.2)
+            await pilot.press("f5")
+            await pilot.pause(0.2)
+            music = [s for s in pilot.app.screen_stack if isinstance(s, MusicScreen)]
+            await pilot.press("escape")
+            await pilot.pause(0.2)
+            return len(music), isinstance(pilot.app.screen, MusicScreen)
+
+    assert asyncio.run(go()) == (1, False)

@@ -22,6 +22,8 @@ from ...core.errors import RWKVHubError
 from ..client import Client, ServerError
 
 log = logging.getLogger("rwkv_hub.bots")
+COMMANDS = ("ask", "reset", "preset", "help")  # what `command_prefix` + NAME does (docs/bots.md)
+MAX_TRACKED = 4096  # rate-limit buckets kept; beyond it, the ones that have refilled (forgotten people) go
 
 
 class BotConfigError(RWKVHubError):
@@ -103,10 +105,18 @@ class Bucket:
         self.burst, self.rate, self.clock = burst, per_minute / 60.0, clock
         self.tokens, self.at = float(burst), clock()
 
-    def take(self) -> bool:
+    def _refill(self) -> None:
         now = self.clock()
         self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
+
+    def full(self) -> bool:
+        """Whether the whole burst is back (a new bucket would be the same)."""
+        self._refill()
+        return self.tokens >= self.burst
+
+    def take(self) -> bool:
+        self._refill()
         if self.tokens >= 1:
             self.tokens -= 1
             return True
@@ -148,8 +158,9 @@ def chunks(pieces: AsyncIterator[str], size: int, limit: int) -> AsyncIterator[s
                     return
                 if out:
                     yield out
-        if buf.strip() and total < limit:
-            yield buf.strip()[: limit - total]
+        rest = buf.strip()
+        if rest and total < limit:
+            yield rest if total + len(rest) <= limit else rest[: limit - total] + " …"
 
     return gen()
 
@@ -185,7 +196,7 @@ class BotCore:
         if not self._allowed(where, msg.user):
             if (where, msg.user) not in self.warned:
                 self.warned.add((where, msg.user))
-                wait = self.users[(where, msg.user)].wait()
+                wait = max(self.users[(where, msg.user)].wait(), self.channels[where].wait())
                 yield f"slow down, please: try again in {max(1, round(wait))} s"
             return
         self.warned.discard((where, msg.user))
@@ -198,7 +209,30 @@ class BotCore:
         async for out in self._chat(msg, text):
             yield out
 
+    def is_command(self, text: str) -> bool:
+        """Whether `text` is one of this bot's commands (an adapter can leave other bots' commands alone)."""
+        p = self.settings.command_prefix
+        return text.startswith(p) and text[len(p) :].strip().partition(" ")[0] in COMMANDS
+
+    def _prune(self) -> None:
+        """Keep the per-person and per-channel state bounded: a bucket that has refilled holds nothing the
+        next message would not get afresh, and an idle conversation's lock can be made again."""
+        for table in (self.users, self.channels):
+            if len(table) > MAX_TRACKED:
+                for key in [k for k, b in table.items() if b.full()]:
+                    del table[key]
+                while len(table) > MAX_TRACKED:  # many new names at once: the oldest are forgotten
+                    del table[next(iter(table))]
+        if len(self.locks) > MAX_TRACKED:
+            for sid in [sid for sid, lock in self.locks.items() if not lock.locked() and not lock._waiters]:
+                del self.locks[sid]
+        if len(self.warned) > MAX_TRACKED:
+            self.warned = {w for w in self.warned if w in self.users}
+        while len(self.presets) > MAX_TRACKED:
+            del self.presets[next(iter(self.presets))]
+
     def _allowed(self, where: str, user: str) -> bool:
+        self._prune()
         s = self.settings
         ub = self.users.setdefault((where, user), Bucket(s.user_burst, s.user_per_minute))
         cb = self.channels.setdefault(where, Bucket(s.channel_burst, s.channel_per_minute))
@@ -211,21 +245,34 @@ class BotCore:
 
     async def _command(self, msg: Incoming, line: str) -> AsyncIterator[str]:
         name, _, arg = line.partition(" ")
+        try:
+            async for out in self._run_command(msg, name, arg.strip()):
+                yield out
+        except ServerError as e:
+            log.warning("bot %s: the daemon refused %s: %s", self.name, name, e)
+            yield f"sorry, the daemon refused that ({e}); try again later"
+        except ConnectionError:
+            yield "sorry, the model is not reachable right now; try again later"
+
+    async def _run_command(self, msg: Incoming, name: str, arg: str) -> AsyncIterator[str]:
         sid = session_id(msg)
         p = self.settings.command_prefix
         if name == "reset":
             try:
                 await self.client.reset_session(sid)
             except ServerError as e:
-                if e.code != "session":
+                if e.code != "session":  # no session yet: there is nothing to forget
                     raise
             yield "forgotten: we start afresh"
         elif name == "preset":
             presets = await self._presets()
-            arg = arg.strip()
-            if arg not in presets:
-                yield f"presets: {', '.join(presets)} (now: {self.presets.get(sid, self.settings.preset)})"
+            now = self.presets.get(sid, self.settings.preset)
+            if not arg:
+                yield f"presets: {', '.join(presets)} (now: {now})"
+            elif arg not in presets:
+                yield f"no preset {arg!r}; presets: {', '.join(presets)} (now: {now})"
             else:
+                self.presets.pop(sid, None)
                 self.presets[sid] = arg
                 yield f"preset set to {arg}"
         elif name == "help":
@@ -233,8 +280,11 @@ class BotCore:
                 f"talk to me by name or in private; {p}reset forgets our conversation, {p}preset NAME changes "
                 f"how I answer ({p}preset lists them), {p}ask QUESTION asks without my name"
             )
-        elif name == "ask" and arg.strip():
-            async for out in self._chat(msg, arg.strip()):
+        elif name == "ask":
+            if not arg:
+                yield f"ask what? {p}ask QUESTION"
+                return
+            async for out in self._chat(msg, arg):
                 yield out
         else:
             yield f"unknown command {p}{name}; try {p}help"
@@ -248,7 +298,7 @@ class BotCore:
         sid = session_id(msg)
         lock = self.locks.setdefault(sid, asyncio.Lock())
         s = self.settings
-        async with self.slots, lock:  # one turn at a time per conversation
+        async with lock, self.slots:  # one turn at a time per conversation, waited for before a slot
             req = self.client.chat(
                 text,
                 session=sid,

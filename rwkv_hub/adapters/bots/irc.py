@@ -23,6 +23,12 @@ log = logging.getLogger("rwkv_hub.bots")
 LINE_BYTES = 512
 PREFIX_ROOM = 100  # what the server adds when it relays our line: ":nick!user@host "
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# mIRC formatting: colour (\x03 with its digits), hex colour (\x04), bold, italics, underline, reverse, ...
+_FORMATTING = re.compile(
+    r"\x03(\d{1,2}(,\d{1,2})?)?|\x04([0-9a-fA-F]{6}(,[0-9a-fA-F]{6})?)?|[\x02\x0f\x11\x16\x1d\x1e\x1f]"
+)
+NICK_TRIES = 8  # nicknames tried at registration before giving up until the next reconnection
+SHORT_NICK = 9  # the nickname length every server takes (RFC 1459)
 
 
 @dataclass
@@ -50,6 +56,13 @@ class IrcSettings(BotSettings):
         for ch in self.channels:
             if not re.fullmatch(r"[#&][^\s,\x07]{1,49}", ch):
                 raise BotConfigError(f"[bots.{name}]: channel {ch!r} is not a channel name (#name)")
+        if not re.fullmatch(r"[^\s@\x00-\x1f\x7f]{1,30}", self.username):
+            raise BotConfigError(f"[bots.{name}]: username {self.username!r} must be 1-30 characters, no spaces or @")
+        for key in ("realname", "password"):
+            if _CONTROL.search(getattr(self, key)):
+                raise BotConfigError(f"[bots.{name}]: {key} must not contain control characters or line breaks")
+        if not self.realname.strip():
+            raise BotConfigError(f"[bots.{name}]: realname must not be empty")
         if self.reconnect_min <= 0 or self.reconnect_max < self.reconnect_min:
             raise BotConfigError(f"[bots.{name}]: reconnect_min must be above 0 and at most reconnect_max")
 
@@ -67,9 +80,14 @@ def parse_line(line: str) -> tuple[str, str, list[str]]:
     return prefix, command, params
 
 
+def strip_formatting(text: str) -> str:
+    """`text` without IRC colours and styles, so what people write in colour still reaches the model as text."""
+    return _FORMATTING.sub("", text)
+
+
 def clean(text: str) -> list[str]:
-    """The lines a reply becomes on IRC: no control characters, no empty lines."""
-    return [s for s in (_CONTROL.sub(" ", line).strip() for line in text.split("\n")) if s]
+    """The lines a reply becomes on IRC: no formatting or control characters, no empty lines."""
+    return [s for s in (_CONTROL.sub(" ", strip_formatting(line)).strip() for line in text.split("\n")) if s]
 
 
 def split_bytes(text: str, limit: int) -> list[str]:
@@ -100,6 +118,8 @@ class IrcBot:
         self._writer: asyncio.StreamWriter | None = None
         self._out: asyncio.Queue[str] = asyncio.Queue(maxsize=1000)
         self._tasks: set[asyncio.Task] = set()
+        self._nick_tries = 0
+        self._short_nick = False  # the server refused a nickname: keep to the length every server takes
 
     async def run(self) -> None:
         """Connect, serve, and reconnect with exponential backoff until cancelled."""
@@ -108,7 +128,8 @@ class IrcBot:
             try:
                 await self._session()
                 delay = self.settings.reconnect_min  # a session that ended after registering: retry soon
-            except (OSError, asyncio.IncompleteReadError, ConnectionError) as e:
+            # ValueError: a line longer than the reader's limit (64 KiB), from a broken or hostile server
+            except (OSError, asyncio.IncompleteReadError, ConnectionError, ValueError) as e:
                 log.warning("bot %s: %s:%s: %s", self.name, self.settings.server, self.settings.port, e)
             finally:
                 self.connected.clear()
@@ -127,7 +148,7 @@ class IrcBot:
         self._writer = writer
         sender = asyncio.create_task(self._send_loop(writer))
         try:
-            self.nick = s.nick
+            self.nick, self._nick_tries = s.nick, 0
             if s.password:
                 self._raw(f"PASS {s.password}")
             self._raw(f"NICK {self.nick}")
@@ -179,9 +200,8 @@ class IrcBot:
             self.connected.set()
             for ch in self.settings.channels:
                 self._raw(f"JOIN {ch}")
-        elif command in ("433", "432"):  # nick in use or refused: try another
-            self.nick = (self.nick + "_")[:30]
-            self._raw(f"NICK {self.nick}")
+        elif command in ("433", "432", "437") and not self.connected.is_set():  # in use, refused, held
+            self._another_nick(command, params[-1] if params else "")
         elif command == "JOIN" and prefix.split("!")[0] == self.nick and params:
             self.joined.add(params[0].lower())
         elif command == "NICK" and prefix.split("!")[0] == self.nick and params:
@@ -189,9 +209,31 @@ class IrcBot:
         elif command == "PRIVMSG" and len(params) == 2:
             self._on_privmsg(prefix.split("!")[0], params[0], params[1])
 
+    def _another_nick(self, code: str, why: str) -> None:
+        """Register under another nickname: the configured one with `_` or a number, shortened to 9 once
+        the server refused one (many servers take no more); after `NICK_TRIES`, reconnect later."""
+        self._nick_tries += 1
+        if self._nick_tries > NICK_TRIES:
+            raise ConnectionError(
+                f"the server took none of the nicknames tried ({self.settings.nick!r} and variants): {why}; "
+                f"set another `nick` in [bots.{self.name}]"
+            )
+        self._short_nick = self._short_nick or code == "432"
+        limit = SHORT_NICK if self._short_nick else 30
+        base = self.settings.nick
+        if code == "432" and len(base) > limit and self.nick == base:
+            suffix = ""
+        else:
+            suffix = "_" if self._nick_tries == 1 else str(self._nick_tries)
+        new = base[: limit - len(suffix)] + suffix
+        log.warning("bot %s: nickname %r not taken (%s %s); trying %r", self.name, self.nick, code, why, new)
+        self.nick = new
+        self._raw(f"NICK {self.nick}")
+
     def _on_privmsg(self, user: str, target: str, text: str) -> None:
         if text.startswith("\x01"):  # CTCP (ACTION, VERSION, ...): not for the model
             return
+        text = strip_formatting(text)
         direct = target.lower() == self.nick.lower()
         if direct:
             said = text
@@ -199,7 +241,7 @@ class IrcBot:
             m = re.match(rf"\s*{re.escape(self.nick)}\s*[:,]\s*(.*)$", text, re.I | re.S)
             if m:
                 said = m.group(1)
-            elif text.startswith(self.settings.command_prefix):
+            elif self.core.is_command(text):  # another bot's `!command` in the channel is not for us
                 said = text
             else:
                 return

@@ -59,6 +59,9 @@ def guarded(method):
 
     @functools.wraps(method)
     async def wrapper(self, *args, **kwargs):
+        if self.client is None:
+            self.notify(f"not connected to the daemon ({self.connection}); try again once it is", severity="warning")
+            return None
         try:
             return await method(self, *args, **kwargs)
         except ServerError as e:
@@ -155,6 +158,7 @@ class RwkvApp(App):
         self.last_user: str | None = None
         self.stats = {"tok_s": 0.0, "tokens": 0, "cached": 0}
         self.replies = 0  # replies finished (or failed) so far
+        self.sending = False  # a message is on its way (set before its worker starts, so Enter cannot send twice)
         self._show_lock = asyncio.Lock()
         self.connection = "connecting"
 
@@ -195,6 +199,7 @@ class RwkvApp(App):
         try:
             if self.client is not None:
                 await self.client.close()
+                self.client = None  # until the new connection is there: actions say so rather than hang
             self.client, started = await connect(self.url, self.token, self.autostart, self.model_path)
             self.local = self.local or started
             self.hello = await self.client.hello()
@@ -209,6 +214,9 @@ class RwkvApp(App):
             self.client = None
             self.connection = f"not connected: {e} (Ctrl+Q to quit; retrying in 5 s)"
             self.set_timer(5, self.open_connection)
+        except RWKVHubError as e:  # a wrong --url: retrying would not help
+            self.client = None
+            self.connection = f"not connected: {e} (Ctrl+Q to quit)"
         self.refresh_status()
 
     def lost(self, error: BaseException) -> None:
@@ -361,7 +369,8 @@ class RwkvApp(App):
     def action_music(self) -> None:
         from .music import MusicScreen
 
-        self.push_screen(MusicScreen())
+        if not isinstance(self.screen, MusicScreen):  # F5 on the music screen: one is enough
+            self.push_screen(MusicScreen())
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -370,14 +379,28 @@ class RwkvApp(App):
 
     @on(Input.Submitted, "#prompt")
     def submitted(self, event: Input.Submitted) -> None:
+        """Send the message; when it cannot go (no daemon, a bad parameter), it stays in the input."""
         text = event.value
-        if not text.strip() or self.client is None or self.request is not None:
+        if not text.strip() or self.sending:
+            return
+        if self.client is None:
+            self.notify(f"not connected to the daemon ({self.connection}); the message is kept", severity="warning")
+            return
+        if self.params() is None:
             return
         event.input.value = ""
+        self.sending = True
         self.send(text)
 
     @work(group="send")
     async def send(self, text: str, show_user: bool = True) -> None:
+        self.sending = True
+        try:
+            await self._send(text, show_user)
+        finally:  # whatever happened, the next message can go
+            self.sending = False
+
+    async def _send(self, text: str, show_user: bool) -> None:
         params = self.params()
         if params is None:
             return
@@ -442,7 +465,7 @@ class RwkvApp(App):
 
     async def take_back(self, *kinds: str) -> bool:
         """Rewind the session by one turn and remove the last message of each kind from the screen."""
-        if self.request is not None or not self.session or self.last_user is None:
+        if self.sending or not self.session or self.last_user is None:
             return False
         try:
             await self.client.rewind_session(self.session)

@@ -6,8 +6,12 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.parse
 import urllib.request
 
+from ...core.errors import RWKVHubError
 from ...hub.config import DEFAULT_PORT
 from ...hub.token import get_token
 from ..client import Client
@@ -22,17 +26,35 @@ class LocalDaemon:
         cmd = [sys.executable, "-m", "rwkv_hub", "serve", "--port", str(port)]
         if model:
             cmd += ["--model", model]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        # stderr goes to a file, not a pipe nobody reads (a full pipe would stall the daemon), so that why
+        # it did not start can be said
+        self.log = tempfile.TemporaryFile(mode="w+", prefix="rwkv-hub-tui-daemon-")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.url: str | None = None
 
     async def ready(self) -> str:
+        """The daemon's URL once it says it is serving (notices before that line are skipped)."""
         loop = asyncio.get_running_loop()
-        line = await asyncio.wait_for(loop.run_in_executor(None, self.proc.stdout.readline), START_TIMEOUT_S)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        line = "-"
+        try:
+            while line and " on http" not in line:
+                left = max(deadline - time.monotonic(), 0.1)
+                line = await asyncio.wait_for(loop.run_in_executor(None, self.proc.stdout.readline), left)
+        except TimeoutError:
+            self.stop()
+            raise ConnectionError(f"the local daemon did not start within {START_TIMEOUT_S} s") from None
         if " on http" not in line:
             self.stop()
-            raise ConnectionError("the local daemon did not start (run `rwkv-hub serve` to see why)")
+            raise ConnectionError(f"the local daemon did not start: {self.reason()}")
         self.url = line.rsplit(" ", 1)[-1].strip()
         return self.url
+
+    def reason(self) -> str:
+        """The daemon's last line on stderr (its error), or where to look."""
+        self.log.seek(0)
+        lines = [line.strip() for line in self.log.read()[-4000:].splitlines() if line.strip()]
+        return lines[-1] if lines else "run `rwkv-hub serve` to see why"
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -51,16 +73,33 @@ def daemon_running(url: str) -> bool:
         return False
 
 
+def daemon_base(url: str | None) -> tuple[str, int]:
+    """The daemon's HTTP base URL and port from `--url`: http(s)://host[:port] or the WebSocket URL the bots
+    take (ws://host:port/ws); the port defaults to the daemon's."""
+    parts = urllib.parse.urlsplit(url or f"http://127.0.0.1:{DEFAULT_PORT}")
+    scheme = {"http": "http", "ws": "http", "https": "https", "wss": "https"}.get(parts.scheme)
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        port = None
+    if scheme is None or not parts.hostname or port is None or parts.path.rstrip("/") not in ("", "/ws"):
+        raise RWKVHubError(
+            f"--url {url!r} is not a daemon address; give http://HOST:PORT (or ws://HOST:PORT/ws), "
+            f"e.g. http://127.0.0.1:{DEFAULT_PORT}"
+        )
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{scheme}://{host}:{port}", port
+
+
 async def connect(
     url: str | None, token: str | None, autostart: bool, model: str | None = None
 ) -> tuple[Client, LocalDaemon | None]:
     """A connected client, and the daemon this started (None when one was already running)."""
-    base = url or f"http://127.0.0.1:{DEFAULT_PORT}"
+    base, port = daemon_base(url)
     started = None
     if not await asyncio.get_running_loop().run_in_executor(None, daemon_running, base):
         if not autostart:
             raise ConnectionError(f"no rwkv-hub daemon at {base}; start one with `rwkv-hub serve`")
-        port = int(base.rsplit(":", 1)[-1].split("/")[0]) if url else DEFAULT_PORT
         started = LocalDaemon(port, model)
         base = await started.ready()
     token = token or os.environ.get("RWKV_HUB_TOKEN") or get_token()
