@@ -16,6 +16,7 @@ from textual.widgets import Input, ListView, Markdown, Select, Static
 
 from rwkv_hub.adapters.tui.app import RwkvApp
 from rwkv_hub.core.builtin import BUILTIN_MODEL
+from rwkv_hub.core.errors import RWKVHubError
 from rwkv_hub.hub.config import Config
 
 TOKEN = "tui-test-token"
@@ -150,14 +151,19 @@ def test_preset_fills_the_panel_and_mode_follows(daemon):
     assert values == {"temperature": "1.0", "top_p": "0.0"} and mode == "instruction" and shown and invalid
 
 
+async def first_message(pilot, text: str, max_tokens: int) -> None:
+    """Once connected, send `text` in a new conversation and wait for the reply."""
+    await connected(pilot)
+    await new_conversation(pilot)
+    pilot.app.query_one("#p-max_tokens", Input).value = str(max_tokens)
+    await type_and_send(pilot, text)
+    await wait_idle(pilot)
+
+
 def test_conversations_persist_across_a_restart_of_the_tui(daemon):
     async def first():
         async with app_for(daemon).run_test(size=(120, 40)) as pilot:
-            await connected(pilot)
-            await new_conversation(pilot)
-            pilot.app.query_one("#p-max_tokens", Input).value = "5"
-            await type_and_send(pilot, "remember me")
-            await wait_idle(pilot)
+            await first_message(pilot, "remember me", 5)
             return pilot.app.session
 
     async def second(sid):
@@ -172,6 +178,21 @@ def test_conversations_persist_across_a_restart_of_the_tui(daemon):
     sid = asyncio.run(first())
     names, texts = asyncio.run(second(sid))
     assert sid in names and texts[0] == "remember me"
+
+
+def test_switching_to_an_empty_conversation_forgets_the_last_message(daemon):
+    """Regenerate (Ctrl+R) and edit (F2) act on the shown conversation's last message, not another's."""
+
+    async def go():
+        async with app_for(daemon).run_test(size=(120, 40)) as pilot:
+            await first_message(pilot, "a message here", 3)
+            before = pilot.app.last_user
+            await new_conversation(pilot)
+            await pilot.pause(0.2)
+            return before, pilot.app.last_user
+
+    before, after = asyncio.run(go())
+    assert before == "a message here" and after is None
 
 
 async def until_not_connected(pilot) -> None:
@@ -408,7 +429,7 @@ def test_a_local_daemon_that_cannot_start_says_why(tmp_path):
         local = LocalDaemon(_free_port(), str(tmp_path / "missing.pth"))
         try:
             await local.ready()
-        except ConnectionError as e:
+        except RWKVHubError as e:  # a user error, not a lost connection: the TUI does not start it again
             return str(e)
         finally:
             local.stop()

@@ -280,6 +280,7 @@ class RwkvApp(App):
                 return
             box = self.query_one("#messages", VerticalScroll)
             await box.remove_children()
+            self.last_user = None  # this conversation's own last message, if it has one
             for m in data.get("transcript", []):
                 await box.mount(Markdown(m["content"], classes=m["role"]))
                 if m["role"] == "user":

@@ -45,8 +45,16 @@ class LocalDaemon:
             self.stop()
             raise ConnectionError(f"the local daemon did not start within {START_TIMEOUT_S} s") from None
         if " on http" not in line:
+            if not line:  # its output ended: it is exiting; its status tells a user error from a crash
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    pass
             self.stop()
-            raise ConnectionError(f"the local daemon did not start: {self.reason()}")
+            said = f"the local daemon did not start: {self.reason()}"
+            if self.proc.returncode == 2:  # a user error (a bad --model, config or port): starting again repeats it
+                raise RWKVHubError(said)
+            raise ConnectionError(said)
         self.url = line.rsplit(" ", 1)[-1].strip()
         return self.url
 
