@@ -28,6 +28,7 @@ from .server import Daemon
 
 log = logging.getLogger("rwkv_hub")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+UNRESOLVED_HINT = "; give a name or address of this machine"  # after the resolver's reason
 
 
 class ListenError(RWKVHubError):
@@ -96,7 +97,7 @@ async def start(config: Config, token: str, hub: Hub | None = None, engine_threa
         hint = " (is another daemon running there?)" if e.errno == errno.EADDRINUSE else ""
         where = f"{_url_host(config.host)}:{config.port}"
         if isinstance(e, socket.gaierror):  # a host name that does not resolve
-            reason, hint = e.strerror, "; give a name or address of this machine"
+            reason, hint = e.strerror, UNRESOLVED_HINT
         else:
             reason = os.strerror(e.errno) if e.errno else str(e)  # asyncio's strerror repeats the address
         raise ListenError(f"cannot listen on {where}: {reason}{hint}") from None
@@ -112,7 +113,7 @@ def _check_host(host: str) -> None:
     try:
         socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        raise ListenError(f"cannot listen on {host}: {e.strerror}; give a name or address of this machine") from None
+        raise ListenError(f"cannot listen on {host}: {e.strerror}{UNRESOLVED_HINT}") from None
 
 
 def _url_host(host: str) -> str:

@@ -90,8 +90,12 @@ class SamplingParams:
     def check_vocabulary(self, vocab_size: int) -> None:
         """The token ids named here (banned, biased, stopping) must be the model's; checked when a request
         is submitted, so a wrong id is the request's error before anything runs."""
-        named = (("banned_tokens", self.banned_tokens), ("logit_bias", tuple(self.logit_bias)))
-        for name, ids in named + (("stop_tokens", self.stop_tokens),):
+        named = (
+            ("banned_tokens", self.banned_tokens),
+            ("logit_bias", tuple(self.logit_bias)),
+            ("stop_tokens", self.stop_tokens),
+        )
+        for name, ids in named:
             if ids and max(ids) >= vocab_size:
                 raise ParameterError(f"{name} has token id {max(ids)}, outside the vocabulary 0..{vocab_size - 1}")
         if len(self.banned_tokens) >= vocab_size:
