@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -265,6 +266,40 @@ def test_two_people_two_channels_reset_flood_and_a_server_restart(daemon, irc):
     assert len(slowed) == 1 and len(answers) == 3, flood  # her burst, then one notice and silence
     assert bob_wait < 15
     assert isinstance(back, str) and dm[1]
+
+
+def test_a_server_that_goes_silent_is_pinged_then_left_and_the_bot_comes_back(daemon, irc):
+    """A frozen server (SIGSTOP: the connection stays open, nothing comes) is what a dead link looks like."""
+
+    async def go():
+        bot, task = await started_bot(daemon, irc, ping_interval=0.5)
+        # An idle but live server answers our PINGs: the bot stays on through several intervals.
+        dropped = False
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            dropped = dropped or not bot.connected.is_set()
+        os.kill(irc.proc.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            while bot.connected.is_set() and time.monotonic() - t0 < 20:
+                await asyncio.sleep(0.05)
+            gave_up = time.monotonic() - t0
+            left = not bot.connected.is_set()
+        finally:
+            os.kill(irc.proc.pid, signal.SIGCONT)
+        await joined(bot, "#one", "#two")
+        erin = Person("erin")
+        await erin.connect(irc.port, "#one")
+        erin.send("PRIVMSG #one :rwkv: still with us?")
+        back = await erin.answer("#one")
+        erin.close()
+        task.cancel()
+        return dropped, left, gave_up, back
+
+    dropped, left, gave_up, back = run(go())
+    assert not dropped  # PONGs keep a quiet connection
+    assert left and 0.5 <= gave_up < 5, gave_up  # a PING after 0.5 s of silence, given up 0.5 s later
+    assert isinstance(back, str)
 
 
 def test_the_bot_connects_over_tls(daemon, tmp_path):

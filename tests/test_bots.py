@@ -88,6 +88,8 @@ def test_settings_are_checked():
         IrcSettings.from_table("irc", {"tls": "yes"})
     with pytest.raises(BotConfigError, match="'one' is not a channel name"):
         IrcSettings.from_table("irc", {"channels": ["one"]})
+    with pytest.raises(BotConfigError, match="ping_interval must be above 0"):
+        IrcSettings.from_table("irc", {"ping_interval": 0})
     assert IrcSettings.from_table("irc", {"tls": True, "port": 6697, "enabled": True}).tls
 
 

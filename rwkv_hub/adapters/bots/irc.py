@@ -46,6 +46,7 @@ class IrcSettings(BotSettings):
     send_interval: float = 0.4  # seconds between lines we send (servers drop clients that flood)
     reconnect_min: float = 1.0
     reconnect_max: float = 60.0
+    ping_interval: float = 120.0  # seconds of silence from the server before we PING it; as long again: reconnect
 
     def check(self, name: str) -> None:
         super().check(name)
@@ -65,6 +66,8 @@ class IrcSettings(BotSettings):
             raise BotConfigError(f"[bots.{name}]: realname must not be empty")
         if self.reconnect_min <= 0 or self.reconnect_max < self.reconnect_min:
             raise BotConfigError(f"[bots.{name}]: reconnect_min must be above 0 and at most reconnect_max")
+        if not 0 < self.ping_interval <= 3600:
+            raise BotConfigError(f"[bots.{name}]: ping_interval must be above 0 and at most 3600 seconds")
 
 
 def parse_line(line: str) -> tuple[str, str, list[str]]:
@@ -154,7 +157,7 @@ class IrcBot:
             self._raw(f"NICK {self.nick}")
             self._raw(f"USER {s.username} 0 * :{s.realname}")
             while True:
-                raw = await reader.readline()
+                raw = await self._read_line(reader)
                 if not raw:
                     raise ConnectionError("the server closed the connection")
                 self._on_line(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
@@ -166,6 +169,20 @@ class IrcBot:
             self._writer = None
             while not self._out.empty():
                 self._out.get_nowait()
+
+    async def _read_line(self, reader: asyncio.StreamReader) -> bytes:
+        """The next line from the server. A link that died without a close (a sleeping laptop, a dropped
+        route) sends nothing, so after `ping_interval` of silence we PING, and if nothing comes back in as
+        long again we give the connection up: `run` reconnects."""
+        wait = self.settings.ping_interval
+        try:
+            return await asyncio.wait_for(reader.readline(), wait)
+        except asyncio.TimeoutError:
+            self._raw("PING :rwkv-hub")
+        try:
+            return await asyncio.wait_for(reader.readline(), wait)
+        except asyncio.TimeoutError:
+            raise ConnectionError(f"the server sent nothing for {2 * wait:g} s, even to a PING") from None
 
     def _raw(self, line: str) -> None:
         """Queue a protocol line (never text from users or the model: `say` cleans that)."""
