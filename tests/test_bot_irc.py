@@ -199,6 +199,17 @@ async def joined(bot: IrcBot, *channels: str, timeout: float = 30) -> None:
         await asyncio.sleep(0.05)
 
 
+async def ask_once(irc, nick: str, channel: str, text: str) -> str:
+    """Someone joins `channel`, asks the bot one thing, and leaves with the answer."""
+    person = Person(nick)
+    await person.connect(irc.port, channel)
+    person.send(f"PRIVMSG {channel} :rwkv: {text}")
+    try:
+        return await person.answer(channel)
+    finally:
+        person.close()
+
+
 def conversation(irc, channel: str, nick: str) -> str:
     return session_id(Incoming("127.0.0.1", channel, nick, ""))
 
@@ -247,11 +258,7 @@ def test_two_people_two_channels_reset_flood_and_a_server_restart(daemon, irc):
         bob.close()
         irc.start()
         await joined(bot, "#one", "#two")
-        carol = Person("carol")
-        await carol.connect(irc.port, "#two")
-        carol.send("PRIVMSG #two :rwkv: did you come back?")
-        back = await carol.answer("#two")
-        carol.close()
+        back = await ask_once(irc, "carol", "#two", "did you come back?")
         task.cancel()
         return before, reset_reply, a2, b2, bob_wait, flood, back, dm
 
@@ -288,11 +295,7 @@ def test_a_server_that_goes_silent_is_pinged_then_left_and_the_bot_comes_back(da
         finally:
             os.kill(irc.proc.pid, signal.SIGCONT)
         await joined(bot, "#one", "#two")
-        erin = Person("erin")
-        await erin.connect(irc.port, "#one")
-        erin.send("PRIVMSG #one :rwkv: still with us?")
-        back = await erin.answer("#one")
-        erin.close()
+        back = await ask_once(irc, "erin", "#one", "still with us?")
         task.cancel()
         return dropped, left, gave_up, back
 
