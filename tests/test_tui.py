@@ -73,6 +73,25 @@ async def type_and_send(pilot, text: str) -> None:
     await pilot.pause(0.1)
 
 
+async def greedy_conversation(pilot, max_tokens: int, mode: str | None = None) -> None:
+    """Connected, in a new conversation, with greedy sampling (the same reply again) of `max_tokens`."""
+    await connected(pilot)
+    await new_conversation(pilot)
+    pilot.app.query_one("#p-max_tokens", Input).value = str(max_tokens)
+    pilot.app.query_one("#p-top_p", Input).value = "0"
+    if mode:
+        pilot.app.query_one("#mode", Select).value = mode
+        await pilot.pause(0.1)
+
+
+async def regenerate(pilot) -> None:
+    """Ctrl+R, and wait until the new reply has finished."""
+    pilot.app.sent_at = pilot.app.replies
+    await pilot.press("ctrl+r")
+    await pilot.pause(0.2)
+    await wait_idle(pilot)
+
+
 def replies(app) -> list[str]:
     return [m.source for m in app.query_one("#messages").query(Markdown) if m.has_class("assistant")]
 
@@ -110,17 +129,11 @@ def test_stop_cancels_at_once(daemon):
 def test_regenerate_rewinds_and_replaces_the_last_reply(daemon):
     async def go():
         async with app_for(daemon).run_test(size=(120, 40)) as pilot:
-            await connected(pilot)
-            await new_conversation(pilot)
-            pilot.app.query_one("#p-max_tokens", Input).value = "12"
-            pilot.app.query_one("#p-top_p", Input).value = "0"  # greedy: the same reply again
+            await greedy_conversation(pilot, 12)
             await type_and_send(pilot, "hi")
             await wait_idle(pilot)
             first = replies(pilot.app)
-            pilot.app.sent_at = pilot.app.replies
-            await pilot.press("ctrl+r")
-            await pilot.pause(0.2)
-            await wait_idle(pilot)
+            await regenerate(pilot)
             second = replies(pilot.app)
             transcript = await pilot.app.client.get_session(pilot.app.session)
             return first, second, transcript
@@ -315,6 +328,35 @@ def test_continuation_writes_in_place_and_few_shot_takes_examples(daemon):
     pads, others, shown, sent = asyncio.run(go())
     assert len(pads) == 1 and pads[0].startswith("def main():") and "    return" in pads[0] and others == 0
     assert shown and sent["turns"] == 3
+
+
+def test_regenerate_and_edit_in_continuation_mode_rewrite_the_pad(daemon):
+    async def go():
+        async with app_for(daemon).run_test(size=(120, 40)) as pilot:
+            await greedy_conversation(pilot, 8, mode="raw")
+            await type_and_send(pilot, "Once upon a time")
+            await wait_idle(pilot)
+            first = pad(pilot.app)
+            await type_and_send(pilot, "The end")
+            await wait_idle(pilot)
+            both = pad(pilot.app)
+            await regenerate(pilot)
+            regenerated = pad(pilot.app)
+            await pilot.press("f2")
+            await pilot.pause(0.5)
+            edited = pad(pilot.app), pilot.app.query_one("#prompt", Input).value
+            return first, both, regenerated, edited
+
+    first, both, regenerated, (after_edit, prompt) = asyncio.run(go())
+    assert both.startswith(first + "\nThe end") and len(both) > len(first + "\nThe end")
+    assert regenerated == both  # the old continuation replaced, not kept beside the new one
+    assert after_edit == first and prompt == "The end"
+
+
+def pad(app) -> str:
+    pads = app.query_one("#messages").query(".pad")
+    assert len(pads) == 1 and not app.query_one("#messages").query(".user, .assistant")
+    return pads.first().source
 
 
 def test_conversations_survive_a_daemon_restart(model_factory, tmp_path):

@@ -45,7 +45,7 @@ HELP = """\
 | Ctrl+T | rename this conversation |
 | F8 | delete this conversation |
 | Ctrl+P | show or hide the parameter panel |
-| F5 | compose music (with an ABC or MIDI model): Ctrl+G composes, Ctrl+O plays, Escape goes back |
+| F5 | compose music (with an ABC or MIDI model): Ctrl+G composes, Ctrl+O plays, Escape stops or goes back |
 | F1 | this help |
 | Ctrl+Q | quit (a daemon the TUI started is stopped) |
 
@@ -278,14 +278,25 @@ class RwkvApp(App):
             data = await self.client.get_session(sid)
             if self.session != sid:
                 return
-            box = self.query_one("#messages", VerticalScroll)
-            await box.remove_children()
-            self.last_user = None  # this conversation's own last message, if it has one
-            for m in data.get("transcript", []):
+            await self.draw(data.get("transcript", []))
+
+    async def draw(self, transcript: list[dict]) -> None:
+        """Put a conversation on screen: a box a message, or in continuation mode the one writing pad
+        that `_send` builds (each text on a new line, its continuation after it)."""
+        box = self.query_one("#messages", VerticalScroll)
+        await box.remove_children()
+        users = [m["content"] for m in transcript if m["role"] == "user"]
+        self.last_user = users[-1] if users else None  # this conversation's own last message, if any
+        if self.query_one("#mode", Select).value == "raw":
+            pad = ""
+            for m in transcript:
+                pad += ("\n" if pad and m["role"] == "user" else "") + m["content"]
+            if pad:
+                await box.mount(Markdown(pad, classes="pad"))
+        else:
+            for m in transcript:
                 await box.mount(Markdown(m["content"], classes=m["role"]))
-                if m["role"] == "user":
-                    self.last_user = m["content"]
-            box.scroll_end(animate=False)
+        box.scroll_end(animate=False)
 
     @guarded
     async def action_new_session(self) -> None:
@@ -394,14 +405,14 @@ class RwkvApp(App):
         self.send(text)
 
     @work(group="send")
-    async def send(self, text: str, show_user: bool = True) -> None:
+    async def send(self, text: str) -> None:
         self.sending = True
         try:
-            await self._send(text, show_user)
+            await self._send(text)
         finally:  # whatever happened, the next message can go
             self.sending = False
 
-    async def _send(self, text: str, show_user: bool) -> None:
+    async def _send(self, text: str) -> None:
         params = self.params()
         if params is None:
             return
@@ -416,10 +427,9 @@ class RwkvApp(App):
                 reply = Markdown("", classes="pad")
                 await box.mount(reply)
             stream = Markdown.get_stream(reply)
-            await stream.write(("\n" if reply.source else "") + text if show_user else "")
+            await stream.write(("\n" if reply.source else "") + text)
         else:
-            if show_user:
-                await box.mount(Markdown(text, classes="user"))
+            await box.mount(Markdown(text, classes="user"))
             reply = Markdown("", classes="assistant")
             await box.mount(reply)
             stream = Markdown.get_stream(reply)
@@ -464,33 +474,40 @@ class RwkvApp(App):
         if self.request is not None:
             await self.request.cancel()
 
-    async def take_back(self, *kinds: str) -> bool:
-        """Rewind the session by one turn and remove the last message of each kind from the screen."""
+    async def take_back(self) -> str | None:
+        """Rewind the session by one turn and redraw it as the daemon now has it (in any mode: a
+        continuation pad loses the last text and what the model wrote after it); the message taken back."""
         if self.sending or not self.session or self.last_user is None:
-            return False
+            return None
+        text, sid = self.last_user, self.session
+        self.sending = True  # no message may go while the turn is being taken back
         try:
-            await self.client.rewind_session(self.session)
+            await self.client.rewind_session(sid)
+            async with self._show_lock:
+                data = await self.client.get_session(sid)
+                if self.session == sid:
+                    await self.draw(data.get("transcript", []))
         except ServerError as e:
             self.notify(str(e), severity="warning")
-            return False
-        box = self.query_one("#messages")
-        for kind in kinds:
-            found = box.query(kind)
-            if found:
-                await found.last().remove()
-        return True
+            return None
+        finally:
+            self.sending = False
+        return text
 
     @guarded
     async def action_regenerate(self) -> None:
         """A new reply from the state before the last one: the daemon rewinds; nothing is re-read."""
-        if await self.take_back(".assistant"):
-            self.send(self.last_user, show_user=False)
+        text = await self.take_back()
+        if text is not None:
+            self.sending = True
+            self.send(text)
 
     @guarded
     async def action_edit_last(self) -> None:
-        if await self.take_back(".assistant", ".user"):
+        text = await self.take_back()
+        if text is not None:
             prompt = self.query_one("#prompt", Input)
-            prompt.value = self.last_user
+            prompt.value = text
             prompt.focus()
 
 

@@ -4,6 +4,7 @@ the files, and play them where an audio player is installed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -23,6 +24,15 @@ PLAYER_ARGS = {"ffplay": ["-nodisp", "-autoexit", "-loglevel", "quiet"]}
 
 def audio_player() -> str | None:
     return next((p for p in PLAYERS if shutil.which(p)), None)
+
+
+def _terminate(proc: asyncio.subprocess.Process) -> bool:
+    """Stop `proc` if it still runs; whether it did."""
+    if proc.returncode is not None:
+        return False
+    with contextlib.suppress(ProcessLookupError):  # it ended just now
+        proc.terminate()
+    return True
 
 
 class MusicScreen(Screen):
@@ -46,6 +56,7 @@ class MusicScreen(Screen):
         self.files: dict[str, str] = {}
         self.pieces = 0  # compositions finished (or failed) so far, for tests and the status line
         self.player = audio_player()
+        self.playing: asyncio.subprocess.Process | None = None  # the player now sounding, for Escape
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -137,6 +148,8 @@ class MusicScreen(Screen):
 
     @work(exclusive=True, group="play")
     async def play(self, wav: str) -> None:
+        """Play `wav`; a new play, Escape, or leaving the screen (which cancels its workers) stops it."""
+        self.stop_playing()
         proc = await asyncio.create_subprocess_exec(
             self.player,
             *PLAYER_ARGS.get(self.player, []),
@@ -144,11 +157,28 @@ class MusicScreen(Screen):
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
-        self.say(f"playing {wav}")
-        await proc.wait()
+        self.playing = proc
+        self.say(f"playing {wav} (Escape stops)")
+        try:
+            await proc.wait()
+        finally:
+            if self.playing is proc:
+                self.playing = None
+            _terminate(proc)
+
+    def stop_playing(self) -> bool:
+        """Stop the player if one is sounding; whether one was."""
+        proc, self.playing = self.playing, None
+        return proc is not None and _terminate(proc)
 
     async def action_back(self) -> None:
+        """Escape: stop the composition, else the music, else go back to the chat."""
         if self.request is not None:
             await self.request.cancel()
+        elif self.stop_playing():
+            self.say("stopped playing")
         else:
             self.app.pop_screen()
+
+    def on_unmount(self) -> None:
+        self.stop_playing()
