@@ -66,24 +66,20 @@ def build_parser(host=None) -> argparse.ArgumentParser:
 
 
 def _configured_host():
-    """The plugins `serve` would load: the config file's modules, disabled names and preset overrides, so
+    """The plugins `serve` would load (the config file's modules, disabled names and preset overrides), so
     that `plugins`, `formats` and `presets` list what the daemon serves. A config file that cannot be read
-    is said by the commands that need it (serve, bot); these lists then show the built-in set."""
+    or applied is an error of the commands that need it (serve, bot); these lists then show the built-in
+    set and say why."""
     from rwkv_hub.core.errors import RWKVHubError
     from rwkv_hub.hub.config import load_config
     from rwkv_hub.hub.plugins import PluginHost
 
     try:
-        config = load_config()
-    except RWKVHubError:
-        return PluginHost().load()
-    host = PluginHost(config.plugins, disable=config.disable_plugins).load()
-    for name, params in config.presets.items():
-        try:
-            host.override_preset(name, params)
-        except RWKVHubError as e:
-            host.warnings.append(f"config file preset {name!r} not applied: {e}")
-    return host
+        return PluginHost.from_config(load_config())
+    except RWKVHubError as e:
+        host = PluginHost().load()
+        host.warnings.append(f"the config file is not used here, and `serve` will not start on it: {e}")
+        return host
 
 
 # Sampling options of `generate`: flag, SamplingParams field, type, help. Unset flags keep the defaults.

@@ -210,5 +210,12 @@ def test_the_lists_show_the_plugins_and_presets_of_the_config_file(tmp_path: Pat
     assert presets["chat"]["params"]["temperature"] == 0.9 and "calm" in presets
     assert "shout" in run("formats").stdout
     (folder / "config.toml").write_text("this is not TOML")
-    broken = run("presets")  # the lists still work; `serve` is where the broken file is reported
-    assert broken.returncode == 0 and "chat" in broken.stdout
+    broken = run("presets")  # the lists still work, and say why the file's presets are not there
+    assert broken.returncode == 0 and "chat" in broken.stdout and "Traceback" not in broken.stderr
+    assert "warning: the config file is not used here, and `serve` will not start on it:" in broken.stderr
+    (folder / "config.toml").write_text("[presets.chat]\ntop_p = 7\n")
+    for command in ("presets", "formats"):
+        bad = run(command, "--json")
+        assert bad.returncode == 0 and json.loads(bad.stdout) and "top_p" in bad.stderr, bad.stderr
+    served = run("serve", "--port", "0")  # the daemon refuses the same file, before loading a model
+    assert served.returncode == 2 and "top_p" in served.stderr and "Traceback" not in served.stderr

@@ -64,6 +64,8 @@ def test_every_key_is_read(tmp_path):
         ("[limits]\ncache_interval = 100\n", "line 2: \\[limits\\]: cache_interval must be a multiple"),
         ("[limits]\nmax_json_depth = 5000\n", "line 2: limits.max_json_depth must be at most 256"),
         ("[presets.chat]\ntemprature = 1\n", "line 1: presets.chat: unknown parameter 'temprature'"),
+        ("[presets.chat]\ntop_p = 7\n", "line 1: preset 'chat': top_p = 7 is out of range"),
+        ("\n[presets.MyOwn]\ntop_p = 0.5\n", "line 2: preset name 'MyOwn': use 1-64 lowercase letters"),
         ("model = \n", "not valid TOML"),
     ],
 )

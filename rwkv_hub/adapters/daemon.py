@@ -62,9 +62,7 @@ def build_hub(config: Config):
     prepare_folder(config.sessions_path())  # an unusable folder is said before the model loads
     path = Path(config.model).expanduser() if config.model else None
     model = rwkv_hub.load(path, config.strategy)  # no model configured: the demo model, with a notice
-    host = PluginHost(config.plugins, disable=config.disable_plugins).load()
-    for name, params in config.presets.items():
-        host.override_preset(name, params)
+    host = PluginHost.from_config(config)
     limits = config.limits.engine()
     state_bytes = model.new_state().nbytes
     cache = PrefixCache(config.cache_mb * 2**20 if config.cache_mb is not None else default_budget(state_bytes))

@@ -78,6 +78,7 @@ def _plugins(host: PluginHost, args: argparse.Namespace) -> int:
 
 
 def _formats(host: PluginHost, args: argparse.Namespace) -> int:
+    _warn(host)
     owner = {k: r.plugin for k, r in host.registry["formats"].items()}
     rows = [{"name": k, "description": f.description, "plugin": owner[k]} for k, f in sorted(host.formats.items())]
     if args.json:
@@ -87,6 +88,13 @@ def _formats(host: PluginHost, args: argparse.Namespace) -> int:
         for r in rows:
             print(f"{r['name']:<{width}}  {r['description']}  [{r['plugin']}]")
     return 0
+
+
+def _warn(host: PluginHost) -> None:
+    """The loading warnings (a config file not used, a disable that names nothing), on stderr: a list that
+    lacks what the user configured says why, and --json output stays clean."""
+    for w in host.warnings:
+        print(f"warning: {w}", file=sys.stderr)
 
 
 def _render(host: PluginHost, args: argparse.Namespace) -> int:
@@ -109,6 +117,7 @@ def _render(host: PluginHost, args: argparse.Namespace) -> int:
 
 
 def _presets(host: PluginHost, args: argparse.Namespace) -> int:
+    _warn(host)
     owner = {k: r.plugin for k, r in host.registry["presets"].items()}
     rows = [p.to_dict() | {"plugin": owner[k]} for k, p in sorted(host.presets.items())]
     if args.json:

@@ -188,12 +188,13 @@ def _build(data: dict[str, Any], text: str, p: Path) -> Config:
     cfg.disable_plugins = list(plugins.get("disable", []))
     presets = data.get("presets", {})
     _check(p, text, "presets", presets, (dict,), "a table of [presets.NAME] tables")
-    from .presets import PresetError, check_params
+    from .presets import Preset, PresetError, check_params
 
     for name, params in presets.items():
         _check(p, text, name, params, (dict,), "a table of sampling parameters", "presets")
-        try:
-            cfg.presets[name] = check_params(f"presets.{name}", params)
+        try:  # name, parameter names, types and ranges: what serve would refuse, said here with the line
+            checked = check_params(f"presets.{name}", params)
+            cfg.presets[name] = dict(Preset(name, "from the config file", params=checked).params)
         except PresetError as e:
             raise ConfigError(f"{_where(p, text, f'presets.{name}')}: {e}") from None
     bots = data.get("bots", {})

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
@@ -33,6 +33,9 @@ from ..core.errors import RWKVHubError
 from .completion import PREFIX_FORMAT, CompletionError, CompletionFormat
 from .formats import FormatError, PromptFormat
 from .presets import Preset, PresetError, sampling
+
+if TYPE_CHECKING:
+    from .config import Config
 
 GROUP = "rwkv_hub"
 STRICT_ENV = "RWKV_HUB_STRICT_PLUGINS"
@@ -239,6 +242,15 @@ class PluginHost:
         return [impl.plugin_name for impl in getattr(self.pm.hook, hook).get_hookimpls()]
 
     # --- loading --------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: Config) -> PluginHost:
+        """The plugins a daemon with `config` serves, loaded: its modules, without its disabled names, with
+        its preset overrides. A bad override raises (PresetError): the daemon does not start on it."""
+        host = cls(config.plugins, disable=config.disable_plugins).load()
+        for name, params in config.presets.items():
+            host.override_preset(name, params)
+        return host
 
     def load(self) -> PluginHost:
         from ..plugins import builtin
