@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -118,16 +119,23 @@ def test_the_state_kept_per_person_is_bounded(monkeypatch):
     bot = core.BotCore("x", settings, Client("ws://127.0.0.1:9/ws", token="x"), own_names=lambda: {"rwkv"})
     slow = core.BotCore("x", BotSettings(), Client("ws://127.0.0.1:9/ws", token="x"), own_names=lambda: {"rwkv"})
 
+    sizes = []
+
     async def go():
         for n in range(500):
             for b in (bot, slow):
                 got = [m async for m in b.handle(Incoming("net", None, f"user{n}", "!help"))]
                 assert got and "reset" in got[0]
                 got = [m async for m in b.handle(Incoming("net", "#c", f"user{n}", "!help"))]
+            sizes.append(len(slow.users))
 
     asyncio.run(go())
     for b in (bot, slow):
         assert len(b.users) <= 51 and len(b.channels) <= 51 and len(b.warned) <= 51
+    # Everyone in `slow` is still busy (nobody's bucket refilled), so pruning forgets the oldest; it leaves
+    # room for a quarter of the bound, so it scans every ~13 new names (two a round here), not at each one.
+    pruned = [i for i in range(1, len(sizes)) if sizes[i] < sizes[i - 1]]
+    assert min(sizes[100:]) <= 39 and all(b - a >= 6 for a, b in itertools.pairwise(pruned)), pruned
 
 
 def test_commands_say_what_was_wrong():
