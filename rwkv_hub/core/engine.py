@@ -30,6 +30,7 @@ import torch
 from .errors import RWKVHubError
 from .generate import GenerationResult, StopMatcher
 from .limits import EngineLimits
+from .logprobs import TokenLogprob, check_count, entries
 from .prefix_cache import PrefixCache, prefix_hashes
 from .sampling import Sampler, SamplingParams, no_penalty_ids, unusable_ids
 from .sessions import Session, SessionStore
@@ -82,6 +83,7 @@ class Stream:
         self._on_finish: Callable[[Stream], None] | None = None
         self.result: GenerationResult | None = None
         self.stats = RequestStats()
+        self.logprobs: list[TokenLogprob] = []  # with `logprobs` asked for: an entry per token of the deltas so far
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -100,7 +102,9 @@ class Stream:
             raise StopAsyncIteration
         if isinstance(item, BaseException):
             raise item
-        return item
+        text, scored = item
+        self.logprobs.extend(scored)
+        return text
 
     async def text(self) -> str:
         """Wait for the whole text."""
@@ -144,6 +148,10 @@ class _Job:
     messages: list[dict] = field(default_factory=list)  # for the session's transcript
     interactive: bool = False
     mark: int = -1  # a prompt position whose state is cached besides the fixed ones (interactive prompts)
+    logprobs: int | None = None  # alternatives reported with each token; None: no log probabilities
+    scored: list[tuple[int, TokenLogprob]] = field(default_factory=list)  # (text offset, entry), not yet shown
+    chars: int = 0  # characters of generated text decoded so far
+    shown: int = 0  # characters of it sent as deltas
 
 
 class Engine:
@@ -245,6 +253,7 @@ class Engine:
         on_finish: Callable[[Stream], None] | None = None,
         session_messages: Sequence[dict] = (),
         interactive: bool = False,
+        logprobs: int | None = None,
     ) -> Stream:
         """Queue a request; raises EngineBusy, RequestTooLong or SessionError at once when it cannot be taken.
 
@@ -255,7 +264,9 @@ class Engine:
         this stream's logits before each sample; `on_finish(stream)` is called in the event loop's thread
         once the stream has ended (result set). `session_messages` (the turn's new messages) go into the
         session's transcript, followed by the reply. `interactive` requests (editor completions, typed
-        as the user waits) are queued ahead of the others when all slots are taken.
+        as the user waits) are queued ahead of the others when all slots are taken. `logprobs` (0-20)
+        reports each generated token's log probability with that many alternatives: `stream.logprobs` holds
+        the entries of the tokens whose text the deltas so far have shown.
         """
         if not self._running:
             raise RWKVHubError("the engine is not running")
@@ -273,6 +284,10 @@ class Engine:
         if bad is not None:
             raise RWKVHubError(f"token id {bad} is outside the vocabulary 0..{vocab - 1}")
         params.check_vocabulary(vocab)
+        try:
+            logprobs = check_count(logprobs)
+        except ValueError as e:
+            raise RWKVHubError(str(e)) from None
         if state is not None and state.batch_size != 1:
             raise RWKVHubError(f"a request continues one sequence, but the state holds {state.batch_size}")
         if state is not None and state.shape != self.model.state_shape:
@@ -285,7 +300,7 @@ class Engine:
         job = _Job(stream, ids, params, state, time.perf_counter())
         job.processors, stream._on_finish = list(logit_processors), on_finish
         job.messages = [dict(m) for m in session_messages]
-        job.interactive = interactive
+        job.interactive, job.logprobs = interactive, logprobs
         if interactive and len(ids) > EDIT_TAIL:
             job.mark = len(ids) - EDIT_TAIL
         with self._wake:
@@ -402,8 +417,21 @@ class Engine:
                 batch[r] = self._processed(jobs[i], fn, batch[r])
         picked = self._sampler.sample(batch, [jobs[i].slot for i in rows])
         now = time.perf_counter()
+        scored = [r for r, i in enumerate(rows) if jobs[rows[r]].logprobs is not None]
+        lps: dict[int, TokenLogprob] = {}
+        if scored:  # from the model's logits, before the processors and the sampler's changes
+            got = entries(
+                logits[[rows[r] for r in scored]],
+                [picked[r] for r in scored],
+                [jobs[rows[r]].logprobs for r in scored],
+                self._token_bytes,
+            )
+            lps = {rows[r]: e for r, e in zip(scored, got, strict=True)}
         for i, token in zip(rows, picked, strict=True):
-            self._take(jobs[i], token, now)
+            self._take(jobs[i], token, now, lps.get(i))
+
+    def _token_bytes(self, token: int) -> bytes:
+        return self.model.tokenizer.decode_bytes([token])
 
     def _release_batch(self) -> None:
         """Give every job of the last batch its own state again (row views: nothing is copied)."""
@@ -436,7 +464,7 @@ class Engine:
         if job.pos in (len(job.ids), job.mark) or job.pos % self.limits.cache_interval == 0:
             self.cache.store(job.ids[: job.pos], _own(self._state(job)), job.hashes)
 
-    def _take(self, job: _Job, token: int, now: float) -> None:
+    def _take(self, job: _Job, token: int, now: float, scored: TokenLogprob | None = None) -> None:
         """Handle a sampled token: stop token, text delta, stop strings, max_tokens."""
         if not job.generated:
             job.first_token = now
@@ -448,14 +476,28 @@ class Engine:
         job.stream.stats.token_times.append(now)
         job.generated.append(token)
         job.pending_token = token
-        shown, stopped = job.stops.push(job.decoder.feed(token))
+        if scored is not None:
+            job.scored.append((job.chars, scored))
+        decoded = job.decoder.feed(token)
+        job.chars += len(decoded)
+        shown, stopped = job.stops.push(decoded)
         if shown:
-            job.text.append(shown)
-            job.stream._push(shown)
+            self._show(job, shown)
         if stopped:
             job.finishing = "stop"
         elif len(job.generated) >= job.params.max_tokens:
             job.finishing = "length"
+
+    def _show(self, job: _Job, text: str) -> None:
+        """Send a text delta, with the entries of the tokens whose text begins in what is now shown (a token
+        wholly inside a stop string is never shown, and never reported)."""
+        job.text.append(text)
+        job.shown += len(text)
+        ready = 0
+        while ready < len(job.scored) and job.scored[ready][0] < job.shown:
+            ready += 1
+        sent, job.scored = tuple(e for _, e in job.scored[:ready]), job.scored[ready:]
+        job.stream._push((text, sent))
 
     def _finish(self, job: _Job, reason: str) -> None:
         if job.state is None and job.row >= 0:
@@ -468,8 +510,7 @@ class Engine:
             tail = shown if stopped else shown + job.stops.flush()
             reason = "stop" if stopped else reason
             if tail:
-                job.text.append(tail)
-                job.stream._push(tail)
+                self._show(job, tail)
         end = time.perf_counter()
         stats = job.stream.stats
         stats.completion_tokens = len(job.generated)
