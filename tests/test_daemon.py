@@ -134,6 +134,102 @@ def test_openai_chat_streaming_and_not(daemon):
         c.chat.completions.create(model="x", messages=msgs, extra_body={"preset": "nope"})
 
 
+def model_logprobs(daemon, prompt: str, generated: list[int]) -> list[float]:
+    """Each generated token's log probability as the daemon's model computes it, read in one pass."""
+    import torch
+
+    model = daemon.daemon.hub.engine.model
+    ids = model.tokenizer.encode(prompt)
+    logits, _ = model.forward_every(ids + generated[:-1])
+    lp = torch.log_softmax(logits[len(ids) - 1 :], -1)
+    return lp.gather(1, torch.tensor(generated).unsqueeze(1)).squeeze(1).tolist()
+
+
+def token_bytes(name: str) -> bytes:
+    """The bytes of a completions-route token name (`bytes:\\xNN...` for part of a character)."""
+    return bytes.fromhex(name[6:].replace("\\x", "")) if name.startswith("bytes:") else name.encode()
+
+
+def test_openai_log_probabilities_streamed_and_not(daemon):
+    c = client(daemon)
+    plain = dict(temperature=0, presence_penalty=0, frequency_penalty=0)  # greedy: the token picked is the top one
+    r = c.completions.create(model="m", prompt="def f(x):", max_tokens=10, logprobs=3, **plain)
+    lp, text = r.choices[0].logprobs, r.choices[0].text
+    raw = [token_bytes(t) for t in lp.tokens]
+    assert b"".join(raw).decode("utf-8", "replace") == text and any(t.startswith("bytes:\\x") for t in lp.tokens)
+    assert len(lp.token_logprobs) == r.usage.completion_tokens == 10
+    for top, v in zip(lp.top_logprobs, lp.token_logprobs, strict=True):
+        assert len(top) == 3 and max(top.values()) == pytest.approx(v)
+    offsets = lp.text_offset  # where each token's text begins in `text`
+    assert offsets[0] == 0 and offsets == sorted(offsets) and offsets[-1] < len(text)
+    # A token's text is where its decoding begins: after a lone lead byte's U+FFFD when it is what ended it.
+    starts = [
+        text[o:].startswith(t) or text[o:].startswith("\ufffd" + t) for o, t in zip(offsets, lp.tokens, strict=True)
+    ]
+    assert all(ok for ok, t in zip(starts, lp.tokens, strict=True) if not t.startswith("bytes:"))
+    ids = [daemon.daemon.hub.engine.model.tokenizer.encode(b)[0] for b in raw]  # one byte a token here
+    assert lp.token_logprobs == pytest.approx(model_logprobs(daemon, "def f(x):", ids), abs=1e-4)
+    chunks = list(c.completions.create(model="m", prompt="def f(x):", max_tokens=10, logprobs=3, stream=True, **plain))
+    streamed = [t for ch in chunks if ch.choices[0].logprobs for t in ch.choices[0].logprobs.tokens]
+    offsets = [o for ch in chunks if ch.choices[0].logprobs for o in ch.choices[0].logprobs.text_offset]
+    assert streamed == lp.tokens and offsets == lp.text_offset
+
+    msgs = [{"role": "user", "content": "hi"}]
+    r = c.chat.completions.create(model="m", messages=msgs, max_tokens=8, logprobs=True, top_logprobs=2, **plain)
+    content = r.choices[0].logprobs.content
+    assert len(content) <= r.usage.completion_tokens and all(len(t.top_logprobs) == 2 for t in content)
+    joined = bytes(b for t in content for b in t.bytes).decode("utf-8", "replace")
+    assert joined.strip() == r.choices[0].message.content and content[0].top_logprobs[0].logprob >= content[0].logprob
+    parts = list(
+        c.chat.completions.create(
+            model="m", messages=msgs, max_tokens=8, logprobs=True, top_logprobs=2, stream=True, **plain
+        )
+    )
+    streamed = [t.token for p in parts if p.choices and p.choices[0].logprobs for t in p.choices[0].logprobs.content]
+    assert streamed == [t.token for t in content]
+    assert c.chat.completions.create(model="m", messages=msgs, max_tokens=3, logprobs=False).choices[0].logprobs is None
+
+    refused = [
+        (dict(messages=msgs, top_logprobs=2), "top_logprobs needs logprobs: true"),
+        (dict(messages=msgs, logprobs=True, top_logprobs=21), "top_logprobs must be a whole number from 0 to 20"),
+    ]
+    for kw, message in refused:
+        with pytest.raises(openai.BadRequestError, match=message) as e:
+            c.chat.completions.create(model="m", **kw)
+        assert e.value.body["param"] == "top_logprobs"
+    with pytest.raises(openai.BadRequestError, match="logprobs must be a whole number from 0 to 20"):
+        c.completions.create(model="m", prompt="x", logprobs=21)
+    with pytest.raises(openai.BadRequestError, match="logprobs with echo") as e:
+        c.completions.create(model="m", prompt="x", logprobs=1, echo=True)
+    assert e.value.body["param"] == "echo"
+
+
+def test_websocket_deltas_carry_their_tokens_log_probabilities(daemon):
+    async def go(ws):
+        params = {"temperature": 0, "max_tokens": 12}
+        await ws.send(json.dumps({"type": "generate", "id": "g", "prompt": "import", "params": params, "logprobs": 1}))
+        events = []
+        while True:
+            ev = json.loads(await ws.recv())
+            if ev.get("id") == "g":
+                events.append(ev)
+                if ev["type"] in ("done", "error"):
+                    break
+        await ws.send(json.dumps({"type": "generate", "id": "b", "prompt": "x", "params": params, "logprobs": 99}))
+        _, bad = await until_done(ws, "b")
+        return events, bad
+
+    events, bad = ws_run(daemon, go)
+    deltas, done = events[:-1], events[-1]
+    assert done["type"] == "done" and all("logprobs" in ev for ev in events)
+    entries = [e for ev in events for e in ev["logprobs"]]
+    assert len(entries) == done["usage"]["completion_tokens"] == 12
+    joined = bytes(b for e in entries for b in e["bytes"]).decode("utf-8", "replace")
+    assert joined == "".join(d["text"] for d in deltas)
+    assert all(len(e["top_logprobs"]) == 1 and e["top_logprobs"][0]["logprob"] >= e["logprob"] for e in entries)
+    assert bad["type"] == "error" and "logprobs" in bad["message"]
+
+
 # --- the guard ----------------------------------------------------------------------------------------------
 
 

@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..core.errors import RWKVHubError
+from ..core.logprobs import MAX_TOP_LOGPROBS, token_name
 from ..hub.presets import PARAM_TYPES
-from .protocol import MAX_STOP_CHARS, MAX_STOPS, ProtocolError, loads
+from .protocol import MAX_STOP_CHARS, MAX_STOPS, ProtocolError, loads, logprob_json
 
 if TYPE_CHECKING:
+    from ..core.logprobs import TokenLogprob
     from ..hub.stream import HubStream
     from .server import Daemon
 
@@ -44,8 +46,8 @@ PARAMS = {
     "logit_bias": "logit_bias",  # ids of this model's tokenizer, not OpenAI's
 }
 # OpenAI fields accepted and ignored, whatever their value: they do not change the text (who asks, storage,
-# routing, caching), or ask for something this daemon does not produce (log probabilities, tool calls,
-# structured output, reasoning), which the answer then simply lacks.
+# routing, caching), or ask for something this daemon does not produce (tool calls, structured output,
+# reasoning), which the answer then simply lacks.
 IGNORED = {
     "user",
     "metadata",
@@ -53,8 +55,6 @@ IGNORED = {
     "service_tier",
     "prompt_cache_key",
     "safety_identifier",
-    "logprobs",
-    "top_logprobs",
     "tools",
     "tool_choice",
     "parallel_tool_calls",
@@ -75,8 +75,10 @@ DEFAULT_ONLY: dict[str, tuple[Any, str]] = {
     "modalities": (["text"], "only text is produced"),
     "audio": (None, "only text is produced"),
 }
-# Fields this module reads itself, on both routes.
-OWN = {"model", "stream", "stream_options", "preset", "format"}
+# Fields this module reads itself: on both routes, and on one.
+OWN = {"model", "stream", "stream_options", "preset", "format", "logprobs"}
+CHAT_FIELDS = {"messages", "top_logprobs"}
+COMPLETION_FIELDS = {"prompt", "echo"}
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
@@ -132,9 +134,12 @@ class _Api:
     async def _answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
         try:
             body = await self._body(request)
-            _check_fields(body, OWN | ({"messages"} if chat else {"prompt", "echo"}))
+            _check_fields(body, OWN | (CHAT_FIELDS if chat else COMPLETION_FIELDS))
             req = _chat_request(body) if chat else _completion_request(body)
             req["params"] = self._params(body, chat)
+            scored = _logprobs(body, chat)
+            if scored is not None:
+                req["logprobs"] = scored
             preset = _string(body, "preset")
             if preset:
                 req["preset"] = preset
@@ -145,6 +150,9 @@ class _Api:
                 raise _Refusal("stream_options must be an object", "stream_options")
             include_usage = _flag(options or {}, "include_usage", "stream_options.include_usage")
             echo = req["input"]["text"] if not chat and _flag(body, "echo") else ""
+            if echo and scored is not None:
+                message = "logprobs with echo (the log probabilities of the prompt's tokens) are not supported"
+                raise _Refusal(message, "echo")
             try:
                 stream = self.daemon.hub.submit(req)
                 await stream.start()  # a plugin's failure, a busy engine: an error status, before any answer
@@ -160,7 +168,7 @@ class _Api:
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         base = {"id": rid, "created": int(time.time()), "model": self.model_id}
         if streaming:
-            return await self._sse(request, stream, base, chat, echo, include_usage)
+            return await self._sse(request, stream, base, chat, echo, include_usage, scored is not None)
         try:
             text = await stream.text()
         except RWKVHubError as e:  # the model failed on this request
@@ -174,10 +182,12 @@ class _Api:
         if r.finish_reason == "cancelled":
             return _Refusal(CANCELLED, None, 503, "cancelled").response()
         finish = _finish(r.finish_reason)
+        lps = _choice_logprobs(stream.take_logprobs(), chat, len(echo)) if scored is not None else None
         if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+            message = {"role": "assistant", "content": text}
+            choice = {"index": 0, "message": message, "logprobs": lps, "finish_reason": finish}
             return web.json_response(base | {"object": "chat.completion", "choices": [choice], "usage": _usage(r)})
-        choice = {"index": 0, "text": echo + text, "logprobs": None, "finish_reason": finish}
+        choice = {"index": 0, "text": echo + text, "logprobs": lps, "finish_reason": finish}
         return web.json_response(base | {"object": "text_completion", "choices": [choice], "usage": _usage(r)})
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
@@ -222,26 +232,35 @@ class _Api:
         return params
 
     async def _sse(
-        self, request: web.Request, stream: HubStream, base: dict[str, Any], chat: bool, echo: str, usage: bool
+        self,
+        request: web.Request,
+        stream: HubStream,
+        base: dict[str, Any],
+        chat: bool,
+        echo: str,
+        usage: bool,
+        scored: bool,
     ) -> web.StreamResponse:
         """The answer as server-sent events. A generation that ends cancelled (the daemon is stopping) or
-        failed ends with an error event instead of a finish reason, then `[DONE]`."""
+        failed ends with an error event instead of a finish reason, then `[DONE]`. With log probabilities,
+        each chunk carries those of its own tokens."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         obj = "chat.completion.chunk" if chat else "text_completion"
 
         def chunk(delta: str | None, finish: str | None, first: bool = False) -> bytes:
+            lps = _choice_logprobs(stream.take_logprobs(), chat, len(echo)) if scored and not first else None
             if chat:
                 d = ({"role": "assistant"} if first else {}) | ({"content": delta} if delta is not None else {})
-                choice = {"index": 0, "delta": d, "finish_reason": finish}
+                choice = {"index": 0, "delta": d, "logprobs": lps, "finish_reason": finish}
             else:
-                choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
+                choice = {"index": 0, "text": delta or "", "logprobs": lps, "finish_reason": finish}
             return _event(base | {"object": obj, "choices": [choice]})
 
         try:
             await resp.prepare(request)
             if chat:
                 await resp.write(chunk(None, None, first=True))
-            if echo:
+            if echo:  # never with log probabilities: those of the prompt are not made
                 await resp.write(chunk(echo, None))
             async for delta in stream:
                 await resp.write(chunk(delta, None))
@@ -319,6 +338,38 @@ def _chat_request(body: dict[str, Any]) -> dict[str, Any]:
     if fmt:
         req["format"] = fmt
     return req
+
+
+def _logprobs(body: dict[str, Any], chat: bool) -> int | None:
+    """How many alternatives to report with each token, or None for no log probabilities: the chat route's
+    `logprobs` (true/false) and `top_logprobs` (0-20), the completions route's `logprobs` (0-20)."""
+    if chat:
+        top = body.get("top_logprobs")
+        if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS):
+            raise _Refusal(f"top_logprobs must be a whole number from 0 to {MAX_TOP_LOGPROBS}", "top_logprobs")
+        if not _flag(body, "logprobs"):
+            if top is not None:
+                raise _Refusal("top_logprobs needs logprobs: true", "top_logprobs")
+            return None
+        return top or 0
+    n = body.get("logprobs")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_TOP_LOGPROBS):
+        raise _Refusal(f"logprobs must be a whole number from 0 to {MAX_TOP_LOGPROBS}, or null", "logprobs")
+    return n
+
+
+def _choice_logprobs(entries: list[TokenLogprob], chat: bool, echo: int) -> dict[str, Any]:
+    """A choice's `logprobs` in the route's shape: chat's list of tokens, or the completions route's
+    parallel lists, whose `text_offset` counts from the start of the choice's text (after `echo`
+    characters of prompt). A token that is part of a character is named `bytes:\\xNN` there, as OpenAI's."""
+    if chat:
+        return {"content": [logprob_json(e) for e in entries], "refusal": None}
+    return {
+        "tokens": [token_name(e.bytes) for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{token_name(b): v for _, b, v in e.top} for e in entries],
+        "text_offset": [echo + e.offset for e in entries],
+    }
 
 
 def _string(body: dict[str, Any], field: str) -> str | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import RWKVHubError
+from ..core.logprobs import TokenLogprob
 
 VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("protocol.schema.json")
@@ -132,3 +133,14 @@ def parse(text: str | bytes, max_depth: int) -> dict[str, Any]:
 
 def _short(message: str, limit: int = 200) -> str:
     return message if len(message) <= limit else message[:limit] + "..."
+
+
+def logprob_json(entry: TokenLogprob) -> dict[str, Any]:
+    """A token's log probability on the wire (the WebSocket deltas and the OpenAI chat route): its text,
+    its bytes (to join a character split across tokens), and the alternatives, best first."""
+
+    def one(text: str, raw: bytes, logprob: float) -> dict[str, Any]:
+        return {"token": text, "bytes": list(raw), "logprob": logprob}
+
+    top = [one(b.decode("utf-8", "replace"), b, v) for _, b, v in entry.top]
+    return one(entry.text, entry.bytes, entry.logprob) | {"top_logprobs": top}

@@ -28,7 +28,7 @@ from ..hub.config import Config
 from ..hub.hub import Hub
 from ..hub.stream import HubStream
 from . import openai_api
-from .protocol import VERSION, ProtocolError, parse
+from .protocol import VERSION, ProtocolError, logprob_json, parse
 
 log = logging.getLogger("rwkv_hub")
 
@@ -354,7 +354,7 @@ class _Connection:
 
     def _hub_request(self, kind: str, msg: dict[str, Any]) -> dict[str, Any]:
         req: dict[str, Any] = {
-            k: msg[k] for k in ("preset", "params", "logit_processors", "stream_filters") if k in msg
+            k: msg[k] for k in ("preset", "params", "logit_processors", "stream_filters", "logprobs") if k in msg
         }
         if kind == "generate":
             req |= {"format": "raw", "input": {"text": msg["prompt"]}}
@@ -448,14 +448,20 @@ class _Connection:
 
     async def _pump(self, rid: str, stream: HubStream, finish=None) -> None:
         """Forward a request's deltas and its end (`finish()` adds fields to the done event)."""
+        scored = stream.request.get("logprobs") is not None
+
+        def logprobs() -> dict[str, Any]:
+            return {"logprobs": [logprob_json(e) for e in stream.take_logprobs()]} if scored else {}
+
         try:
             async for delta in stream:
-                await self.send({"type": "delta", "id": rid, "text": delta})
+                await self.send({"type": "delta", "id": rid, "text": delta} | logprobs())
             r = stream.result
             self.daemon.count_finished(stream)
             extra = await finish() if finish is not None and r.finish_reason != "cancelled" else {}
             await self.send(
                 extra
+                | logprobs()
                 | {
                     "type": "done",
                     "id": rid,

@@ -18,6 +18,7 @@ shares all of the prompt but its tail, and starts from there.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -149,7 +150,7 @@ class _Job:
     interactive: bool = False
     mark: int = -1  # a prompt position whose state is cached besides the fixed ones (interactive prompts)
     logprobs: int | None = None  # alternatives reported with each token; None: no log probabilities
-    scored: list[tuple[int, TokenLogprob]] = field(default_factory=list)  # (text offset, entry), not yet shown
+    scored: list[TokenLogprob] = field(default_factory=list)  # entries whose text is not shown yet
     chars: int = 0  # characters of generated text decoded so far
     shown: int = 0  # characters of it sent as deltas
 
@@ -477,7 +478,7 @@ class Engine:
         job.generated.append(token)
         job.pending_token = token
         if scored is not None:
-            job.scored.append((job.chars, scored))
+            job.scored.append(dataclasses.replace(scored, offset=job.chars))
         decoded = job.decoder.feed(token)
         job.chars += len(decoded)
         shown, stopped = job.stops.push(decoded)
@@ -494,9 +495,9 @@ class Engine:
         job.text.append(text)
         job.shown += len(text)
         ready = 0
-        while ready < len(job.scored) and job.scored[ready][0] < job.shown:
+        while ready < len(job.scored) and job.scored[ready].offset < job.shown:
             ready += 1
-        sent, job.scored = tuple(e for _, e in job.scored[:ready]), job.scored[ready:]
+        sent, job.scored = tuple(job.scored[:ready]), job.scored[ready:]
         job.stream._push((text, sent))
 
     def _finish(self, job: _Job, reason: str) -> None:

@@ -18,17 +18,30 @@ MAX_TOP_LOGPROBS = 20  # alternatives per token, as OpenAI's API allows
 @dataclass(frozen=True)
 class TokenLogprob:
     """One generated token: its id, its bytes (a token may hold part of a UTF-8 character), its natural-log
-    probability, and the `top` most likely tokens at that position as (id, bytes, logprob), best first."""
+    probability, the `top` most likely tokens at that position as (id, bytes, logprob), best first, and
+    the `offset` in characters where the text it decodes begins in the generated text (the tokens of a
+    character split across several all begin where the character does; a token that shows a lone lead
+    byte before it as U+FFFD begins there)."""
 
     id: int
     bytes: bytes
     logprob: float
     top: tuple[tuple[int, bytes, float], ...] = ()
+    offset: int = 0
 
     @property
     def text(self) -> str:
         """The token as text; bytes of a character split across tokens show as U+FFFD."""
         return self.bytes.decode("utf-8", errors="replace")
+
+
+def token_name(raw: bytes) -> str:
+    """A token as one distinct string: its text, or for bytes that are no text on their own (part of a
+    character) `bytes:\\xe4\\xbd`, the spelling OpenAI's API uses, so alternatives never collide."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
 
 def check_count(value: object) -> int | None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..core.engine import Engine, Stream
 from ..core.errors import RWKVHubError
+from ..core.logprobs import check_count
 from . import selection
 from .completion import (
     MAX_TOKENS,
@@ -38,6 +39,7 @@ from .stream import HubStream, Prepared, Reader
 
 REQUEST_FIELDS = (
     "interactive",
+    "logprobs",
     "format",
     "preset",
     "params",
@@ -69,6 +71,7 @@ class _Plan:
     processors: tuple[Callable, ...] = ()
     filters: tuple[tuple[str, str, Callable[[], Callable[[str], str]]], ...] = ()  # (plugin, name, make_filter)
     interactive: bool = False
+    logprobs: int | None = None  # alternatives reported with each generated token; None: none
 
 
 class Hub:
@@ -205,7 +208,11 @@ class Hub:
         )
         owner = self.host.owner("formats", fmt.name)
         interactive = bool(request.get("interactive"))
-        return _Plan(fmt, owner, preset, inp, data, params, sid, state, processors, filters, interactive)
+        try:
+            logprobs = check_count(request.get("logprobs"))
+        except ValueError as e:
+            raise RequestError(str(e)) from None
+        return _Plan(fmt, owner, preset, inp, data, params, sid, state, processors, filters, interactive, logprobs)
 
     def _rendered(self, plan: _Plan, calls: Calls) -> dict[str, Any]:
         """The request with its prompt: the format renders; a failure of its code is reported against its
@@ -287,6 +294,7 @@ class Hub:
             on_finish=lambda s: self._done(req, s),
             session_messages=_new_messages(req["input"]) if req["session"] is not None else (),
             interactive=plan.interactive,
+            logprobs=plan.logprobs,
         )
         stream.request.update(req)
         stream.filters, stream.boundary = ready.filters, ready.boundary
@@ -300,6 +308,7 @@ class Hub:
             "params": dict(plan.params),
             "input": plan.data,
             "session": plan.session,
+            "logprobs": plan.logprobs,
         }
 
     def _named(self, kind: str, name: str) -> Callable:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.engine import RequestStats, Stream
 from ..core.errors import RWKVHubError
+from ..core.logprobs import TokenLogprob
 from .completion import CompletionRules, cut
 from .formats import StrippedDeltas
 from .plugins import Calls, PluginTimeout
@@ -76,6 +77,7 @@ class HubStream:
         self._pending: Callable[[Calls], Prepared] | None = None
         self._failed: BaseException | None = None
         self._cancelled = False
+        self._scored = 0  # log probability entries handed out by `take_logprobs`
 
     @property
     def result(self):
@@ -92,6 +94,14 @@ class HubStream:
     def cancel(self) -> None:
         self._cancelled = True
         self.stream.cancel()
+
+    def take_logprobs(self) -> list[TokenLogprob]:
+        """With `logprobs` asked for: the entries of the tokens behind the deltas yielded since the last
+        call (text held back or changed by filters brings its tokens with the next delta; after the last
+        one, a final call returns what remains)."""
+        got = self.stream.logprobs[self._scored :] if isinstance(self.stream, Stream) else []
+        self._scored += len(got)
+        return got
 
     async def start(self) -> None:
         """Run the request's remaining plugin code off the event loop and queue it on the engine; raises what
