@@ -285,10 +285,7 @@ class Engine:
         if bad is not None:
             raise RWKVHubError(f"token id {bad} is outside the vocabulary 0..{vocab - 1}")
         params.check_vocabulary(vocab)
-        try:
-            logprobs = check_count(logprobs)
-        except ValueError as e:
-            raise RWKVHubError(str(e)) from None
+        logprobs = check_count(logprobs)
         if state is not None and state.batch_size != 1:
             raise RWKVHubError(f"a request continues one sequence, but the state holds {state.batch_size}")
         if state is not None and state.shape != self.model.state_shape:
@@ -418,7 +415,7 @@ class Engine:
                 batch[r] = self._processed(jobs[i], fn, batch[r])
         picked = self._sampler.sample(batch, [jobs[i].slot for i in rows])
         now = time.perf_counter()
-        scored = [r for r, i in enumerate(rows) if jobs[rows[r]].logprobs is not None]
+        scored = [r for r, i in enumerate(rows) if jobs[i].logprobs is not None]
         lps: dict[int, TokenLogprob] = {}
         if scored:  # from the model's logits, before the processors and the sampler's changes
             got = entries(

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .sampling.params import ParameterError
+
 MAX_TOP_LOGPROBS = 20  # alternatives per token, as OpenAI's API allows
 
 
@@ -49,7 +51,7 @@ def check_count(value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOP_LOGPROBS:
-        raise ValueError(
+        raise ParameterError(
             f"logprobs = {value!r}: must be a whole number from 0 to {MAX_TOP_LOGPROBS} (the alternatives"
             " reported with each token), or null for none"
         )

@@ -208,10 +208,7 @@ class Hub:
         )
         owner = self.host.owner("formats", fmt.name)
         interactive = bool(request.get("interactive"))
-        try:
-            logprobs = check_count(request.get("logprobs"))
-        except ValueError as e:
-            raise RequestError(str(e)) from None
+        logprobs = check_count(request.get("logprobs"))
         return _Plan(fmt, owner, preset, inp, data, params, sid, state, processors, filters, interactive, logprobs)
 
     def _rendered(self, plan: _Plan, calls: Calls) -> dict[str, Any]:

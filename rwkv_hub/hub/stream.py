@@ -40,6 +40,7 @@ class _Unstarted:
     """What `HubStream.stream` is until the request reaches the engine: no deltas, no result."""
 
     result = None
+    logprobs: tuple = ()
 
     def __init__(self) -> None:
         self.stats = RequestStats()
@@ -99,7 +100,7 @@ class HubStream:
         """With `logprobs` asked for: the entries of the tokens behind the deltas yielded since the last
         call (text held back or changed by filters brings its tokens with the next delta; after the last
         one, a final call returns what remains)."""
-        got = self.stream.logprobs[self._scored :] if isinstance(self.stream, Stream) else []
+        got = list(self.stream.logprobs[self._scored :])
         self._scored += len(got)
         return got
 

@@ -148,8 +148,8 @@ class MusicScreen(Screen):
 
     @work(exclusive=True, group="play")
     async def play(self, wav: str) -> None:
-        """Play `wav`; a new play, Escape, or leaving the screen (which cancels its workers) stops it."""
-        self.stop_playing()
+        """Play `wav`; a new play (which cancels this worker: the group is exclusive), Escape, or leaving
+        the screen (which cancels its workers) stops it."""
         proc = await asyncio.create_subprocess_exec(
             self.player,
             *PLAYER_ARGS.get(self.player, []),
